@@ -1,0 +1,908 @@
+"""Helpers shared by the model files: device, data, networks, EMA, pictures, metrics,
+checkpoints and the one training loop. A model file brings its loss and its sampler;
+everything else lives here, once.
+
+Sections, in the order a model file meets them:
+  errors and command line . device and precision . data . networks . pictures .
+  metrics . checkpoints . training loop
+"""
+import argparse
+import gzip
+import hashlib
+import json
+import math
+import os
+import struct
+import sys
+import tarfile
+import time
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
+
+HERE = Path(__file__).resolve().parent
+
+
+class UserError(Exception):
+    """A problem with what the user asked for; printed as one line, exit status 2."""
+
+
+# -----------------------------------------------------------------------------
+# command line shared by every model file
+
+# per data set: the network and a training budget that finishes on a 2-core CPU in minutes
+DATA_DEFAULTS = {
+    "digits": dict(arch="unet", width=16, iters=2500, batch_size=128, lr=2e-3, n_eval=500),
+    "mnist": dict(arch="unet", width=32, iters=20000, batch_size=128, lr=1e-3, n_eval=2000),
+    "cifar10": dict(arch="unet", width=64, iters=50000, batch_size=128, lr=2e-4, n_eval=2000),
+    "toy": dict(arch="mlp", width=256, iters=3000, batch_size=512, lr=1e-3, n_eval=1000),
+}
+
+
+def add_args(parser):
+    """The flags every model file shares. None means: the data set's default (DATA_DEFAULTS)."""
+    a = parser.add_argument
+    a("--data", default="digits", help="digits (bundled 8x8), checkerboard, moons, 8gaussians, "
+      "mnist or cifar10 (these two download with --download)")
+    a("--arch", default=None, choices=["mlp", "unet", "dit"], help="network: mlp for 2-D points, unet or dit for images")
+    a("--width", type=int, default=None, help="network width (channels of the UNet's first level, hidden size otherwise)")
+    a("--iters", type=int, default=None, help="training iterations")
+    a("--batch-size", type=int, default=None, help="batch size (global, across all processes)")
+    a("--lr", type=float, default=None, help="peak AdamW learning rate")
+    a("--warmup", type=int, default=200, help="linear learning-rate warmup iterations")
+    a("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this value (0: off)")
+    a("--ema-decay", type=float, default=0.999, help="EMA decay of the weights used for sampling")
+    a("--uncond", action="store_true", help="ignore labels: train an unconditional model")
+    a("--p-uncond", type=float, default=0.1, help="probability of dropping a label to the null class (guidance)")
+    a("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale w when sampling (1: plain conditional)")
+    a("--n-eval", type=int, default=None, help="samples for the final quality figure")
+    a("--log-every", type=int, default=100, help="iterations between progress lines")
+    a("--sample-every", type=int, default=0, help="iterations between sample grids (0: only at the end)")
+    a("--ckpt-every", type=int, default=500, help="iterations between checkpoints")
+    a("--out", default=None, help="output folder (default runs/<model>-<data>)")
+    a("--resume", action="store_true", help="continue training from --ckpt or OUT/ckpt.pt")
+    a("--sample-only", action="store_true", help="only sample and evaluate the checkpoint (--ckpt or OUT/ckpt.pt)")
+    a("--ckpt", default=None, help="checkpoint to sample from (implies --sample-only unless --resume)")
+    a("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto: cuda, then mps, then cpu")
+    a("--amp", default="none", choices=["none", "bf16"], help="bf16 autocast for the network")
+    a("--compile", action="store_true", help="torch.compile the network for training")
+    a("--seed", type=int, default=0, help="random seed")
+    a("--data-root", default=None, help="cache folder for downloads (default ~/.cache/genmodels or $GENMODELS_CACHE)")
+    a("--download", action="store_true", help="allow downloading mnist / cifar10 (never done silently)")
+    return parser
+
+
+# flags that define the model and its data: --resume and --sample-only take them from the checkpoint
+MODEL_FLAGS = ("data", "arch", "width", "uncond")
+
+
+def fail(prog, message):
+    """The one way a command line ends on bad input: one line on stderr, exit status 2."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_args(parser, argv=None, name=None, accept=None, model_flags=()):
+    """Parse, fill the data set's defaults, check what argparse cannot, and for --resume or
+    --sample-only take the model's flags from the checkpoint (kept as args._ckpt).
+    name: the model file; accept: the models whose checkpoints it loads; model_flags: its own
+    flags that define the model (e.g. DDPM's T and schedule)."""
+    args = parser.parse_args(argv)
+    # which flags were typed: for --resume/--sample-only the checkpoint decides the rest
+    typed = argparse.ArgumentParser(add_help=False)
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            kw = dict(dest=action.dest, default=argparse.SUPPRESS)
+            if action.nargs == 0:
+                typed.add_argument(*action.option_strings, action="store_const", const=True, **kw)
+            else:
+                typed.add_argument(*action.option_strings, **kw)
+    typed = set(vars(typed.parse_known_args(argv)[0]))
+    if args.ckpt and not args.resume:
+        args.sample_only = True
+    if args.resume and args.sample_only:
+        parser.error("--resume and --sample-only exclude each other: pick one")
+    args._ckpt = None
+    if args.resume or args.sample_only:
+        path = Path(args.ckpt) if args.ckpt else Path(args.out or f"runs/{name}-{args.data}") / "ckpt.pt"
+        try:
+            args._ckpt = load_checkpoint(path, accept or (name,))
+        except UserError as e:
+            fail(parser.prog, e)
+        saved = args._ckpt["args"]
+        keep = typed if args.resume else set(vars(args)) - set(MODEL_FLAGS + tuple(model_flags))
+        for k, v in saved.items():  # resume: everything not typed; sample-only: the model's flags
+            if k not in keep and k not in ("resume", "sample_only", "ckpt", "out"):
+                setattr(args, k, v)
+        args.out = args.out or str(path.parent)
+    if args.data not in DATASETS:
+        parser.error(f"unknown data set {args.data!r}: choose from {', '.join(DATASETS)}")
+    for k, v in DATA_DEFAULTS["toy" if args.data in TOY_SETS else args.data].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    for k in ("iters", "batch_size", "width", "n_eval", "log_every", "ckpt_every"):
+        if getattr(args, k) <= 0:
+            parser.error(f"--{k.replace('_', '-')} must be positive, got {getattr(args, k)}")
+    if args.lr <= 0 or not math.isfinite(args.lr):
+        parser.error(f"--lr must be a positive number, got {args.lr}")
+    if not 0 <= args.ema_decay < 1:
+        parser.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
+    if not 0 <= args.p_uncond < 1:
+        parser.error(f"--p-uncond must be in [0, 1), got {args.p_uncond}")
+    if args.data in TOY_SETS and args.arch != "mlp":
+        parser.error(f"--arch {args.arch} is for images; 2-D data sets take --arch mlp")
+    if args.data not in TOY_SETS and args.arch == "mlp":
+        parser.error(f"--arch mlp is for 2-D points; {args.data} is images: use --arch unet or dit")
+    args.out = args.out or f"runs/{name}-{args.data}"
+    return args
+
+
+# -----------------------------------------------------------------------------
+# device and precision
+
+def get_device(name):
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible; use --device cpu (or auto)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: MPS is not available here; use --device cpu (or auto)")
+    if name == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device(name)
+
+
+def setup_precision(device):
+    if device.type == "cuda":  # TF32 matmuls: ~free accuracy-wise for these models, much faster
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def autocast(device, amp):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
+
+
+# -----------------------------------------------------------------------------
+# data: x (N, *shape) float in [-1, 1] for images, raw coordinates for points; y (N,) long
+
+@dataclass
+class Dataset:
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    levels: int = 0  # number of pixel levels for images (17 for digits, 256 else); 0 for points
+
+    @property
+    def shape(self):
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def is_image(self):
+        return len(self.shape) == 3
+
+
+TOY_SETS = ("checkerboard", "moons", "8gaussians")
+
+
+def toy_2d(name, n, generator=None):
+    """n points (n, 2) of a 2-D toy set with labels (n,), scaled to roughly unit variance."""
+    g = generator
+    if name == "checkerboard":  # 8 unit squares of a 4x4 board; label = square
+        sq = torch.randint(0, 8, (n,), generator=g)
+        row = sq // 2
+        col = 2 * (sq % 2) + row % 2
+        u = torch.rand(n, 2, generator=g)
+        x = torch.stack([col + u[:, 0], row + u[:, 1]], 1) - 2.0
+        return x, sq
+    if name == "moons":  # two interleaved half circles; label = moon
+        lab = torch.randint(0, 2, (n,), generator=g)
+        a = math.pi * torch.rand(n, generator=g)
+        x = torch.stack([torch.cos(a), torch.sin(a)], 1)
+        x = torch.where(lab[:, None] == 0, x, torch.stack([1 - x[:, 0], 0.5 - x[:, 1]], 1))
+        x = x + 0.05 * torch.randn(n, 2, generator=g)
+        return 2.0 * (x - torch.tensor([0.5, 0.25])), lab
+    if name == "8gaussians":  # 8 Gaussians on a circle of radius 2; label = component
+        lab = torch.randint(0, 8, (n,), generator=g)
+        a = lab.double() * (2 * math.pi / 8)
+        centers = 2.0 * torch.stack([torch.cos(a), torch.sin(a)], 1).float()
+        return centers + 0.1 * torch.randn(n, 2, generator=g), lab
+    raise UserError(f"unknown 2-D data set {name!r}: choose from {', '.join(TOY_SETS)}")
+
+
+def load_digits():
+    """The bundled UCI optdigits test set: 1797 8x8 images with 17 grey levels (0..16)."""
+    path = HERE / "data" / "digits.csv.gz"
+    if not path.exists():
+        raise UserError(f"bundled data {path} is missing: restore it with git checkout data/")
+    with gzip.open(path, "rt") as f:
+        rows = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    x = torch.from_numpy(rows[:, :64]).float().view(-1, 1, 8, 8) / 16 * 2 - 1
+    y = torch.from_numpy(rows[:, 64])
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))  # fixed split
+    te, tr = perm[:500], perm[500:]
+    return Dataset("digits", x[tr], y[tr], x[te], y[te], 10, levels=17)
+
+
+def cache_dir(root=None):
+    return Path(root or os.environ.get("GENMODELS_CACHE") or Path.home() / ".cache" / "genmodels")
+
+
+MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+MNIST_FILES = {  # file -> SHA-256
+    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+}
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+CIFAR_SHA256 = "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"
+
+
+def fetch(url, path, sha256, download):
+    """Download url to path once, verifying its SHA-256; never without --download."""
+    if path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == sha256:
+        return path
+    if not download:
+        raise UserError(f"{path.name} is not in {path.parent}: add --download to fetch it from {url}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"downloading {url} -> {path}")
+    tmp = path.with_suffix(path.suffix + ".part")
+    try:
+        urllib.request.urlretrieve(url, tmp)
+    except OSError as e:
+        raise UserError(f"download of {url} failed ({e}); check the network or copy the file to {path}")
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    if digest != sha256:
+        tmp.unlink()
+        raise UserError(f"{url} has SHA-256 {digest}, expected {sha256}: the download is truncated "
+                        f"or altered; run again, or copy a good file to {path}")
+    os.replace(tmp, path)
+    return path
+
+
+def load_mnist(root, download):
+    def idx(name):  # the IDX format: magic, dims, then uint8 data
+        raw = gzip.decompress(fetch(MNIST_URL + name, cache_dir(root) / "mnist" / name,
+                                    MNIST_FILES[name], download).read_bytes())
+        ndim = raw[3]
+        dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+        return torch.frombuffer(bytearray(raw[4 + 4 * ndim:]), dtype=torch.uint8).view(*dims)
+    xs = [idx(f"{s}-images-idx3-ubyte.gz").float().unsqueeze(1) / 255 * 2 - 1 for s in ("train", "t10k")]
+    ys = [idx(f"{s}-labels-idx1-ubyte.gz").long() for s in ("train", "t10k")]
+    return Dataset("mnist", xs[0], ys[0], xs[1], ys[1], 10, levels=256)
+
+
+def load_cifar10(root, download):
+    path = fetch(CIFAR_URL, cache_dir(root) / "cifar10" / "cifar-10-binary.tar.gz", CIFAR_SHA256, download)
+    parts = {}
+    with tarfile.open(path) as tar:  # raw bytes: label, then 3x32x32 pixels; nothing is unpickled
+        for m in tar.getmembers():
+            if m.name.endswith(".bin"):
+                rec = np.frombuffer(tar.extractfile(m).read(), dtype=np.uint8).reshape(-1, 3073)
+                parts[Path(m.name).name] = rec
+    train = np.concatenate([parts[f"data_batch_{i}.bin"] for i in range(1, 6)])
+    test = parts["test_batch.bin"]
+    def split(rec):
+        x = torch.from_numpy(rec[:, 1:].copy()).view(-1, 3, 32, 32).float() / 255 * 2 - 1
+        return x, torch.from_numpy(rec[:, 0].astype(np.int64))
+    return Dataset("cifar10", *split(train), *split(test), 10, levels=256)
+
+
+def load_data(name, root=None, download=False):
+    if name == "digits":
+        return load_digits()
+    if name in TOY_SETS:  # fixed train and test sets, drawn from the same generator
+        x, y = toy_2d(name, 60000, torch.Generator().manual_seed(0))
+        return Dataset(name, x[:50000], y[:50000], x[50000:], y[50000:], 8 if name != "moons" else 2)
+    if name == "mnist":
+        return load_mnist(root, download)
+    if name == "cifar10":
+        return load_cifar10(root, download)
+    raise UserError(f"unknown data set {name!r}: choose from {', '.join(DATASETS)}")
+
+
+DATASETS = ("digits",) + TOY_SETS + ("mnist", "cifar10")
+
+
+# -----------------------------------------------------------------------------
+# networks: net(x, t, y) or, with two_times, net(x, r, t, y); y None means the null class
+
+def timestep_embedding(t, dim, max_period=10000.0):
+    """Sinusoidal features of a float time (B,) -> (B, dim), as in the Transformer and DDPM."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+class Conditioning(nn.Module):
+    """Embeds time(s) and label into one vector c (B, dim). The label table has a null class at
+    index num_classes, used for y=None and for the labels dropped during training."""
+
+    def __init__(self, dim, num_classes=0, two_times=False, time_scale=1.0):
+        super().__init__()
+        self.time_scale, self.two_times, self.num_classes = time_scale, two_times, num_classes
+        n_freq = 2 * dim if two_times else dim
+        self.mlp = nn.Sequential(nn.Linear(n_freq, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.label = nn.Embedding(num_classes + 1, dim) if num_classes > 0 else None
+
+    def forward(self, times, y):
+        f = [timestep_embedding(s * self.time_scale, self.mlp[0].in_features // len(times)) for s in times]
+        c = self.mlp(torch.cat(f, 1))
+        if self.label is not None:
+            if y is None:
+                y = torch.full((c.shape[0],), self.num_classes, dtype=torch.long, device=c.device)
+            c = c + self.label(y)
+        return c
+
+
+class TimeNet(nn.Module):
+    """Base of the networks: splits net(x, t, y) / net(x, r, t, y) and embeds the condition."""
+
+    def __init__(self, dim, num_classes, two_times, time_scale):
+        super().__init__()
+        self.cond = Conditioning(dim, num_classes, two_times, time_scale)
+
+    def forward(self, x, *rest):
+        times, y = rest[:-1], rest[-1]
+        if len(times) != (2 if self.cond.two_times else 1):
+            raise TypeError(f"{type(self).__name__} takes (x, {'r, t' if self.cond.two_times else 't'}, y)")
+        times = [s.expand(x.shape[0]) if s.dim() == 1 and s.shape[0] == 1 else s for s in times]
+        return self.body(x, self.cond(times, y))
+
+
+class MLP(TimeNet):
+    """Residual MLP for points (B, D); the condition is added in every block."""
+
+    def __init__(self, dim_in=2, width=256, depth=4, num_classes=0, two_times=False, time_scale=1.0):
+        super().__init__(width, num_classes, two_times, time_scale)
+        self.inp = nn.Linear(dim_in, width)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, width))
+                                    for _ in range(depth))
+        self.cond_proj = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, dim_in))
+
+    def body(self, x, c):  # x (B, D), c (B, width)
+        h = self.inp(x)
+        c = F.silu(c)
+        for block, proj in zip(self.blocks, self.cond_proj):
+            h = h + block(h + proj(c))
+        return self.out(h)
+
+
+def attention(q, k, v):
+    """softmax(q k^T / sqrt(d)) v over (B, heads, N, d). The fused kernel has no forward-mode AD
+    (torch.func.jvp, used by MeanFlow), so there the same equation runs as plain matmuls."""
+    try:
+        return F.scaled_dot_product_attention(q, k, v)
+    except NotImplementedError:
+        w = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
+        return w @ v
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c_in, c_out, c_emb, groups=8):
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(groups, c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.emb = nn.Linear(c_emb, 2 * c_out)
+        self.norm2, self.conv2 = nn.GroupNorm(groups, c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, c):  # x (B, C, H, W), c (B, c_emb) already SiLU'd
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(c)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        return self.skip(x) + self.conv2(F.silu(h))
+
+
+class SelfAttention2d(nn.Module):
+    def __init__(self, ch, heads=4, groups=8):
+        super().__init__()
+        self.heads, self.norm = heads, nn.GroupNorm(groups, ch)
+        self.qkv, self.proj = nn.Conv2d(ch, 3 * ch, 1), nn.Conv2d(ch, ch, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).view(B, 3, self.heads, C // self.heads, H * W).transpose(-2, -1).unbind(1)
+        h = attention(q, k, v).transpose(-2, -1).reshape(B, C, H, W)  # (B, heads, HW, d) -> (B, C, H, W)
+        return x + self.proj(h)
+
+
+class UNet(TimeNet):
+    """A small UNet: two ResBlocks per level, attention at the lowest resolution.
+    8x8 inputs get levels (1, 2) x width (8 -> 4); 28x28 and 32x32 get (1, 2, 2) (28 -> 14 -> 7)."""
+
+    def __init__(self, shape=(1, 8, 8), width=32, num_classes=0, two_times=False, time_scale=1.0):
+        super().__init__(4 * width, num_classes, two_times, time_scale)
+        C, H, _ = shape
+        mults = (1, 2) if H <= 16 else (1, 2, 2)
+        chans = [width * m for m in mults]
+        emb = 4 * width
+        self.inp = nn.Conv2d(C, width, 3, padding=1)
+        self.down, self.up = nn.ModuleList(), nn.ModuleList()
+        skips, ch = [width], width
+        for i, c in enumerate(chans):
+            for _ in range(2):
+                self.down.append(ResBlock(ch, c, emb))
+                ch = c
+                skips.append(ch)
+            if i < len(chans) - 1:
+                self.down.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                skips.append(ch)
+        self.mid1, self.mid_attn, self.mid2 = ResBlock(ch, ch, emb), SelfAttention2d(ch), ResBlock(ch, ch, emb)
+        for i, c in reversed(list(enumerate(chans))):
+            for _ in range(3):
+                self.up.append(ResBlock(ch + skips.pop(), c, emb))
+                ch = c
+            if i > 0:
+                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                                             nn.Conv2d(ch, ch, 3, padding=1)))
+        self.out = nn.Sequential(nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, C, 3, padding=1))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def body(self, x, c):  # x (B, C, H, W), c (B, 4 width)
+        c = F.silu(c)
+        h = self.inp(x)
+        hs = [h]
+        for m in self.down:
+            h = m(h, c) if isinstance(m, ResBlock) else m(h)
+            hs.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, c)), c)
+        for m in self.up:
+            if isinstance(m, ResBlock):
+                h = m(torch.cat([h, hs.pop()], 1), c)
+            else:
+                h = m(h)
+                if h.shape[-1] != hs[-1].shape[-1]:  # 7 -> 14 -> 28 needs no crop; odd sizes would
+                    h = h[..., :hs[-1].shape[-2], :hs[-1].shape[-1]]
+        return self.out(h)
+
+
+class DiTBlock(nn.Module):
+    """Transformer block with adaLN-Zero: the condition sets LayerNorm's shift and scale and a
+    gate on each residual branch; the gates start at zero, so each block starts as the identity."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(approximate="tanh"), nn.Linear(4 * dim, dim))
+        self.ada = nn.Linear(dim, 6 * dim)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, x, c):  # x (B, N, dim), c (B, dim) already SiLU'd
+        B, N, D = x.shape
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, None].chunk(6, dim=2)
+        h = self.norm1(x) * (1 + scale1) + shift1
+        q, k, v = self.qkv(h).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        x = x + gate1 * self.proj(attention(q, k, v).transpose(1, 2).reshape(B, N, D))
+        h = self.norm2(x) * (1 + scale2) + shift2
+        return x + gate2 * self.mlp(h)
+
+
+class DiT(TimeNet):
+    """Diffusion Transformer (Peebles & Xie): patches + fixed 2-D sin-cos positions, adaLN-Zero
+    blocks, a zero-initialised linear decoder back to patches."""
+
+    def __init__(self, shape=(1, 8, 8), width=128, depth=6, heads=4, patch=2, num_classes=0,
+                 two_times=False, time_scale=1.0):
+        super().__init__(width, num_classes, two_times, time_scale)
+        C, H, W = shape
+        if H % patch or W % patch:
+            raise UserError(f"DiT patch size {patch} must divide the image size {H}x{W}")
+        self.shape, self.patch = shape, patch
+        self.embed = nn.Conv2d(C, width, patch, stride=patch)
+        gh, gw = H // patch, W // patch
+        pos = torch.cat([timestep_embedding(torch.arange(gh).repeat_interleave(gw), width // 2, 100.0),
+                         timestep_embedding(torch.arange(gw).repeat(gh), width // 2, 100.0)], 1)
+        self.register_buffer("pos", pos[None], persistent=False)  # (1, N, width)
+        self.blocks = nn.ModuleList(DiTBlock(width, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Linear(width, 2 * width)
+        self.out = nn.Linear(width, patch * patch * C)
+        for m in (self.ada, self.out):
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def body(self, x, c):  # x (B, C, H, W), c (B, width)
+        B, (C, H, W), p = x.shape[0], self.shape, self.patch
+        h = self.embed(x).flatten(2).transpose(1, 2) + self.pos  # (B, N, width)
+        c = F.silu(c)
+        for block in self.blocks:
+            h = block(h, c)
+        shift, scale = self.ada(c)[:, None].chunk(2, dim=2)
+        h = self.out(self.norm(h) * (1 + scale) + shift)  # (B, N, p*p*C)
+        h = h.view(B, H // p, W // p, p, p, C).permute(0, 5, 1, 3, 2, 4)
+        return h.reshape(B, C, H, W)
+
+
+def make_net(arch, shape, width, num_classes=0, two_times=False, time_scale=1.0):
+    """The network for data of `shape`. time_scale multiplies the time before its sinusoidal
+    features: 1 for DDPM's integer t in 1..T, 1000 for a flow's t in [0, 1]."""
+    kw = dict(num_classes=num_classes, two_times=two_times, time_scale=time_scale)
+    if arch == "mlp":
+        return MLP(shape[0], width, num_classes=num_classes, two_times=two_times, time_scale=time_scale)
+    if arch == "unet":
+        return UNet(shape, width, **kw)
+    if arch == "dit":
+        return DiT(shape, width=4 * width, patch=2 if shape[1] <= 16 else 4, **kw)
+    raise UserError(f"unknown architecture {arch!r}: choose mlp, unet or dit")
+
+
+def make_ema(net, decay):
+    """EMA of the weights with torch.optim.swa_utils; the decay warms up as min(decay, (1+n)/(10+n))
+    so that short runs are not dominated by the initial weights."""
+    @torch.no_grad()
+    def ema_update(ema_params, params, n):
+        d = min(decay, (1 + float(n)) / (10 + float(n)))
+        torch._foreach_lerp_(ema_params, params, 1 - d)
+    return AveragedModel(net, multi_avg_fn=ema_update, use_buffers=True)
+
+
+# -----------------------------------------------------------------------------
+# pictures: PNG written with zlib, no new dependency
+
+def write_png(path, img):
+    """img: uint8 array (H, W) grey or (H, W, 3) RGB."""
+    img = np.ascontiguousarray(img, dtype=np.uint8)
+    h, w = img.shape[:2]
+    color = 2 if img.ndim == 3 else 0
+    raw = b"".join(b"\x00" + img[i].tobytes() for i in range(h))  # filter 0 per row
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    atomic_write_bytes(path, png)
+
+
+def save_grid(x, path, nrow=10, min_size=32):
+    """Images (B, C, H, W) in [-1, 1] -> one PNG grid, upscaled to at least min_size pixels."""
+    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    B, C, H, W = x.shape
+    s = max(1, math.ceil(min_size / H))
+    x = x.repeat_interleave(s, 2).repeat_interleave(s, 3)
+    rows = math.ceil(B / nrow)
+    grid = torch.full((C, rows * (H * s + 2) + 2, nrow * (W * s + 2) + 2), 255, dtype=torch.uint8)
+    for i in range(B):
+        r, c = divmod(i, nrow)
+        grid[:, 2 + r * (H * s + 2):2 + r * (H * s + 2) + H * s, 2 + c * (W * s + 2):2 + c * (W * s + 2) + W * s] = x[i]
+    write_png(path, grid[0].numpy() if C == 1 else grid.permute(1, 2, 0).numpy())
+
+
+def save_points(x, path, ref=None, lim=4.0, size=256):
+    """2-D points (B, 2) as a density picture (dark = dense); with ref, real data on the left."""
+    def density(p):
+        h, _, _ = np.histogram2d(p[:, 1].cpu().double().numpy(), p[:, 0].cpu().double().numpy(),
+                                 bins=size, range=[[-lim, lim], [-lim, lim]])
+        h = np.log1p(h[::-1]) / max(np.log1p(h).max(), 1e-9)
+        return (255 * (1 - h)).astype(np.uint8)
+    panels = [density(ref), np.full((size, 4), 128, np.uint8)] if ref is not None else []
+    write_png(path, np.concatenate(panels + [density(x)], axis=1))
+
+
+def save_samples(x, path, data):
+    if data.is_image:
+        save_grid(x, path)
+    else:
+        save_points(x, path, ref=data.x_test)
+
+
+# -----------------------------------------------------------------------------
+# metrics, each printed next to its floor (the same metric between two sets of real data)
+
+def w2_exact(a, b):
+    """Exact 2-Wasserstein distance between two equal-size point sets (optimal assignment)."""
+    from scipy.optimize import linear_sum_assignment
+    a, b = a.detach().double().cpu().flatten(1), b.detach().double().cpu().flatten(1)
+    if len(a) != len(b):
+        raise ValueError(f"w2_exact needs equal-size sets, got {len(a)} and {len(b)}")
+    cost = torch.cdist(a, b).pow(2).numpy()
+    rows, cols = linear_sum_assignment(cost)
+    return float(np.sqrt(cost[rows, cols].mean()))
+
+
+def frechet_distance(f1, f2):
+    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^{1/2}) between Gaussians fitted to features."""
+    from scipy import linalg
+    f1, f2 = f1.detach().double().cpu().numpy(), f2.detach().double().cpu().numpy()
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2)
+    if not np.isfinite(covmean).all():  # singular product: regularise as in the FID reference code
+        eps = 1e-6 * np.eye(len(s1))
+        covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
+    covmean = np.real(covmean)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+class Classifier(nn.Module):
+    """Small CNN whose penultimate features (64) define the Frechet distance for images."""
+
+    def __init__(self, channels=1, num_classes=10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1), nn.SiLU(), nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def feature_net(data, root=None, epochs=30):
+    """The data set's feature classifier, trained deterministically once on CPU and cached.
+    Returns (net, test accuracy)."""
+    path = cache_dir(root) / f"classifier-{data.name}-v1.pt"
+    net = Classifier(data.shape[0], data.num_classes)
+    if path.exists():
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            net.load_state_dict(state["net"])
+            return net.eval(), state["acc"]
+        except Exception:
+            pass  # a broken cache is rebuilt below
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = Classifier(data.shape[0], data.num_classes)
+        opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+        n, bs = len(data.x_train), 128
+        for _ in range(epochs if n < 5000 else 2):
+            perm = torch.randperm(n, generator=g)
+            for i in range(0, n, bs):
+                idx = perm[i:i + bs]
+                loss = F.cross_entropy(net(data.x_train[idx]), data.y_train[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    net.eval()
+    with torch.no_grad():
+        acc = float((torch.cat([net(xb).argmax(1) for xb in data.x_test.split(1000)]) == data.y_test).float().mean())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save({"net": net.state_dict(), "acc": acc}, path)
+    return net, acc
+
+
+def quality(data, samples, root=None):
+    """Sample quality against held-out data, with its floor. Images: Frechet distance in the
+    feature classifier's space ("FD"); points: exact W2. The floor is the same metric between
+    as many training examples and the same held-out set."""
+    n = len(samples)
+    if n > len(data.x_test):
+        raise UserError(f"--n-eval {n} exceeds the {len(data.x_test)} held-out examples of {data.name}")
+    test = data.x_test[:n]
+    real = data.x_train[torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(1))[:n]]
+    samples = samples.detach().float().cpu()
+    if not data.is_image:
+        return {"metric": "W2", "value": w2_exact(samples, test), "floor": w2_exact(real, test), "n": n}
+    net, acc = feature_net(data, root)
+    with torch.no_grad():
+        feats = [torch.cat([net.features(b) for b in s.split(1000)]) for s in (samples.clamp(-1, 1), real, test)]
+    return {"metric": "FD", "value": frechet_distance(feats[0], feats[2]),
+            "floor": frechet_distance(feats[1], feats[2]), "n": n, "classifier_acc": acc}
+
+
+def format_quality(q):
+    return f"{q['metric']} {q['value']:.4g} (floor {q['floor']:.4g}, real vs real, n={q['n']})"
+
+
+# -----------------------------------------------------------------------------
+# checkpoints: written atomically, loaded with weights_only=True
+
+def atomic_write_bytes(path, data):
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)  # the old file stays whole until this rename
+
+
+def atomic_save(obj, path):
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, accept):
+    """Load a checkpoint written by a model file in `accept` (a tuple of model names)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found: train first, or pass --ckpt PATH to an existing one")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__}): "
+                        "use an earlier checkpoint or train again")
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "net" not in ckpt:
+        raise UserError(f"{path} is not a checkpoint of this project: pass one written by {accept[0]}.py")
+    if ckpt["model"] not in accept:
+        raise UserError(f"{path} is a {ckpt['model']} checkpoint; this needs one of: {', '.join(accept)}")
+    return ckpt
+
+
+# -----------------------------------------------------------------------------
+# the training loop shared by every model file
+
+def is_main():
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def log(*a):
+    if is_main():
+        print(*a, flush=True)
+
+
+def class_labels(n, num_classes, device):
+    """Balanced labels 0, 1, ..., so a grid of n = 10 k images shows each class in a column."""
+    return torch.arange(n, device=device) % num_classes if num_classes else None
+
+
+def generate(sample_fn, net, data, n, args, device, seed):
+    """n samples in batches, with balanced labels when the model is conditional."""
+    num_classes = 0 if args.uncond else data.num_classes
+    g = torch.Generator(device).manual_seed(seed)
+    out = []
+    for i in range(0, n, 1000):
+        m = min(1000, n - i)
+        y = class_labels(n, num_classes, device)[i:i + m] if num_classes else None
+        with autocast(device, args.amp):
+            out.append(sample_fn(net, (m,) + data.shape, y, g).float().cpu())
+    return torch.cat(out)
+
+
+def run(args, name, loss_fn, sample_fn, two_times=False, time_scale=1.0, make_model=None):
+    """Train (or resume, or only sample) the model `name` and report its quality.
+
+    loss_fn(net, x, y) -> scalar; sample_fn(net, shape, y, generator) -> samples, where net is
+    make_net(args.arch, ...) with the given two_times and time_scale, or make_model(data) when a
+    model file brings its own module (vae.py, ar.py). Any UserError ends the program with one
+    line on stderr and exit status 2."""
+    try:
+        return _run(args, name, loss_fn, sample_fn, two_times, time_scale, make_model)
+    except UserError as e:
+        fail(f"{name}.py", e)
+
+
+def _run(args, name, loss_fn, sample_fn, two_times, time_scale, make_model):
+    out, ckpt = Path(args.out), args._ckpt
+    device = get_device(args.device)
+    setup_precision(device)
+    torch.manual_seed(args.seed)
+    data = load_data(args.data, args.data_root, args.download)
+    num_classes = 0 if args.uncond else data.num_classes
+    if make_model is not None:
+        net = make_model(data).to(device)
+    else:
+        net = make_net(args.arch, data.shape, args.width, num_classes, two_times, time_scale).to(device)
+    ema = make_ema(net, args.ema_decay)
+    if ckpt is not None:
+        try:
+            net.load_state_dict(ckpt["net"])
+            ema.load_state_dict(ckpt["ema"])
+        except RuntimeError as e:
+            raise UserError(f"the checkpoint does not fit this network ({str(e).splitlines()[0]}); "
+                            "it was written with other --arch/--width/--data flags")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write-test").write_bytes(b"")
+        (out / ".write-test").unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to output folder {out} ({e.strerror}): pass --out to a writable folder")
+    if not args.sample_only:
+        train(args, name, net, ema, loss_fn, sample_fn, data, device, out, ckpt)
+    if not is_main():
+        return None
+    t0 = time.time()
+    samples = generate(sample_fn, ema.module, data, args.n_eval, args, device, args.seed + 1)
+    t_sample = time.time() - t0
+    save_samples(samples[:100], out / "samples.png", data)
+    q = quality(data, samples, args.data_root)
+    q.update(sample_seconds=t_sample, cfg_scale=args.cfg_scale)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"eval": q}) + "\n")
+    acc = f", feature classifier test accuracy {q['classifier_acc']:.3f}" if "classifier_acc" in q else ""
+    log(f"{name} on {args.data}: {format_quality(q)}{acc}; sampling {t_sample:.1f}s; grid {out / 'samples.png'}")
+    return q
+
+
+def train(args, name, net, ema, loss_fn, sample_fn, data, device, out, ckpt=None):
+    num_classes = 0 if args.uncond else data.num_classes
+    if args.batch_size > len(data.x_train):
+        raise UserError(f"--batch-size {args.batch_size} exceeds the {len(data.x_train)} training examples "
+                        f"of {args.data}: use at most {len(data.x_train)}")
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    model = torch.compile(net) if args.compile else net
+    gen = torch.Generator().manual_seed(args.seed)  # draws the batches
+    step = 0
+    if ckpt is not None:
+        opt.load_state_dict(ckpt["opt"])
+        step = ckpt["step"]
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        gen.set_state(ckpt["rng"]["data"])
+        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        if step >= args.iters:
+            log(f"checkpoint is at step {step} >= --iters {args.iters}: nothing to train")
+    x_all, y_all = data.x_train.to(device), data.y_train.to(device)
+    n_params = sum(p.numel() for p in net.parameters())
+    log(f"{name}: {args.arch} with {n_params / 1e6:.2f}M parameters on {args.data} {list(data.shape)}, "
+        f"{'unconditional' if not num_classes else f'{num_classes} classes'}, device {device}, "
+        f"iters {step}->{args.iters}, batch {args.batch_size}")
+
+    def save():
+        if is_main():
+            rng = {"torch": torch.get_rng_state(), "data": gen.get_state(),
+                   "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+            atomic_save({"model": name, "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+                         "net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                         "step": step, "rng": rng}, out / "ckpt.pt")
+
+    t_start, t_last, step_last = time.time(), time.time(), step
+    losses = []
+    while step < args.iters:
+        idx = torch.randint(0, len(x_all), (args.batch_size,), generator=gen).to(device)
+        x, y = x_all[idx], (y_all[idx] if num_classes else None)
+        if num_classes and args.p_uncond > 0:  # classifier-free guidance: drop labels to the null class
+            drop = torch.rand(len(y), generator=gen).to(device) < args.p_uncond
+            y = torch.where(drop, torch.full_like(y, num_classes), y)
+        lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with autocast(device, args.amp):
+            loss = loss_fn(model, x, y)
+        if not torch.isfinite(loss):
+            raise UserError(f"loss is {loss.item()} at step {step}: training diverged; lower --lr "
+                            f"(now {args.lr}) or use --amp none. Last good checkpoint: {out / 'ckpt.pt'}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if args.grad_clip > 0:
+            nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)
+        opt.step()
+        ema.update_parameters(net)
+        step += 1
+        losses.append(loss.detach())
+        if step % args.log_every == 0 or step == args.iters:
+            mean_loss = torch.stack(losses).mean().item()
+            losses.clear()
+            now = time.time()
+            rate = (step - step_last) / (now - t_last)
+            eta = (args.iters - step) / max(rate, 1e-9)
+            log(f"step {step:6d}/{args.iters} | loss {mean_loss:.4f} | lr {lr:.2e} | {rate:.1f} it/s | "
+                f"eta {int(eta // 60)}m{int(eta % 60):02d}s")
+            if is_main():
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps({"step": step, "loss": mean_loss, "lr": lr, "it_s": rate}) + "\n")
+            t_last, step_last = now, step
+        if args.sample_every and step % args.sample_every == 0 and is_main():
+            x = generate(sample_fn, ema.module, data, 100, args, device, args.seed + 1)
+            save_samples(x, out / f"samples_{step:06d}.png", data)
+        if step % args.ckpt_every == 0 or step == args.iters:
+            save()
+    log(f"trained {name} in {time.time() - t_start:.1f}s; checkpoint {out / 'ckpt.pt'}")

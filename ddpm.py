@@ -1,0 +1,133 @@
+"""DDPM: Denoising Diffusion Probabilistic Models (Ho, Jain & Abbeel, 2020).
+
+The math, in the lecture's notation (integer t in 1..T; x_0 is the data):
+
+  forward step       q(x_t | x_{t-1}) = N(x_t; sqrt(alpha_t) x_{t-1}, beta_t I),  alpha_t = 1 - beta_t
+  diffusion kernel   q(x_t | x_0)     = N(x_t; sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I),
+                     alpha_bar_t = prod_{s<=t} alpha_s,  so  x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps
+  posterior          q(x_{t-1} | x_t, x_0) = N(mu_tilde_t, beta_tilde_t I),
+                     mu_tilde_t = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t) x_0
+                                + sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) x_t
+                     beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t
+  training (Alg. 1)  minimise E_{x_0, t ~ U{1..T}, eps} || eps - eps_theta(x_t, t) ||^2   (lambda_t = 1)
+  sampling (Alg. 2)  x_T ~ N(0, I);  for t = T..1:
+                     x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_theta(x_t, t)) + sigma_t z,
+                     z ~ N(0, I) for t > 1, z = 0 at t = 1;  sigma_t^2 = beta_tilde_t
+  guidance           eps = eps_theta(x_t, t, None) + w (eps_theta(x_t, t, y) - eps_theta(x_t, t, None))
+
+(One of the lecture decks writes the mean as 1/sqrt(1 - beta_t)(x_t - beta_t/sqrt(1 - alpha_bar_t) eps): the
+same thing, since alpha_t = 1 - beta_t. tests/test_ddpm.py proves the kernel and posterior against
+independent computations.)
+
+Run:
+  python ddpm.py                          # digits, 8x8, ~4 min on a 2-core CPU; grid + Frechet distance
+  python ddpm.py --device cuda            # the same on a GPU
+  python ddpm.py --data checkerboard      # 2-D points; W2 against held-out points
+  python ddpm.py --data mnist --download  # 28x28 MNIST (downloads once, verified by SHA-256)
+  python ddpm.py --ckpt runs/ddpm-digits/ckpt.pt --cfg-scale 2   # sample a trained model, guided
+  python ddpm.py --resume                 # continue runs/ddpm-digits/ckpt.pt up to --iters
+"""
+import argparse
+import math
+
+import torch
+
+import common
+
+
+# -----------------------------------------------------------------------------
+# the method: schedule, forward process, posterior, loss, sampler
+
+class DDPM:
+    def __init__(self, T=1000, schedule="linear"):
+        if schedule == "linear":  # beta from 1e-4 to 0.02 (Ho et al.)
+            beta = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
+        elif schedule == "cosine":  # alpha_bar_t = f(t) / f(0), f(t) = cos^2(((t/T + s)/(1 + s)) pi/2) (Nichol & Dhariwal)
+            s = 0.008
+            f = torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
+            beta = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+        else:
+            raise ValueError(f"unknown schedule {schedule!r}: use 'linear' or 'cosine'")
+        self.T = T
+        self.beta = torch.cat([torch.zeros(1, dtype=torch.float64), beta])  # (T + 1,), beta[0] = 0
+        self.alpha = 1 - self.beta
+        self.alpha_bar = torch.cumprod(self.alpha, 0)  # alpha_bar[0] = 1
+        # posterior variance beta_tilde_t, with beta_tilde_0 := 0 (never used as a variance)
+        ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bar[:-1]])
+        self.beta_tilde = (1 - ab_prev) / (1 - self.alpha_bar).clamp(min=1e-300) * self.beta
+
+    @staticmethod
+    def _at(a, t, x):
+        """a[t] for a batch t (B,) -> (B, 1, ..., 1), indexed in float64 on the CPU, then cast to x."""
+        return a[t.cpu()].to(device=x.device, dtype=x.dtype).view(-1, *[1] * (x.dim() - 1))
+
+    def q_sample(self, x0, t, eps):
+        # x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps
+        return self._at(self.alpha_bar.sqrt(), t, x0) * x0 + self._at((1 - self.alpha_bar).sqrt(), t, x0) * eps
+
+    def q_posterior(self, x0, x_t, t):
+        # mu_tilde = sqrt(ab_{t-1}) beta_t / (1 - ab_t) x_0 + sqrt(alpha_t) (1 - ab_{t-1}) / (1 - ab_t) x_t
+        ab, ab_prev = self.alpha_bar[1:], self.alpha_bar[:-1]  # indexed by t - 1
+        c0 = ab_prev.sqrt() * self.beta[1:] / (1 - ab)
+        ct = self.alpha[1:].sqrt() * (1 - ab_prev) / (1 - ab)
+        mean = self._at(c0, t - 1, x0) * x0 + self._at(ct, t - 1, x0) * x_t
+        return mean, self._at(self.beta_tilde, t, x0)
+
+    def loss(self, net, x0, y=None):
+        t = torch.randint(1, self.T + 1, (x0.shape[0],))  # t ~ U{1..T}, drawn on the CPU: no device sync
+        eps = torch.randn_like(x0)
+        x_t = self.q_sample(x0, t, eps)
+        return (eps - net(x_t, t.to(x0.device), y)).pow(2).mean()  # Algorithm 1
+
+    def eps(self, net, x_t, t, y, cfg_scale):
+        """eps_theta, with classifier-free guidance when w != 1 (two network calls)."""
+        if y is None or cfg_scale == 1.0:
+            return net(x_t, t, y)
+        e_uncond = net(x_t, t, None)
+        return e_uncond + cfg_scale * (net(x_t, t, y) - e_uncond)
+
+    @torch.no_grad()
+    def sample(self, net, shape, y=None, cfg_scale=1.0, generator=None, noise=None):
+        """Ancestral sampling, Algorithm 2: T network calls from x_T ~ N(0, I) to x_0."""
+        device = noise.device if noise is not None else (generator.device if generator is not None else "cpu")
+        x = noise if noise is not None else torch.randn(shape, generator=generator, device=device)
+        dtype = x.dtype
+        for t in range(self.T, 0, -1):
+            tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+            e = self.eps(net, x, tt, y, cfg_scale).to(dtype)
+            # x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) + sigma_t z
+            mean = (x - self.beta[t] / math.sqrt(1 - self.alpha_bar[t]) * e) / math.sqrt(self.alpha[t])
+            if t > 1:
+                z = torch.randn(x.shape, generator=generator, device=x.device, dtype=dtype)
+                x = mean + math.sqrt(self.beta_tilde[t]) * z
+            else:
+                x = mean
+        return x
+
+
+def gaussian_kl(mean1, var1, mean2, var2):
+    """KL(N(mean1, var1) || N(mean2, var2)) per element, the term of the variational bound L_{t-1}."""
+    return 0.5 * (torch.log(var2 / var1) + (var1 + (mean1 - mean2) ** 2) / var2 - 1)
+
+
+# -----------------------------------------------------------------------------
+# command line
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="see the module docstring for the math")
+    common.add_args(parser)
+    parser.add_argument("--T", type=int, default=1000, help="number of diffusion steps")
+    parser.add_argument("--schedule", default="linear", choices=["linear", "cosine"], help="beta schedule")
+    args = common.parse_args(parser, argv, "ddpm", model_flags=("T", "schedule"))
+    if args.T < 1:
+        parser.error(f"--T must be at least 1, got {args.T}")
+    ddpm = DDPM(args.T, args.schedule)
+
+    def sample_fn(net, shape, y, generator):
+        return ddpm.sample(net, shape, y=y, cfg_scale=args.cfg_scale, generator=generator)
+
+    return common.run(args, "ddpm", ddpm.loss, sample_fn)
+
+
+if __name__ == "__main__":
+    main()
