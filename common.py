@@ -63,7 +63,7 @@ def add_args(parser):
     a("--uncond", action="store_true", help="ignore labels: train an unconditional model")
     a("--p-uncond", type=float, default=0.1, help="probability of dropping a label to the null class (guidance)")
     a("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale w when sampling (1: plain conditional)")
-    a("--n-eval", type=int, default=None, help="samples for the final quality figure")
+    a("--n-eval", type=int, default=None, help="samples for the final quality figure (0: skip it)")
     a("--log-every", type=int, default=100, help="iterations between progress lines")
     a("--sample-every", type=int, default=0, help="iterations between sample grids (0: only at the end)")
     a("--ckpt-every", type=int, default=500, help="iterations between checkpoints")
@@ -128,9 +128,11 @@ def parse_args(parser, argv=None, name=None, accept=None, model_flags=()):
     for k, v in DATA_DEFAULTS["toy" if args.data in TOY_SETS else args.data].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    for k in ("iters", "batch_size", "width", "n_eval", "log_every", "ckpt_every"):
+    for k in ("iters", "batch_size", "width", "log_every", "ckpt_every"):
         if getattr(args, k) <= 0:
             parser.error(f"--{k.replace('_', '-')} must be positive, got {getattr(args, k)}")
+    if args.n_eval < 0:
+        parser.error(f"--n-eval must be 0 (no evaluation) or positive, got {args.n_eval}")
     if args.lr <= 0 or not math.isfinite(args.lr):
         parser.error(f"--lr must be a positive number, got {args.lr}")
     if not 0 <= args.ema_decay < 1:
@@ -323,8 +325,9 @@ DATASETS = ("digits",) + TOY_SETS + ("mnist", "cifar10")
 def timestep_embedding(t, dim, max_period=10000.0):
     """Sinusoidal features of a float time (B,) -> (B, dim), as in the Transformer and DDPM."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
+    dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=dtype) / half)
+    args = t.to(dtype)[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 
@@ -341,7 +344,7 @@ class Conditioning(nn.Module):
 
     def forward(self, times, y):
         f = [timestep_embedding(s * self.time_scale, self.mlp[0].in_features // len(times)) for s in times]
-        c = self.mlp(torch.cat(f, 1))
+        c = self.mlp(torch.cat(f, 1).to(self.mlp[0].weight.dtype))
         if self.label is not None:
             if y is None:
                 y = torch.full((c.shape[0],), self.num_classes, dtype=torch.long, device=c.device)
@@ -617,7 +620,7 @@ def w2_exact(a, b):
     a, b = a.detach().double().cpu().flatten(1), b.detach().double().cpu().flatten(1)
     if len(a) != len(b):
         raise ValueError(f"w2_exact needs equal-size sets, got {len(a)} and {len(b)}")
-    cost = torch.cdist(a, b).pow(2).numpy()
+    cost = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1).numpy()  # (n, n) squared distances, exact
     rows, cols = linear_sum_assignment(cost)
     return float(np.sqrt(cost[rows, cols].mean()))
 
@@ -723,11 +726,15 @@ def atomic_write_bytes(path, data):
 def atomic_save(obj, path):
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # the previous checkpoint stays whole until this rename
+    except BaseException:  # killed or failed mid-write: drop the partial file, keep the old one
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path, accept):
@@ -784,10 +791,21 @@ def run(args, name, loss_fn, sample_fn, two_times=False, time_scale=1.0, make_mo
     make_net(args.arch, ...) with the given two_times and time_scale, or make_model(data) when a
     model file brings its own module (vae.py, ar.py). Any UserError ends the program with one
     line on stderr and exit status 2."""
+    started = False
     try:
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():  # under torchrun
+            if args.device in ("cuda", "auto") and torch.cuda.is_available():
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+                dist.init_process_group("nccl")
+            else:
+                dist.init_process_group("gloo")
+            started = True
         return _run(args, name, loss_fn, sample_fn, two_times, time_scale, make_model)
     except UserError as e:
-        fail(f"{name}.py", e)
+        fail(f"{name}.py" + (f" (rank {dist.get_rank()})" if dist.is_initialized() else ""), e)
+    finally:
+        if started:
+            dist.destroy_process_group()
 
 
 def _run(args, name, loss_fn, sample_fn, two_times, time_scale, make_model):
@@ -817,7 +835,7 @@ def _run(args, name, loss_fn, sample_fn, two_times, time_scale, make_model):
         raise UserError(f"cannot write to output folder {out} ({e.strerror}): pass --out to a writable folder")
     if not args.sample_only:
         train(args, name, net, ema, loss_fn, sample_fn, data, device, out, ckpt)
-    if not is_main():
+    if not is_main() or args.n_eval == 0:
         return None
     t0 = time.time()
     samples = generate(sample_fn, ema.module, data, args.n_eval, args, device, args.seed + 1)
@@ -832,34 +850,69 @@ def _run(args, name, loss_fn, sample_fn, two_times, time_scale, make_model):
     return q
 
 
+class LossModule(nn.Module):
+    """The loss as a module: DDP wraps this, not the network, so gradients are synchronised for
+    whatever the loss does with the network (MeanFlow's torch.func.jvp included: inside, the
+    network is the plain module)."""
+
+    def __init__(self, net, loss_fn):
+        super().__init__()
+        self.net, self.loss_fn = net, loss_fn
+
+    def forward(self, x, y):
+        return self.loss_fn(self.net, x, y)
+
+
 def train(args, name, net, ema, loss_fn, sample_fn, data, device, out, ckpt=None):
     num_classes = 0 if args.uncond else data.num_classes
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     if args.batch_size > len(data.x_train):
         raise UserError(f"--batch-size {args.batch_size} exceeds the {len(data.x_train)} training examples "
                         f"of {args.data}: use at most {len(data.x_train)}")
+    if args.batch_size % world:
+        raise UserError(f"--batch-size {args.batch_size} does not split over {world} processes: use a multiple of {world}")
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    model = torch.compile(net) if args.compile else net
-    gen = torch.Generator().manual_seed(args.seed)  # draws the batches
+    model = LossModule(torch.compile(net) if args.compile else net, loss_fn)
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # batches: every rank draws the same global batch and keeps its slice (the data are sharded
+    # per batch, so the run sees what one process with the same global batch sees); the loss's
+    # own noise comes from the global RNG, seeded per rank
+    gen = torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(args.seed + rank)
     step = 0
     if ckpt is not None:
         opt.load_state_dict(ckpt["opt"])
         step = ckpt["step"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
         gen.set_state(ckpt["rng"]["data"])
-        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        states = ckpt["rng"]["torch"]
+        if len(states) == world:
+            torch.set_rng_state(states[rank])
+            if device.type == "cuda" and ckpt["rng"].get("cuda"):
+                torch.cuda.set_rng_state(ckpt["rng"]["cuda"][rank], device)
+        else:
+            log(f"checkpoint was written by {len(states)} processes, this run has {world}: noise is reseeded")
         if step >= args.iters:
             log(f"checkpoint is at step {step} >= --iters {args.iters}: nothing to train")
     x_all, y_all = data.x_train.to(device), data.y_train.to(device)
+    local = slice(rank * args.batch_size // world, (rank + 1) * args.batch_size // world)
     n_params = sum(p.numel() for p in net.parameters())
     log(f"{name}: {args.arch} with {n_params / 1e6:.2f}M parameters on {args.data} {list(data.shape)}, "
-        f"{'unconditional' if not num_classes else f'{num_classes} classes'}, device {device}, "
+        f"{'unconditional' if not num_classes else f'{num_classes} classes'}, device {device} x {world}, "
         f"iters {step}->{args.iters}, batch {args.batch_size}")
 
+    def gather(x):  # a list of every rank's x (x itself when there is one process)
+        if world == 1:
+            return [x]
+        xs = [None] * world
+        dist.all_gather_object(xs, x)
+        return xs
+
     def save():
-        if is_main():
-            rng = {"torch": torch.get_rng_state(), "data": gen.get_state(),
-                   "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+        torch_states = gather(torch.get_rng_state())
+        cuda_states = gather(torch.cuda.get_rng_state(device)) if device.type == "cuda" else None
+        if rank == 0:
+            rng = {"torch": torch_states, "cuda": cuda_states, "data": gen.get_state()}
             atomic_save({"model": name, "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
                          "net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                          "step": step, "rng": rng}, out / "ckpt.pt")
@@ -867,19 +920,17 @@ def train(args, name, net, ema, loss_fn, sample_fn, data, device, out, ckpt=None
     t_start, t_last, step_last = time.time(), time.time(), step
     losses = []
     while step < args.iters:
-        idx = torch.randint(0, len(x_all), (args.batch_size,), generator=gen).to(device)
+        idx = torch.randint(0, len(x_all), (args.batch_size,), generator=gen)
+        drop = torch.rand(args.batch_size, generator=gen) < args.p_uncond
+        idx, drop = idx[local].to(device), drop[local].to(device)
         x, y = x_all[idx], (y_all[idx] if num_classes else None)
-        if num_classes and args.p_uncond > 0:  # classifier-free guidance: drop labels to the null class
-            drop = torch.rand(len(y), generator=gen).to(device) < args.p_uncond
+        if num_classes:  # classifier-free guidance: drop labels to the null class
             y = torch.where(drop, torch.full_like(y, num_classes), y)
         lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
         for group in opt.param_groups:
             group["lr"] = lr
         with autocast(device, args.amp):
-            loss = loss_fn(model, x, y)
-        if not torch.isfinite(loss):
-            raise UserError(f"loss is {loss.item()} at step {step}: training diverged; lower --lr "
-                            f"(now {args.lr}) or use --amp none. Last good checkpoint: {out / 'ckpt.pt'}")
+            loss = model(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if args.grad_clip > 0:
@@ -887,22 +938,31 @@ def train(args, name, net, ema, loss_fn, sample_fn, data, device, out, ckpt=None
         opt.step()
         ema.update_parameters(net)
         step += 1
-        losses.append(loss.detach())
-        if step % args.log_every == 0 or step == args.iters:
-            mean_loss = torch.stack(losses).mean().item()
+        losses.append(loss.detach().float())
+        save_now = step % args.ckpt_every == 0 or step == args.iters
+        if step % args.log_every == 0 or save_now:  # checked before any save: a checkpoint is never non-finite
+            mean_loss = torch.stack(losses).mean()
+            if world > 1:
+                dist.all_reduce(mean_loss)
+                mean_loss /= world
+            mean_loss = mean_loss.item()
             losses.clear()
+            if not math.isfinite(mean_loss):
+                raise UserError(f"loss is {mean_loss} between steps {step_last} and {step}: training diverged; "
+                                f"lower --lr (now {args.lr}) or use --amp none. Last good checkpoint: {out / 'ckpt.pt'}")
+        if step % args.log_every == 0 or step == args.iters:
             now = time.time()
             rate = (step - step_last) / (now - t_last)
             eta = (args.iters - step) / max(rate, 1e-9)
             log(f"step {step:6d}/{args.iters} | loss {mean_loss:.4f} | lr {lr:.2e} | {rate:.1f} it/s | "
                 f"eta {int(eta // 60)}m{int(eta % 60):02d}s")
-            if is_main():
+            if rank == 0:
                 with open(out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps({"step": step, "loss": mean_loss, "lr": lr, "it_s": rate}) + "\n")
             t_last, step_last = now, step
-        if args.sample_every and step % args.sample_every == 0 and is_main():
+        if args.sample_every and step % args.sample_every == 0 and rank == 0:
             x = generate(sample_fn, ema.module, data, 100, args, device, args.seed + 1)
             save_samples(x, out / f"samples_{step:06d}.png", data)
-        if step % args.ckpt_every == 0 or step == args.iters:
+        if save_now:
             save()
     log(f"trained {name} in {time.time() - t_start:.1f}s; checkpoint {out / 'ckpt.pt'}")

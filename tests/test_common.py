@@ -1,0 +1,306 @@
+"""common.py: data, networks (forward-mode AD included), EMA, PNG, metrics against brute force and
+closed forms, checkpoints and the training loop's guarantees (exact resume, faults, DDP)."""
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+import common
+import ddpm
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -----------------------------------------------------------------------------
+# data
+
+def test_digits_are_bundled_scaled_and_split_the_same_way_every_time():
+    a, b = common.load_digits(), common.load_digits()
+    assert a.shape == (1, 8, 8) and a.num_classes == 10 and a.levels == 17
+    assert len(a.x_train) == 1297 and len(a.x_test) == 500
+    assert torch.equal(a.x_test, b.x_test) and torch.equal(a.y_train, b.y_train)
+    levels = torch.unique(torch.cat([a.x_train, a.x_test]))
+    assert len(levels) == 17 and levels.min() == -1 and levels.max() == 1
+    assert set(a.y_test.tolist()) == set(range(10))
+
+
+@pytest.mark.parametrize("name", common.TOY_SETS)
+def test_toy_sets(name):
+    d = common.load_data(name)
+    assert d.shape == (2,) and not d.is_image and len(d.x_test) == 10000
+    assert d.y_train.min() == 0 and d.y_train.max() == d.num_classes - 1
+    x1, y1 = common.toy_2d(name, 100, torch.Generator().manual_seed(3))
+    x2, y2 = common.toy_2d(name, 100, torch.Generator().manual_seed(3))
+    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert 0.3 < d.x_train.std() < 3  # roughly unit scale
+
+
+def test_download_needs_the_flag_and_checks_the_sha256(tmp_path, monkeypatch):
+    target = tmp_path / "f.bin"
+    with pytest.raises(common.UserError, match="--download"):
+        common.fetch("https://example.invalid/f.bin", target, "0" * 64, download=False)
+
+    def truncated(url, path):  # a download that stops early
+        Path(path).write_bytes(b"half a file")
+    monkeypatch.setattr(common.urllib.request, "urlretrieve", truncated)
+    with pytest.raises(common.UserError, match="SHA-256"):
+        common.fetch("https://example.invalid/f.bin", target, "0" * 64, download=True)
+    assert not target.exists() and not list(tmp_path.iterdir())
+
+    def offline(url, path):
+        raise OSError("Network is unreachable")
+    monkeypatch.setattr(common.urllib.request, "urlretrieve", offline)
+    with pytest.raises(common.UserError, match="download of .* failed"):
+        common.fetch("https://example.invalid/f.bin", target, "0" * 64, download=True)
+
+    good = b"the right bytes"
+    monkeypatch.setattr(common.urllib.request, "urlretrieve", lambda url, path: Path(path).write_bytes(good))
+    import hashlib
+    assert common.fetch("https://example.invalid/f.bin", target, hashlib.sha256(good).hexdigest(), True) == target
+    assert target.read_bytes() == good
+
+
+# -----------------------------------------------------------------------------
+# networks
+
+NETS = [("mlp", (2,)), ("unet", (1, 8, 8)), ("unet", (1, 28, 28)), ("unet", (3, 32, 32)), ("dit", (1, 8, 8)),
+        ("dit", (3, 32, 32))]
+
+
+@pytest.mark.parametrize("arch, shape", NETS)
+def test_networks_shapes_labels_and_null_class(arch, shape):
+    torch.manual_seed(0)
+    net = common.make_net(arch, shape, 8, num_classes=10, time_scale=1000.0)
+    for p in net.parameters():  # leave the zero-initialised outputs: make every path count
+        torch.nn.init.normal_(p, std=0.2)
+    x, t, y = torch.randn(3, *shape), torch.rand(3), torch.tensor([0, 4, 9])
+    out = net(x, t, y)
+    assert out.shape == x.shape
+    assert torch.equal(net(x, t, None), net(x, t, torch.full((3,), 10)))  # None is the null class
+    assert not torch.allclose(net(x, t, y), net(x, t, None))  # the label matters
+    assert not torch.allclose(net(x, t, y), net(x, t + 0.5, y))  # so does time
+
+
+@pytest.mark.parametrize("arch, shape", [("mlp", (2,)), ("unet", (1, 8, 8)), ("dit", (1, 8, 8))])
+def test_forward_mode_ad_through_every_network(arch, shape):
+    """torch.func.jvp (MeanFlow's target) works through attention and matches finite differences."""
+    torch.manual_seed(0)
+    net = common.make_net(arch, shape, 8, num_classes=3, two_times=True, time_scale=10.0).double()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    z, r, t = torch.randn(2, *shape, dtype=torch.float64), torch.rand(2, dtype=torch.float64), torch.rand(2, dtype=torch.float64)
+    v = torch.randn_like(z)
+    f = lambda z, r, t: net(z, r, t, None)
+    out, du = torch.func.jvp(f, (z, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))
+    h = 1e-6
+    fd = (f(z + h * v, r, t + h) - f(z - h * v, r, t - h)) / (2 * h)
+    assert torch.allclose(out, f(z, r, t)) and torch.allclose(du, fd, atol=1e-6, rtol=1e-5)
+
+
+def test_attention_fallback_equals_the_fused_kernel():
+    q, k, v = torch.randn(3, 2, 4, 5, 8).unbind(0)
+    out, tangent = torch.func.jvp(common.attention, (q, k, v), (q, k, v))
+    assert torch.allclose(out, F.scaled_dot_product_attention(q, k, v), atol=1e-6)
+    assert tangent.shape == out.shape
+
+
+def test_ema_follows_the_warmed_up_decay():
+    net = torch.nn.Linear(2, 2, bias=False)
+    ema = common.make_ema(net, decay=0.9)
+    ref = net.weight.detach().clone()
+    for n in range(30):
+        with torch.no_grad():
+            net.weight.add_(1.0)
+        ema.update_parameters(net)
+        if n == 0:
+            ref = net.weight.detach().clone()  # the first update copies the weights
+        else:
+            d = min(0.9, (1 + n) / (10 + n))
+            ref = d * ref + (1 - d) * net.weight.detach()
+    assert torch.allclose(ema.module.weight, ref)
+
+
+# -----------------------------------------------------------------------------
+# pictures
+
+def read_png(path):
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks = 8, {}
+    while pos < len(data):
+        n = int.from_bytes(data[pos:pos + 4], "big")
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
+        assert zlib.crc32(kind + body) == int.from_bytes(data[pos + 8 + n:pos + 12 + n], "big")
+        chunks[kind] = chunks.get(kind, b"") + body
+        pos += 12 + n
+    w, h, depth, color = int.from_bytes(chunks[b"IHDR"][:4], "big"), int.from_bytes(chunks[b"IHDR"][4:8], "big"), \
+        chunks[b"IHDR"][8], chunks[b"IHDR"][9]
+    ch = 3 if color == 2 else 1
+    raw = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), np.uint8).reshape(h, 1 + w * ch)
+    assert (raw[:, 0] == 0).all()
+    return raw[:, 1:].reshape(h, w, ch)
+
+
+def test_png_grid_round_trips(tmp_path):
+    x = torch.linspace(-1, 1, 4 * 3 * 2 * 2).view(4, 3, 2, 2)
+    common.save_grid(x, tmp_path / "g.png", nrow=2, min_size=2)
+    img = read_png(tmp_path / "g.png")
+    assert img.shape == (2 * 4 + 2, 2 * 4 + 2, 3)
+    assert np.array_equal(img[2:4, 2:4].transpose(2, 0, 1), ((x[0] + 1) * 127.5).round().byte().numpy())
+    common.save_points(torch.randn(500, 2), tmp_path / "p.png", ref=torch.randn(500, 2), size=64)
+    assert read_png(tmp_path / "p.png").shape == (64, 2 * 64 + 4, 1)
+
+
+# -----------------------------------------------------------------------------
+# metrics
+
+@settings(deadline=None, max_examples=30)
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 6))
+def test_w2_exact_is_the_best_assignment(seed, n):
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.randn(n, 2, generator=g, dtype=torch.float64), torch.randn(n, 2, generator=g, dtype=torch.float64)
+    best = min(sum(((a[i] - b[p[i]]) ** 2).sum().item() for i in range(n)) for p in itertools.permutations(range(n)))
+    assert math.isclose(common.w2_exact(a, b), math.sqrt(best / n), rel_tol=1e-9)
+
+
+@settings(deadline=None, max_examples=30)
+@given(m=st.lists(st.floats(-3, 3), min_size=2, max_size=2), s1=st.lists(st.floats(0.1, 3), min_size=2, max_size=2),
+       s2=st.lists(st.floats(0.1, 3), min_size=2, max_size=2))
+def test_frechet_distance_closed_form_for_diagonal_covariances(m, s1, s2):
+    """Sets whose sample covariances are exactly diagonal: FD = |m1 - m2|^2 + sum (sqrt(v1) - sqrt(v2))^2."""
+    design = torch.tensor([[1.0, 1], [1, -1], [-1, 1], [-1, -1]], dtype=torch.float64)  # mean 0, cov 4/3 I
+    f1 = design * torch.tensor(s1, dtype=torch.float64)
+    f2 = design * torch.tensor(s2, dtype=torch.float64) + torch.tensor(m, dtype=torch.float64)
+    v1, v2 = 4 / 3 * torch.tensor(s1) ** 2, 4 / 3 * torch.tensor(s2) ** 2
+    want = sum(x * x for x in m) + ((v1.sqrt() - v2.sqrt()) ** 2).sum().item()
+    assert math.isclose(common.frechet_distance(f1, f2), want, rel_tol=1e-6, abs_tol=1e-9)
+
+
+def test_quality_of_real_data_is_near_its_floor_and_noise_is_far():
+    data = common.load_digits()
+    real = common.quality(data, data.x_train[:500])
+    noise = common.quality(data, torch.rand(500, 1, 8, 8) * 2 - 1)
+    assert real["classifier_acc"] > 0.9
+    assert real["value"] < 1.5 * real["floor"] < noise["value"] / 5
+
+
+# -----------------------------------------------------------------------------
+# checkpoints and the training loop
+
+def test_atomic_save_killed_mid_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    common.atomic_save({"model": "ddpm", "net": {"w": torch.ones(3)}, "step": 1}, path)
+
+    def dying_save(obj, f):
+        f.write(b"PK\x03\x04 partial")
+        raise KeyboardInterrupt  # the process is killed while writing
+    monkeypatch.setattr(common.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        common.atomic_save({"model": "ddpm", "net": {"w": torch.zeros(3)}, "step": 2}, path)
+    monkeypatch.undo()
+    assert common.load_checkpoint(path, ("ddpm",))["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+TINY = ["--T", "20", "--batch-size", "16", "--log-every", "2", "--ckpt-every", "4", "--n-eval", "0", "--iters", "8"]
+
+
+def state_tensors(path):
+    ck = torch.load(path, weights_only=True)
+    flat = {}
+    def walk(prefix, obj):
+        if isinstance(obj, torch.Tensor):
+            flat[prefix] = obj
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(f"{prefix}.{k}", v)
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(f"{prefix}.{i}", v)
+    walk("", {k: ck[k] for k in ("net", "ema", "opt", "rng")})
+    return ck["step"], flat
+
+
+def test_resume_is_bit_identical(tmp_path):
+    ddpm.main(TINY + ["--out", str(tmp_path / "straight")])
+    ddpm.main(TINY[:-2] + ["--iters", "4", "--out", str(tmp_path / "halves")])
+    ddpm.main(["--resume", "--iters", "8", "--out", str(tmp_path / "halves")])
+    (s1, a), (s2, b) = state_tensors(tmp_path / "straight" / "ckpt.pt"), state_tensors(tmp_path / "halves" / "ckpt.pt")
+    assert s1 == s2 == 8 and a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    parser = common.add_args(__import__("argparse").ArgumentParser())
+    args = common.parse_args(parser, ["--data", "moons", "--iters", "10", "--ckpt-every", "4", "--log-every", "100",
+                                      "--batch-size", "8", "--width", "16", "--out", str(tmp_path)], "toy")
+    calls = []
+    def loss_fn(net, x, y):
+        calls.append(1)
+        loss = net(x, torch.rand(len(x)), y).pow(2).mean()
+        return loss * float("nan") if len(calls) > 5 else loss
+    with pytest.raises(SystemExit) as e:
+        common.run(args, "toy", loss_fn, lambda net, shape, y, g: torch.zeros(shape))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "diverged" in err and "lower --lr" in err
+    ck = common.load_checkpoint(tmp_path / "ckpt.pt", ("toy",))
+    assert ck["step"] == 4 and all(torch.isfinite(v).all() for v in ck["net"].values())
+
+
+def test_unwritable_output_is_reported_before_training(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("I am a file, not a folder")
+    with pytest.raises(SystemExit) as e:
+        ddpm.main(TINY + ["--out", str(blocker / "run")])
+    assert e.value.code == 2 and "cannot write to output folder" in capsys.readouterr().err
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SystemExit) as e:
+        ddpm.main(TINY + ["--device", "cuda"])
+    assert e.value.code == 2 and "no CUDA GPU" in capsys.readouterr().err
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import sys, torch, torch.distributed as dist
+    sys.path.insert(0, {root!r})
+    import common, ddpm
+    train = common.train
+    def keep_weights(args, name, net, *rest, **kw):
+        train(args, name, net, *rest, **kw)
+        torch.save(net.state_dict(), f"{{args.out}}/rank{{dist.get_rank()}}.pt")
+    common.train = keep_weights
+    ddpm.main(sys.argv[1:])
+""")
+
+
+def test_ddp_two_processes_agree_and_match_one_process(tmp_path):
+    flags = ["--data", "moons", "--iters", "150", "--width", "64", "--batch-size", "256", "--T", "50",
+             "--log-every", "10", "--n-eval", "0", "--device", "cpu"]
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(root=str(ROOT)))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    str(script)] + flags + ["--out", str(tmp_path / "ddp")], check=True, env=env, timeout=240,
+                   capture_output=True)
+    r0, r1 = (torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)  # every rank holds the same weights
+    ddpm.main(flags + ["--out", str(tmp_path / "single")])
+    def losses(path):
+        return [json.loads(line)["loss"] for line in open(path / "metrics.jsonl") if "loss" in line]
+    a, b = losses(tmp_path / "ddp"), losses(tmp_path / "single")
+    assert len(a) == len(b) == 15
+    assert abs(np.mean(a[-5:]) - np.mean(b[-5:])) < 0.15 * np.mean(b[-5:]), (a, b)

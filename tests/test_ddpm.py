@@ -1,0 +1,194 @@
+"""DDPM: the schedule's identities, the posterior against Bayes' rule, the KL against
+torch.distributions, the sampler against Gaussian data with the closed-form optimal network,
+a short run that learns, and the command line."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import common
+import ddpm
+
+SCHEDULES = st.sampled_from(["linear", "cosine"])
+
+
+@settings(deadline=None, max_examples=40)
+@given(schedule=SCHEDULES, t=st.integers(1, 1000))
+def test_marginal_is_composition_of_single_steps(schedule, t):
+    """q(x_t | x_0) in closed form equals t applications of q(x_s | x_{s-1}) = N(sqrt(alpha_s) x, beta_s):
+    mean coefficient m_s = sqrt(alpha_s) m_{s-1}, variance v_s = alpha_s v_{s-1} + beta_s."""
+    d = ddpm.DDPM(1000, schedule)
+    m, v = 1.0, 0.0
+    for s in range(1, t + 1):
+        a = 1.0 - float(d.beta[s])
+        m, v = math.sqrt(a) * m, a * v + float(d.beta[s])
+    x0 = torch.randn(3, 2, dtype=torch.float64)
+    eps = torch.randn(3, 2, dtype=torch.float64)
+    tt = torch.full((3,), t)
+    assert torch.allclose(d.q_sample(x0, tt, torch.zeros_like(x0)), m * x0, rtol=1e-9, atol=1e-12)
+    noise_part = d.q_sample(x0, tt, eps) - d.q_sample(x0, tt, torch.zeros_like(eps))
+    assert torch.allclose(noise_part, math.sqrt(v) * eps, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_schedule_attributes(schedule):
+    d = ddpm.DDPM(1000, schedule)
+    for a in (d.beta, d.alpha, d.alpha_bar):
+        assert a.dtype == torch.float64 and a.shape == (1001,)
+    assert d.beta[0] == 0 and d.alpha_bar[0] == 1
+    assert (d.beta[1:] > 0).all() and (d.beta <= 0.999).all()
+    assert torch.allclose(d.alpha_bar, torch.cumprod(1 - d.beta, 0))
+    assert d.alpha_bar[-1] < 1e-4  # x_T is (nearly) pure noise
+
+
+@settings(deadline=None, max_examples=40)
+@given(schedule=SCHEDULES, t=st.integers(2, 1000), seed=st.integers(0, 10**6))
+def test_posterior_is_bayes_rule(schedule, t, seed):
+    """q(x_{t-1} | x_t, x_0) ∝ q(x_t | x_{t-1}) q(x_{t-1} | x_0): a product of two Gaussians in x_{t-1}."""
+    d = ddpm.DDPM(1000, schedule)
+    g = torch.Generator().manual_seed(seed)
+    x0, x_t = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64)
+    ab_prev, alpha, beta = float(d.alpha_bar[t - 1]), 1 - float(d.beta[t]), float(d.beta[t])
+    # prior N(sqrt(ab_prev) x0, 1 - ab_prev); likelihood in x_{t-1}: N(x_t / sqrt(alpha), beta / alpha)
+    prec = 1 / (1 - ab_prev) + alpha / beta
+    var = 1 / prec
+    mean = var * (math.sqrt(ab_prev) * x0 / (1 - ab_prev) + math.sqrt(alpha) * x_t / beta)
+    got_mean, got_var = d.q_posterior(x0, x_t, torch.full((4,), t))
+    assert torch.allclose(got_mean, mean, rtol=1e-7, atol=1e-9)
+    assert torch.allclose(got_var.expand_as(x0), torch.full_like(x0, var), rtol=1e-7)
+
+
+def test_posterior_at_t1_is_the_data():
+    d = ddpm.DDPM()
+    x0, x1 = torch.randn(5, 2), torch.randn(5, 2)
+    mean, var = d.q_posterior(x0, x1, torch.ones(5, dtype=torch.long))
+    assert torch.allclose(mean, x0, atol=1e-6) and (var == 0).all()
+
+
+@settings(deadline=None, max_examples=50)
+@given(m1=st.floats(-3, 3), m2=st.floats(-3, 3), v1=st.floats(1e-3, 10), v2=st.floats(1e-3, 10))
+def test_gaussian_kl_matches_torch_distributions(m1, m2, v1, v2):
+    N = torch.distributions.Normal
+    t = lambda a: torch.tensor(a, dtype=torch.float64)
+    kl = ddpm.gaussian_kl(t(m1), t(v1), t(m2), t(v2))
+    ref = torch.distributions.kl_divergence(N(t(m1), t(v1).sqrt()), N(t(m2), t(v2).sqrt()))
+    assert torch.allclose(kl, ref, rtol=1e-9, atol=1e-12) and kl >= 0
+
+
+# -----------------------------------------------------------------------------
+# exact answers: Gaussian data x_0 ~ N(m, S). Then x_t ~ N(sqrt(ab) m, ab S + (1 - ab) I) and
+# the optimal eps network is E[eps | x_t] = sqrt(1 - ab) (ab S + (1 - ab) I)^{-1} (x_t - sqrt(ab) m).
+
+def gaussian_eps(d, mean, cov):
+    def net(x, t, y):
+        ab = d.alpha_bar[t].view(-1, 1, 1)  # (B, 1, 1), float64
+        cov_t = ab * cov + (1 - ab) * torch.eye(len(mean), dtype=torch.float64)
+        r = (x.double() - ab[:, :, 0].sqrt() * mean)[:, :, None]
+        return ((1 - ab).sqrt() * torch.linalg.solve(cov_t, r))[:, :, 0].to(x.dtype)
+    return net
+
+
+MEAN = torch.tensor([1.0, -0.5], dtype=torch.float64)
+COV = torch.tensor([[0.5, 0.3], [0.3, 0.4]], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_sampler_recovers_gaussian_data(schedule):
+    d = ddpm.DDPM(1000, schedule)
+    x = d.sample(gaussian_eps(d, MEAN, COV), (20000, 2), generator=torch.Generator().manual_seed(0))
+    assert x.shape == (20000, 2) and x.dtype == torch.float32
+    x = x.double()
+    assert torch.allclose(x.mean(0), MEAN, atol=0.03)
+    assert torch.allclose(torch.cov(x.T), COV, atol=0.03)
+
+
+def test_guidance_mixes_the_conditional_and_unconditional_eps():
+    """w = 1 samples the class, w = 0 the unconditional model; noise= and generator= make it reproducible."""
+    d = ddpm.DDPM(200)
+    cond, uncond = gaussian_eps(d, MEAN, COV), gaussian_eps(d, -MEAN, COV)
+    net = lambda x, t, y: uncond(x, t, None) if y is None else cond(x, t, y)
+    y = torch.zeros(8000, dtype=torch.long)
+    noise = torch.randn(8000, 2, generator=torch.Generator().manual_seed(1))
+    for w, target in ((1.0, MEAN), (0.0, -MEAN)):
+        x = d.sample(net, (8000, 2), y=y, cfg_scale=w, generator=torch.Generator().manual_seed(2), noise=noise)
+        assert torch.allclose(x.double().mean(0), target, atol=0.06)
+    a = d.sample(net, (8000, 2), y=y, cfg_scale=3.0, generator=torch.Generator().manual_seed(2), noise=noise)
+    b = d.sample(net, (8000, 2), y=y, cfg_scale=3.0, generator=torch.Generator().manual_seed(2), noise=noise)
+    assert torch.equal(a, b)
+
+
+def test_loss_is_zero_for_the_true_noise_and_positive_otherwise():
+    d = ddpm.DDPM(100)
+    x0 = torch.randn(64, 2)
+    torch.manual_seed(0)
+    captured = {}
+    def oracle(x_t, t, y):  # recover eps from x_t exactly, given x0
+        ab = d.alpha_bar[t].float()[:, None]
+        return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
+    assert d.loss(oracle, x0) < 1e-8
+    assert d.loss(lambda x_t, t, y: torch.zeros_like(x_t), x0) > 0.5
+
+
+# -----------------------------------------------------------------------------
+# learning and the command line
+
+def test_short_run_learns_a_2d_set(tmp_path):
+    q = ddpm.main(["--data", "8gaussians", "--iters", "800", "--width", "128", "--n-eval", "500",
+                   "--T", "200", "--log-every", "400", "--out", str(tmp_path)])
+    test = common.load_data("8gaussians").x_test[:500]
+    noise_w2 = common.w2_exact(torch.randn(500, 2, generator=torch.Generator().manual_seed(0)), test)
+    assert q["metric"] == "W2" and q["value"] < 0.35 * noise_w2, (q, noise_w2)
+    assert (tmp_path / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+TINY = ["--T", "20", "--n-eval", "20", "--batch-size", "16", "--log-every", "3", "--ckpt-every", "3", "--iters", "6"]
+
+
+def test_cli_train_resume_and_sample_only(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    ddpm.main(TINY + ["--out", out])
+    ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    assert ckpt["model"] == "ddpm" and ckpt["step"] == 6 and ckpt["args"]["T"] == 20
+    assert (tmp_path / "run" / "samples.png").exists()
+    ddpm.main(["--iters", "9", "--resume", "--out", out])
+    assert torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)["step"] == 9
+    # sample-only takes T and the network from the checkpoint, whatever the defaults say
+    q = ddpm.main(["--ckpt", str(tmp_path / "run" / "ckpt.pt"), "--n-eval", "20"])
+    assert q["metric"] == "FD" and math.isfinite(q["value"])
+    assert "FD" in capsys.readouterr().out
+
+
+def test_help_exits_zero(capsys):
+    with pytest.raises(SystemExit) as e:
+        ddpm.main(["--help"])
+    assert e.value.code == 0 and "--schedule" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--iters", "0"], "--iters must be positive"),
+    (["--data", "nope"], "unknown data set"),
+    (["--arch", "mlp"], "2-D points"),
+    (["--schedule", "quadratic"], "invalid choice"),
+    (["--T", "0"], "--T must be at least 1"),
+    (["--batch-size", "5000"], "exceeds the 1297 training examples"),
+    (["--ckpt", "/nonexistent/ckpt.pt"], "not found"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, flags, words):
+    with pytest.raises(SystemExit) as e:
+        ddpm.main(TINY + ["--out", str(tmp_path)] + flags)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and words in err and "Traceback" not in err
+
+
+def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit) as e:
+        ddpm.main(["--ckpt", str(bad)])
+    assert e.value.code == 2 and "corrupt" in capsys.readouterr().err
+    other = tmp_path / "other.pt"
+    torch.save({"model": "vae", "net": {}, "args": {}}, other)
+    with pytest.raises(SystemExit) as e:
+        ddpm.main(["--ckpt", str(other)])
+    assert e.value.code == 2 and "is a vae checkpoint" in capsys.readouterr().err
