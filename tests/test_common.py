@@ -304,3 +304,44 @@ def test_ddp_two_processes_agree_and_match_one_process(tmp_path):
     a, b = losses(tmp_path / "ddp"), losses(tmp_path / "single")
     assert len(a) == len(b) == 15
     assert abs(np.mean(a[-5:]) - np.mean(b[-5:])) < 0.15 * np.mean(b[-5:]), (a, b)
+
+
+def test_mnist_and_cifar10_readers_parse_their_formats(tmp_path, monkeypatch):
+    """The readers, fed small files in the real formats (IDX; CIFAR's binary records in a tar)."""
+    import gzip, hashlib, io, struct, tarfile
+    g = torch.Generator().manual_seed(0)
+    files = {}
+    for split, n in (("train", 5), ("t10k", 3)):
+        img = torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)
+        lab = torch.randint(0, 10, (n,), generator=g, dtype=torch.uint8)
+        files[f"{split}-images-idx3-ubyte.gz"] = (struct.pack(">I3I", 2051, n, 28, 28) + img.numpy().tobytes(), img)
+        files[f"{split}-labels-idx1-ubyte.gz"] = (struct.pack(">II", 2049, n) + lab.numpy().tobytes(), lab)
+    sums = {}
+    for name, (raw, _) in files.items():
+        (tmp_path / "mnist").mkdir(exist_ok=True)
+        blob = gzip.compress(raw)
+        (tmp_path / "mnist" / name).write_bytes(blob)
+        sums[name] = hashlib.sha256(blob).hexdigest()
+    monkeypatch.setattr(common, "MNIST_FILES", sums)
+    d = common.load_data("mnist", root=tmp_path)
+    assert d.shape == (1, 28, 28) and len(d.x_train) == 5 and len(d.x_test) == 3
+    assert torch.equal(((d.x_train[:, 0] + 1) / 2 * 255).round().byte(), files["train-images-idx3-ubyte.gz"][1])
+    assert torch.equal(d.y_test, files["t10k-labels-idx1-ubyte.gz"][1].long())
+
+    recs = {f"data_batch_{i}.bin": 2 for i in range(1, 6)} | {"test_batch.bin": 3}
+    buf, first = io.BytesIO(), None
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, n in recs.items():
+            rec = torch.randint(0, 256, (n, 3073), generator=g, dtype=torch.uint8)
+            rec[:, 0] %= 10
+            first = rec if name == "data_batch_1.bin" else first
+            info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
+            info.size = rec.numel()
+            tar.addfile(info, io.BytesIO(rec.numpy().tobytes()))
+    (tmp_path / "cifar10").mkdir()
+    (tmp_path / "cifar10" / "cifar-10-binary.tar.gz").write_bytes(buf.getvalue())
+    monkeypatch.setattr(common, "CIFAR_SHA256", hashlib.sha256(buf.getvalue()).hexdigest())
+    d = common.load_data("cifar10", root=tmp_path)
+    assert d.shape == (3, 32, 32) and len(d.x_train) == 10 and len(d.x_test) == 3
+    assert torch.equal(d.y_train[:2], first[:, 0].long())
+    assert torch.equal(((d.x_train[0] + 1) / 2 * 255).round().byte().flatten(), first[0, 1:])
