@@ -754,6 +754,19 @@ def load_checkpoint(path, accept):
     return ckpt
 
 
+def ema_net(ckpt, data, two_times=False, time_scale=1.0):
+    """The sampling (EMA) network of a loaded checkpoint, rebuilt from the flags it was trained with."""
+    a = ckpt["args"]
+    net = make_net(a["arch"], data.shape, a["width"], 0 if a["uncond"] else data.num_classes, two_times, time_scale)
+    ema = make_ema(net, a["ema_decay"])
+    try:
+        ema.load_state_dict(ckpt["ema"])
+    except RuntimeError as e:
+        raise UserError(f"the checkpoint does not fit a {a['arch']} network for {data.name} "
+                        f"({str(e).splitlines()[0]}): pass a checkpoint trained on this data")
+    return ema.module.eval()
+
+
 # -----------------------------------------------------------------------------
 # the training loop shared by every model file
 

@@ -1,0 +1,156 @@
+"""Benchmark of cfm.py: sample quality against the number of network evaluations (NFE) for each
+ODE solver, independent vs exact minibatch-OT coupling, on a 2-D set (8gaussians, exact W2) and on
+the bundled 8x8 digits (Frechet distance in the feature classifier's space), and the
+log-likelihood of held-out digits in bits/dim.
+
+Fixed budgets (single thread, OMP_NUM_THREADS=1), all models unconditional (so that log p(x) is the
+likelihood of the data, not of the data given its label, and OT pairs the whole minibatch):
+  8gaussians: mlp width 256, batch 512, 1500 iterations, lr 1e-3; W2 on 1000 samples vs 1000 held-out points
+  digits:     unet width 16, batch 128, 1200 iterations, lr 2e-3; FD on 500 samples vs the 500 held-out digits
+  NFE budgets 1, 2, 5, 10, 20, 100: each solver takes floor(budget / evaluations per step) steps
+  (euler 1, midpoint 2, rk4 4); a cell shows the NFE actually spent when it is below the budget.
+  bits/dim: the 500 held-out digits, uniform dequantization (cfm.bits_per_dim), rk4 with 20 steps,
+  one Rademacher probe per image (Hutchinson).
+
+Run (about 10-12 minutes on one idle core; 33 minutes measured with the 2 cores shared by ~8 processes):
+  OMP_NUM_THREADS=1 python benchmarks/cfm.py            # writes benchmarks/results/cfm.{json,md}
+  OMP_NUM_THREADS=1 python benchmarks/cfm.py --quick --work /tmp/cfm-bench   # smoke test, tiny budgets
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import cfm  # noqa: E402
+import common  # noqa: E402
+
+NFE_BUDGETS = (1, 2, 5, 10, 20, 100)
+
+
+def train(data_name, coupling, iters, work, extra):
+    """Train one unconditional model with cfm.main; returns (EMA net, training seconds)."""
+    out = work / f"{data_name}-{coupling}"
+    t0 = time.time()
+    # the run's own final evaluation is made cheap (Euler, 1 step); the grid below is the measurement
+    cfm.main(["--data", data_name, "--uncond", "--coupling", coupling, "--iters", str(iters), "--out", str(out),
+              "--solver", "euler", "--steps", "1", "--device", "cpu", "--log-every", "500"] + extra)
+    seconds = time.time() - t0
+    ckpt = common.load_checkpoint(out / "ckpt.pt", ("cfm",))
+    return common.ema_net(ckpt, common.load_data(data_name), False, 1000.0), seconds
+
+
+def grid(net, data, n, budgets):
+    """Quality of n samples for every solver and NFE budget (the same noise for all)."""
+    rows, flow = [], cfm.CFM()
+    noise = torch.randn((n,) + data.shape, generator=torch.Generator().manual_seed(1))
+    for solver, stages in cfm.STAGES.items():
+        for budget in budgets:
+            steps = budget // stages
+            if steps == 0:
+                continue
+            t0 = time.time()
+            x = flow.sample(net, noise.shape, steps, solver, noise=noise)
+            sample_s = time.time() - t0
+            q = common.quality(data, x)
+            rows.append(dict(solver=solver, budget=budget, steps=steps, nfe=steps * stages, metric=q["metric"],
+                             value=q["value"], floor=q["floor"], n=q["n"], sample_seconds=sample_s))
+            print(f"  {solver:8s} steps {steps:3d} NFE {steps * stages:3d}: {common.format_quality(q)} "
+                  f"({sample_s:.1f}s)", flush=True)
+    return rows
+
+
+def bits(net, data, n, steps):
+    flow, g = cfm.CFM(), torch.Generator().manual_seed(2)
+    x = cfm.dequantize(data.x_test[:n], data.levels, g)
+    t0 = time.time()
+    ll = torch.cat([flow.log_likelihood(net, xb, steps, method="rk4", generator=g) for xb in x.split(250)])
+    bpd = cfm.bits_per_dim(ll, x[0].numel(), data.levels)
+    return dict(bits_per_dim=float(bpd.mean()), stderr=float(bpd.std() / math.sqrt(len(bpd))), n=len(bpd),
+                method="rk4", steps=steps, nfe=4 * steps, seconds=time.time() - t0,
+                uniform_baseline=math.log2(data.levels))
+
+
+def markdown(result):
+    m = result["machine"]
+    lines = [f"Machine: {m['processor'] or m['machine']}, {m['cores']} cores, torch {m['torch']}, "
+             f"{m['threads']} thread(s). Unconditional models; budgets in benchmarks/cfm.py.", ""]
+    for name, part in result["data"].items():
+        first = part["runs"][0]["grid"][0]
+        lines += [f"### {name}: {first['metric']} of {first['n']} samples vs held-out data "
+                  f"(floor, real vs real: {first['floor']:.4g}); lower is better", "",
+                  "| coupling | solver | " + " | ".join(f"NFE {b}" for b in NFE_BUDGETS) + " |",
+                  "|---|---|" + "---|" * len(NFE_BUDGETS)]
+        for run in part["runs"]:
+            for solver in cfm.STAGES:
+                cells = {r["budget"]: r for r in run["grid"] if r["solver"] == solver}
+                row = []
+                for b in NFE_BUDGETS:
+                    r = cells.get(b)
+                    row.append("-" if r is None else f"{r['value']:.4g}" + ("" if r["nfe"] == b else f" ({r['nfe']})"))
+                lines.append(f"| {run['coupling']} | {solver} | " + " | ".join(row) + " |")
+        lines += ["", "| coupling | iterations | training s | sampling s (rk4, NFE 100) |", "|---|---|---|---|"]
+        for run in part["runs"]:
+            s = [r["sample_seconds"] for r in run["grid"] if r["solver"] == "rk4" and r["nfe"] == 100]
+            lines.append(f"| {run['coupling']} | {run['iters']} | {run['train_seconds']:.0f} | "
+                         f"{s[0] if s else float('nan'):.1f} |")
+        lines.append("")
+        if any("likelihood" in run for run in part["runs"]):
+            lines += ["Held-out log-likelihood (bits/dim; uniform dequantization, upper bound on the discrete NLL; "
+                      "17-level uniform model = 4.087):", "",
+                      "| coupling | bits/dim | std. error | solver | NFE (forward + VJP) | seconds |", "|---|---|---|---|---|---|"]
+            for run in part["runs"]:
+                b = run["likelihood"]
+                lines.append(f"| {run['coupling']} | {b['bits_per_dim']:.3f} | {b['stderr']:.3f} | {b['method']} x {b['steps']} "
+                             f"| {b['nfe']} | {b['seconds']:.0f} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test of this script")
+    parser.add_argument("--results", default=None, help="output folder (default benchmarks/results; with --quick, WORK)")
+    parser.add_argument("--work", default=str(ROOT / "runs" / "bench-cfm"), help="folder for the checkpoints")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    torch.manual_seed(0)
+    work = Path(args.work)
+    results = Path(args.results or (work if args.quick else ROOT / "benchmarks" / "results"))
+    q = args.quick
+    plans = {"8gaussians": dict(iters=30 if q else 1500, n=200 if q else 1000, extra=["--n-eval", "100" if q else "1000"]),
+             "digits": dict(iters=10 if q else 1200, n=100 if q else 500, extra=["--n-eval", "100" if q else "500"])}
+    budgets = (1, 5) if q else NFE_BUDGETS
+    result = {"machine": dict(processor=platform.processor(), machine=platform.machine(), cores=os.cpu_count(),
+                              torch=torch.__version__, threads=torch.get_num_threads()),
+              "budgets": plans, "nfe_budgets": budgets, "data": {}}
+    t_start = time.time()
+    for name, plan in plans.items():
+        data = common.load_data(name)
+        part = result["data"][name] = {"runs": []}
+        for coupling in ("independent", "ot"):
+            print(f"{name}, {coupling} coupling: training {plan['iters']} iterations", flush=True)
+            net, train_s = train(name, coupling, plan["iters"], work, plan["extra"])
+            run = dict(coupling=coupling, iters=plan["iters"], train_seconds=train_s, grid=grid(net, data, plan["n"], budgets))
+            if data.is_image:
+                run["likelihood"] = bits(net, data, plan["n"], 2 if q else 20)
+                print(f"  held-out bits/dim {run['likelihood']['bits_per_dim']:.3f} "
+                      f"+- {run['likelihood']['stderr']:.3f} ({run['likelihood']['seconds']:.0f}s)", flush=True)
+            part["runs"].append(run)
+    result["total_seconds"] = time.time() - t_start
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "cfm.json").write_text(json.dumps(result, indent=1))
+    (results / "cfm.md").write_text(markdown(result) + f"\nTotal benchmark time {result['total_seconds']:.0f}s.\n")
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

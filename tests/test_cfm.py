@@ -1,0 +1,370 @@
+"""Tests of cfm.py against closed forms, brute force and torch.distributions.
+
+The exact-answer tests use Gaussian data x_1 ~ N(m, S), for which the marginal velocity is
+affine. With x_t = a x_0 + t x_1, a = 1 - (1 - sigma_min) t, and the target V = x_1 - (1 - sigma_min) x_0,
+(x_t, V) are jointly Gaussian, so u_t(x) = E[V | x_t = x] = m + C_t Sigma_t^{-1} (x - t m) with
+Sigma_t = Cov(x_t) = a^2 I + t^2 S and C_t = Cov(V, x_t) = t S - (1 - sigma_min) a I. The exact flow
+carries N(0, I) to x_1 = x_t at t = 1, i.e. N(m, S + sigma_min^2 I).
+"""
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import cfm
+import common
+from cfm import CFM
+
+
+def gaussian_field(m, S, sigma_min=0.0):
+    """The closed-form marginal velocity u_t(x) of data N(m, S), as a network net(x, t, y)."""
+    d = len(m)
+    eye = torch.eye(d, dtype=torch.float64)
+
+    def net(x, t, y=None):
+        tt = t.double().view(-1, 1, 1)
+        a = 1 - (1 - sigma_min) * tt
+        cov = a ** 2 * eye + tt ** 2 * S  # (B, d, d)
+        cross = tt * S - (1 - sigma_min) * a * eye
+        dx = (x.double() - tt[:, :, 0] * m)[..., None]  # (B, d, 1)
+        return (m + (cross @ torch.linalg.solve(cov, dx))[..., 0]).to(x.dtype)
+    return net
+
+
+def gaussian_problem(d=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    m = torch.randn(d, generator=g, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    S = q @ torch.diag(torch.linspace(0.3, 2.0, d, dtype=torch.float64)) @ q.T
+    return m, S
+
+
+def whitened_noise(n, d, seed=0):
+    """n points with sample mean exactly 0 and sample covariance (1/n) exactly I."""
+    z = torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    z = z - z.mean(0)
+    L = torch.linalg.cholesky(z.T @ z / n)
+    return torch.linalg.solve_triangular(L, z.T, upper=False).T
+
+
+def moments_error(x, m, cov):
+    c = (x - x.mean(0)).T @ (x - x.mean(0)) / len(x)
+    return float((x.mean(0) - m).abs().max() + (c - cov).abs().max())
+
+
+class Counter:
+    def __init__(self, net):
+        self.net, self.calls = net, 0
+
+    def __call__(self, *a):
+        self.calls += 1
+        return self.net(*a)
+
+
+# -----------------------------------------------------------------------------
+# path and coupling
+
+@settings(deadline=None, max_examples=25)
+@given(sigma_min=st.floats(0.0, 0.9), batch=st.integers(1, 5), shape=st.sampled_from([(2,), (3,), (1, 4, 4)]),
+       seed=st.integers(0, 10 ** 6))
+def test_velocity_is_time_derivative_of_psi(sigma_min, batch, shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    x0, x1 = torch.randn(batch, *shape, generator=g, dtype=torch.float64), torch.randn(batch, *shape, generator=g, dtype=torch.float64)
+    t = torch.rand(batch, generator=g, dtype=torch.float64)
+    flow = CFM(sigma_min)
+    _, dpsi_dt = torch.func.jvp(lambda s: flow.psi(x0, x1, s), (t,), (torch.ones_like(t),))
+    torch.testing.assert_close(flow.velocity(x0, x1, t), dpsi_dt)
+    torch.testing.assert_close(flow.psi(x0, x1, torch.zeros_like(t)), x0)  # noise at t = 0
+    torch.testing.assert_close(flow.psi(x0, x1, torch.ones_like(t)), x1 + sigma_min * x0)  # data, blurred by sigma_min
+
+
+def brute_force_cost(x0, x1):
+    return min(sum(float((x0[p[i]] - x1[i]).pow(2).sum()) for i in range(len(x1)))
+               for p in itertools.permutations(range(len(x1))))
+
+
+def source_rows(x0_new, x0):
+    """Index j of x0 for every row of x0_new; asserts x0_new is a permutation of x0's rows."""
+    dist = torch.cdist(x0_new, x0)
+    src = dist.argmin(1)
+    assert torch.all(dist.min(1).values == 0) and sorted(src.tolist()) == list(range(len(x0)))
+    return src
+
+
+@settings(deadline=None, max_examples=30)
+@given(n=st.integers(1, 6), d=st.integers(1, 3), seed=st.integers(0, 10 ** 6))
+def test_ot_couple_is_an_optimal_permutation(n, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    x0, x1 = torch.randn(n, d, generator=g, dtype=torch.float64), torch.randn(n, d, generator=g, dtype=torch.float64)
+    x0_new, x1_new = CFM(coupling="ot").couple(x0, x1)
+    assert torch.equal(x1_new, x1)
+    source_rows(x0_new, x0)
+    assert float((x0_new - x1).pow(2).sum()) == pytest.approx(brute_force_cost(x0, x1), rel=1e-9, abs=1e-12)
+    x0_ind, _ = CFM(coupling="independent").couple(x0, x1)
+    assert torch.equal(x0_ind, x0)
+
+
+@settings(deadline=None, max_examples=20)
+@given(n=st.integers(2, 7), seed=st.integers(0, 10 ** 6))
+def test_ot_couple_with_labels_stays_within_each_label(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    x0, x1 = torch.randn(n, 2, generator=g, dtype=torch.float64), torch.randn(n, 2, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (n,), generator=g)
+    x0_new, _ = CFM(coupling="ot").couple(x0, x1, y)
+    src = source_rows(x0_new, x0)
+    assert torch.equal(y[src], y)  # noise rows move only within a label: p(x_0 | y) stays N(0, I)
+    for c in y.unique():
+        idx = (y == c).nonzero()[:, 0]
+        got = float((x0_new[idx] - x1[idx]).pow(2).sum())
+        assert got == pytest.approx(brute_force_cost(x0[idx], x1[idx]), rel=1e-9, abs=1e-12)
+
+
+def test_loss_keeps_labels_with_their_data_under_ot():
+    g = torch.Generator().manual_seed(0)
+    x1, x0 = torch.randn(12, 2, generator=g), torch.randn(12, 2, generator=g)
+    t, y = torch.rand(12, generator=g), torch.randint(0, 3, (12,), generator=g)
+    seen = {}
+
+    def spy(x_t, t_in, y_in):
+        seen.update(x_t=x_t, t=t_in, y=y_in)
+        return torch.zeros_like(x_t)
+    flow = CFM(0.1, "ot")
+    loss = flow.loss(spy, x1, y, x0=x0, t=t)
+    x0_new, _ = flow.couple(x0, x1, y)
+    assert not torch.equal(x0_new, x0)  # the coupling did move rows
+    assert torch.equal(seen["y"], y) and torch.equal(seen["t"], t)
+    torch.testing.assert_close(seen["x_t"], (1 - 0.9 * t[:, None]) * x0_new + t[:, None] * x1)
+    torch.testing.assert_close(loss, (x1 - 0.9 * x0_new).pow(2).mean())
+
+
+# -----------------------------------------------------------------------------
+# the losses: L_FM - L_CFM is a constant, on a data set of three points
+
+@pytest.mark.parametrize("sigma_min", [0.0, 0.1])
+def test_fm_and_cfm_losses_differ_by_a_network_independent_constant(sigma_min):
+    torch.manual_seed(0)
+    points = torch.tensor([[2.0, 0.0], [-1.0, 1.5], [0.0, -2.0]], dtype=torch.float64)
+    n = 200_000
+    g = torch.Generator().manual_seed(1)
+    x1 = points[torch.randint(0, 3, (n,), generator=g)]
+    x0 = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    t = torch.rand(n, generator=g, dtype=torch.float64)
+    a = (1 - (1 - sigma_min) * t)[:, None]
+    x_t = a * x0 + t[:, None] * x1
+    # u_t(x) = sum_k w_k(x) u_t(x | x_1^k), w_k the posterior of point k under p_t(x | x_1^k) = N(t x_1^k, a^2 I)
+    logits = -(x_t[:, None] - t[:, None, None] * points[None]).pow(2).sum(-1) / (2 * a ** 2)  # (n, 3)
+    w = torch.softmax(logits, 1)
+    u_cond_k = (points[None] - (1 - sigma_min) * x_t[:, None]) / a[:, :, None]  # (n, 3, 2)
+    u_marg = (w[..., None] * u_cond_k).sum(1)
+
+    nets = [lambda x, s, y: torch.zeros_like(x),
+            lambda x, s, y: torch.sin(2 * x) + s[:, None] * x.flip(1)]
+    for width in (8, 32):
+        mlp = torch.nn.Sequential(torch.nn.Linear(3, width), torch.nn.Tanh(), torch.nn.Linear(width, 2)).double()
+        nets.append(lambda x, s, y, mlp=mlp: mlp(torch.cat([x, s[:, None]], 1)))
+    flow = CFM(sigma_min)
+    u_cond = flow.velocity(x0, x1, t)
+    gaps = []
+    for net in nets:
+        cfm_loss = flow.loss(net, x1, x0=x0, t=t)
+        fm_loss = (net(x_t, t, None) - u_marg).pow(2).sum(1).mean() / 2  # loss averages over the 2 coordinates
+        gaps.append(float((cfm_loss - fm_loss).detach()))
+        # Monte-Carlo error of the gap between this net and the zero net: -2 <v, u_cond - u_marg> / 2
+        term = (net(x_t, t, None) * (u_cond - u_marg)).sum(1)
+        tol = 5 * float(term.std()) / math.sqrt(n) + 1e-9
+        assert abs(gaps[-1] - gaps[0]) < tol, (gaps, tol)
+    const = float(((u_cond.pow(2).sum(1) - u_marg.pow(2).sum(1)) / 2).mean())
+    assert gaps[0] == pytest.approx(const, rel=1e-9)
+    assert const > 0.05  # the gap is a real, positive constant (not a trivially equal pair of losses)
+    # the seeds' gradient identity on the MLPs' parameters
+    mlp = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)).double()
+    net = lambda x, s, y: mlp(torch.cat([x, s[:, None]], 1))  # noqa: E731
+    g_cfm = torch.autograd.grad(flow.loss(net, x1, x0=x0, t=t), list(mlp.parameters()))
+    g_fm = torch.autograd.grad((net(x_t, t, None) - u_marg).pow(2).mean(), list(mlp.parameters()))
+    flat = lambda gs: torch.cat([x.flatten() for x in gs])  # noqa: E731
+    assert float((flat(g_cfm) - flat(g_fm)).norm()) < 0.03 * float(flat(g_fm).norm())
+
+
+# -----------------------------------------------------------------------------
+# samplers: exact answers on Gaussian data, convergence orders, guidance, NFE
+
+@pytest.mark.parametrize("method,steps,tol", [("euler", 200, 2e-2), ("midpoint", 50, 1e-3), ("rk4", 20, 1e-6)])
+@pytest.mark.parametrize("sigma_min", [0.0, 0.2])
+def test_sampler_returns_the_gaussian_data_moments(method, steps, tol, sigma_min):
+    m, S = gaussian_problem(3)
+    noise = whitened_noise(2000, 3)
+    x = CFM(sigma_min).sample(gaussian_field(m, S, sigma_min), noise.shape, steps, method, noise=noise)
+    cov = S + sigma_min ** 2 * torch.eye(3, dtype=torch.float64)
+    assert moments_error(x, m, cov) < tol
+    # S and I commute, so the exact flow is x_t = t m + (a^2 I + t^2 S)^{1/2} x_0: x_1 = m + cov^{1/2} x_0
+    lam, Q = torch.linalg.eigh(cov)
+    assert float((x - m - noise @ (Q @ torch.diag(lam.sqrt()) @ Q.T)).abs().max()) < 5 * tol
+
+
+@pytest.mark.parametrize("method,order", [("euler", 1), ("midpoint", 2), ("rk4", 4)])
+def test_solver_convergence_order(method, order):
+    """dx/dt = 2 t x^2 has x(1) = x0 / (1 - x0): halving h must divide the error by 2^order.
+    (On the Gaussian flows above the midpoint rule happens to converge at order 3.)"""
+    x0 = torch.tensor([[0.3], [-1.0]], dtype=torch.float64)
+    exact = x0 / (1 - x0)
+    net = lambda x, t, y: 2 * t[:, None] * x ** 2  # noqa: E731
+    errs = [float((CFM().sample(net, x0.shape, n, method, noise=x0) - exact).abs().max()) for n in (32, 64)]
+    assert 0.8 * 2 ** order < errs[0] / errs[1] < 1.25 * 2 ** order, errs
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
+def test_guidance_gives_the_extrapolated_gaussian(method):
+    """Two Gaussians with the same S: u_t is affine in the mean m, so guided sampling with w is
+    exact sampling of N(m_u + w (m_c - m_u), S)."""
+    m_u, S = gaussian_problem(2, seed=1)
+    m_c = m_u + torch.tensor([1.0, -0.5], dtype=torch.float64)
+    f_u, f_c = gaussian_field(m_u, S), gaussian_field(m_c, S)
+    net = Counter(lambda x, t, y: f_u(x, t) if y is None else f_c(x, t))
+    noise = whitened_noise(1000, 2)
+    y = torch.zeros(1000, dtype=torch.long)
+    x = CFM().sample(net, noise.shape, 20, method, y=y, cfg_scale=2.5, noise=noise)
+    assert net.calls == 2 * 20 * cfm.STAGES[method]
+    m_w = m_u + 2.5 * (m_c - m_u)
+    plain = CFM().sample(gaussian_field(m_w, S), noise.shape, 20, method, noise=noise)
+    torch.testing.assert_close(x, plain, atol=1e-10, rtol=0)  # the same field, step for step
+    if method == "rk4":
+        assert moments_error(x, m_w, S) < 1e-5
+    net.calls = 0
+    CFM().sample(net, noise.shape, 3, method, y=y, noise=noise)  # w = 1: one call per stage
+    assert net.calls == 3 * cfm.STAGES[method]
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
+def test_sampler_counts_reproducibility_and_dtype(method):
+    net = Counter(lambda x, t, y: -x + t[:, None])
+    flow = CFM()
+    a = flow.sample(net, (7, 3), steps=5, method=method, generator=torch.Generator().manual_seed(4))
+    assert net.calls == 5 * cfm.STAGES[method]
+    b = flow.sample(net, (7, 3), steps=5, method=method, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and a.dtype == torch.float32 and a.shape == (7, 3)
+    noise = torch.randn(4, 3, dtype=torch.float64)
+    assert flow.sample(net, noise.shape, steps=2, method=method, noise=noise).dtype == torch.float64
+    with pytest.raises(ValueError):
+        flow.sample(net, (2, 3), steps=0, method=method)
+    with pytest.raises(ValueError):
+        flow.sample(net, (2, 3), steps=2, method="heun")
+
+
+# -----------------------------------------------------------------------------
+# likelihood
+
+@pytest.mark.parametrize("method,steps,tol", [("euler", 400, 5e-2), ("midpoint", 100, 1e-3), ("rk4", 40, 1e-6)])
+@pytest.mark.parametrize("sigma_min", [0.0, 0.1])
+def test_log_likelihood_matches_the_gaussian_density(method, steps, tol, sigma_min):
+    m, S = gaussian_problem(3, seed=2)
+    cov = S + sigma_min ** 2 * torch.eye(3, dtype=torch.float64)
+    target = torch.distributions.MultivariateNormal(m, cov)
+    torch.manual_seed(0)
+    x = target.sample((16,))
+    ll = CFM(sigma_min).log_likelihood(gaussian_field(m, S, sigma_min), x, steps, method=method)
+    torch.testing.assert_close(ll, target.log_prob(x), atol=tol, rtol=0)
+
+
+def test_hutchinson_is_unbiased_and_exact_divergence_is_exact():
+    d = 20  # above the "auto" threshold: Hutchinson
+    m, S = gaussian_problem(d, seed=5)
+    S = S / 4  # log det S = -17: the divergence integral carries most of log p
+    net = gaussian_field(m, S)
+    target = torch.distributions.MultivariateNormal(m, S)
+    torch.manual_seed(1)
+    x = target.sample((2,))
+    exact = target.log_prob(x)
+    flow = CFM()
+    torch.testing.assert_close(flow.log_likelihood(net, x, 10, method="rk4", divergence="exact"), exact, atol=1e-3, rtol=0)
+    reps = x.repeat_interleave(1500, 0)
+    est = flow.log_likelihood(net, reps, 10, method="rk4", generator=torch.Generator().manual_seed(0)).view(2, 1500)
+    stderr = est.std(1) / math.sqrt(1500)
+    assert torch.all(stderr > 1e-3)  # really an estimate
+    assert torch.all((est.mean(1) - exact).abs() < 4 * stderr + 1e-3), (est.mean(1), exact, stderr)
+    assert torch.all(stderr < 0.1)
+    again = flow.log_likelihood(net, reps[:5], 10, method="rk4", generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again, est[0, :5])  # the generator decides the probes
+
+
+def test_log_likelihood_on_images_with_a_unet():
+    net = common.make_net("unet", (1, 8, 8), 8, 10, False, 1000.0)
+    x = torch.rand(3, 1, 8, 8) * 2 - 1
+    ll = CFM().log_likelihood(net, x, 2, y=torch.tensor([0, 1, 2]), method="euler", generator=torch.Generator().manual_seed(0))
+    assert ll.shape == (3,) and torch.isfinite(ll).all()
+    # an untrained UNet outputs zero (zero-initialised last layer): the flow is the identity
+    torch.testing.assert_close(ll, torch.distributions.Normal(0.0, 1.0).log_prob(x).flatten(1).sum(1))
+
+
+@settings(deadline=None, max_examples=10)
+@given(levels=st.sampled_from([2, 17, 256]), seed=st.integers(0, 10 ** 6))
+def test_dequantization_and_bits_per_dim(levels, seed):
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randint(0, levels, (50, 6), generator=g)
+    x = k.double() / (levels - 1) * 2 - 1
+    x_deq = cfm.dequantize(x, levels, g)
+    width = 2 / (levels - 1)
+    assert torch.equal(torch.round((x_deq + 1) / width).long(), k)  # each point stays in its own bin
+    assert float((x_deq - x).abs().max()) <= width / 2
+    # the uniform density on the union of the bins, (levels * width)^-D, scores log2(levels) bits/dim
+    log_uniform = torch.full((50,), -6 * math.log(levels * width), dtype=torch.float64)
+    torch.testing.assert_close(cfm.bits_per_dim(log_uniform, 6, levels),
+                               torch.full((50,), math.log2(levels), dtype=torch.float64))
+
+
+# -----------------------------------------------------------------------------
+# learning and the command line
+
+def test_short_training_learns_8gaussians():
+    torch.manual_seed(0)
+    data = common.load_data("8gaussians")
+    net = common.make_net("mlp", (2,), 64, 0, False, 1000.0)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    flow, g = CFM(coupling="ot"), torch.Generator().manual_seed(0)
+    for _ in range(250):
+        x1 = data.x_train[torch.randint(0, len(data.x_train), (128,), generator=g)]
+        loss = flow.loss(net, x1, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    test = data.x_test[:500]
+    x = flow.sample(net, (500, 2), steps=5, method="midpoint", generator=torch.Generator().manual_seed(1))
+    w2_model, w2_noise = common.w2_exact(x, test), common.w2_exact(torch.randn(500, 2), test)
+    # W2 between 500 real points and the held-out ones is about 0.33, from the noise about 1
+    assert w2_model < 0.5 * w2_noise, (w2_model, w2_noise)
+
+
+def test_cli_help_and_bad_flags(capsys):
+    with pytest.raises(SystemExit) as e:
+        cfm.main(["--help"])
+    assert e.value.code == 0 and "--coupling" in capsys.readouterr().out
+    for bad in (["--steps", "0"], ["--solver", "heun"], ["--sigma-min", "1.5"], ["--coupling", "sinkhorn"],
+                ["--data", "moons", "--bpd", "10"], ["--bpd", "-1"]):
+        with pytest.raises(SystemExit) as e:
+            cfm.main(bad)
+        assert e.value.code == 2, bad
+
+
+def test_cli_train_then_sample_only(tmp_path):
+    out = tmp_path / "run"
+    args = ["--data", "moons", "--iters", "30", "--batch-size", "64", "--width", "32", "--n-eval", "50",
+            "--log-every", "10", "--out", str(out), "--coupling", "ot", "--steps", "2", "--device", "cpu"]
+    q = cfm.main(args)
+    assert (out / "ckpt.pt").exists() and (out / "samples.png").exists() and q["metric"] == "W2"
+    q2 = cfm.main(["--ckpt", str(out / "ckpt.pt"), "--solver", "rk4", "--steps", "1", "--n-eval", "50", "--device", "cpu"])
+    assert q2["metric"] == "W2" and math.isfinite(q2["value"])
+    with pytest.raises(SystemExit) as e:  # a checkpoint that is not there
+        cfm.main(["--ckpt", str(tmp_path / "missing.pt")])
+    assert e.value.code == 2
+
+
+def test_cli_bits_per_dim_on_digits(tmp_path, monkeypatch):
+    # the Frechet distance needs the feature classifier (about 15 s of training): not what this tests
+    monkeypatch.setattr(common, "quality", lambda data, samples, root=None: {"metric": "FD", "value": 0.0, "floor": 0.0, "n": len(samples)})
+    out = tmp_path / "digits"
+    q = cfm.main(["--iters", "3", "--batch-size", "16", "--width", "8", "--n-eval", "10", "--uncond",
+                  "--bpd", "6", "--steps", "2", "--solver", "euler", "--out", str(out), "--device", "cpu"])
+    assert (out / "ckpt.pt").exists() and (out / "samples.png").exists()
+    # 3 steps barely move the net from the identity flow: about the N(0, I) density's bits/dim (~3 + 1.4)
+    assert 3.5 < q["bits_per_dim"] < 5.5
