@@ -1,0 +1,153 @@
+"""The small-scale analogue of the seeds' rectified-flow table (Liu et al., CIFAR-10, FID):
+
+    model                 1 step (+distill)     many steps (RK45)
+    1-rectified flow      378   (6.18)          2.58
+    2-rectified flow      12.21 (4.85)          3.36
+
+Here: unconditional models on 8gaussians (exact W2) and on the bundled 8x8 digits (Frechet
+distance in a small classifier's features), each trained by the command line of
+rectified_flow.py in four stages with fixed budgets: 1-RF; 2-RF on pairs from 1-RF's ODE (started
+from 1-RF's weights); one-step distillation of 1-RF and of 2-RF on pairs from their own ODEs.
+Every model is then sampled from the same noise with 1 Euler step and with MANY steps; the
+straightness S and the transport cost E||Z1 - Z0||^2 of its coupling are measured along the
+MANY-step Euler paths.
+
+Run (about 12 minutes single-threaded on a 2-core CPU; writes benchmarks/results/rectified_flow.{json,md}):
+  OMP_NUM_THREADS=1 python benchmarks/rectified_flow.py
+  python benchmarks/rectified_flow.py --rerender    # only rewrite the .md from the .json
+"""
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import common  # noqa: E402
+import rectified_flow  # noqa: E402
+from rectified_flow import RectifiedFlow, transport_cost  # noqa: E402
+
+MANY = 100  # Euler steps of the "many steps" column (the paper's RK45 took 104-127)
+BUDGETS = {  # per data set: iterations of each stage, pairs, the pairs' Euler steps, samples evaluated
+    "8gaussians": dict(rf1=1500, rf2=1000, distill=500, n_pairs=10000, pair_steps=100, n_eval=1000),
+    "digits": dict(rf1=1500, rf2=800, distill=400, n_pairs=3000, pair_steps=50, n_eval=500),
+}
+
+
+def timed_stage(argv, timings):
+    """Run rectified_flow.main(argv); wall and CPU seconds of the whole stage and of its pairs."""
+    make_pairs = rectified_flow.make_pairs
+
+    def timed_pairs(*a, **k):
+        t0 = time.time()
+        out = make_pairs(*a, **k)
+        timings["pairs_s"] = time.time() - t0
+        return out
+    rectified_flow.make_pairs = timed_pairs
+    try:
+        t0, c0 = time.time(), time.process_time()
+        rectified_flow.main(argv)
+        timings.update(stage_s=time.time() - t0, stage_cpu_s=time.process_time() - c0)
+    finally:
+        rectified_flow.make_pairs = make_pairs
+    timings["train_s"] = timings["stage_s"] - timings.get("pairs_s", 0.0)
+    return timings
+
+
+def evaluate(ckpt_path, data, noise, steps):
+    """Quality of the checkpoint's EMA network with `steps` Euler steps from `noise`, and for
+    steps > 1 the straightness and transport cost along those paths."""
+    net = rectified_flow.teacher_net(common.load_checkpoint(ckpt_path, ("rectified_flow",)), data)
+    flow = RectifiedFlow()
+    t0 = time.time()
+    x = flow.sample(net, noise.shape, steps, noise=noise)
+    row = {"nfe": steps, "sample_s": time.time() - t0, "quality": common.quality(data, x)}
+    if steps > 1:
+        row["straightness"] = flow.straightness(net, noise, steps)
+        row["transport_cost"] = transport_cost(noise, x)
+    return row
+
+
+def bench(name, budget, root):
+    root = root / name
+    shutil.rmtree(root, ignore_errors=True)
+    data = common.load_data(name)
+    common_flags = ["--n-eval", "0", "--log-every", "250", "--seed", "0"]
+    ck = {k: str(root / k / "ckpt.pt") for k in ("rf1", "rf2", "rf1_distill", "rf2_distill")}
+    pairs = ["--n-pairs", str(budget["n_pairs"]), "--pair-steps", str(budget["pair_steps"])]
+    stages = {}
+    stages["rf1"] = timed_stage(["--data", name, "--uncond", "--iters", str(budget["rf1"]), "--out", str(root / "rf1")]
+                                + common_flags, {})
+    stages["rf2"] = timed_stage(["--reflow-from", ck["rf1"], "--iters", str(budget["rf2"]), "--out", str(root / "rf2")]
+                                + pairs + common_flags, {})
+    (root / "rf1_distill").mkdir(parents=True)  # the same pairs of 1-RF serve its distillation
+    shutil.copy(root / "rf2" / "pairs.pt", root / "rf1_distill" / "pairs.pt")
+    stages["rf1_distill"] = timed_stage(["--distill-from", ck["rf1"], "--iters", str(budget["distill"]),
+                                         "--out", str(root / "rf1_distill")] + pairs + common_flags, {"pairs_s": 0.0})
+    stages["rf2_distill"] = timed_stage(["--distill-from", ck["rf2"], "--iters", str(budget["distill"]),
+                                         "--out", str(root / "rf2_distill")] + pairs + common_flags, {})
+    noise = torch.randn((budget["n_eval"],) + data.shape, generator=torch.Generator().manual_seed(123))
+    rows = []
+    for model, label in (("rf1", "1-RF"), ("rf1_distill", "1-RF + distill"), ("rf2", "2-RF"), ("rf2_distill", "2-RF + distill")):
+        for steps in ((1,) if "distill" in model else (1, MANY)):
+            rows.append(dict(data=name, model=label, **evaluate(ck[model], data, noise, steps), **stages[model]))
+            q = rows[-1]["quality"]
+            print(f"{name:10s} {label:15s} NFE {steps:3d}: {common.format_quality(q)}", flush=True)
+    x1 = data.x_test[:budget["n_eval"]]
+    independent = transport_cost(noise, x1)  # the 1-RF's training coupling: noise and data drawn independently
+    return {"budget": budget, "rows": rows, "independent_cost": independent}
+
+
+def table(results, machine):
+    lines = [f"Rectified flow, reflow and distillation (unconditional; Euler sampler; the same noise for every "
+             f"model). Machine: {machine['processor']}, {machine['cores']} cores, torch {machine['torch']}, "
+             f"{machine['threads']} thread(s). Times are wall seconds on a machine shared with other jobs (CPU "
+             "seconds of the process in brackets); a stage is one run of rectified_flow.py: its pairs, made once "
+             "(the 1-RF distillation reuses 2-RF's), and its training.", "",
+             "| data | model | NFE | quality (floor) | straightness S | E\\|\\|Z1 - Z0\\|\\|^2 | stage s (CPU s) | of which pairs s | sample s |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for name, res in results.items():
+        for r in res["rows"]:
+            q = r["quality"]
+            s = f"{r['straightness']:.4f}" if "straightness" in r else ""
+            c = f"{r['transport_cost']:.3f}" if "transport_cost" in r else ""
+            p = f"{r['pairs_s']:.0f}" if "pairs_s" in r else ""
+            lines.append(f"| {name} | {r['model']} | {r['nfe']} | {q['metric']} {q['value']:.3f} ({q['floor']:.3f}) | {s} | {c} "
+                         f"| {r['stage_s']:.0f} ({r['stage_cpu_s']:.0f}) | {p} | {r['sample_s']:.2f} |")
+        lines.append(f"| {name} | independent coupling (data, noise) | | | | {res['independent_cost']:.3f} | | | |")
+    lines += ["", "Budgets (iterations of 1-RF / 2-RF / each distillation, pairs x Euler steps): " + "; ".join(
+        f"{n}: {r['budget']['rf1']} / {r['budget']['rf2']} / {r['budget']['distill']}, "
+        f"{r['budget']['n_pairs']} x {r['budget']['pair_steps']}" for n, r in results.items())]
+    return "\n".join(lines) + "\n"
+
+
+def rerender():
+    """Rewrite the markdown table from the JSON results (no training)."""
+    out = ROOT / "benchmarks" / "results"
+    res = json.loads((out / "rectified_flow.json").read_text())
+    (out / "rectified_flow.md").write_text(table(res["results"], res["machine"]))
+
+
+def main():
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    machine = {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "torch": torch.__version__, "threads": torch.get_num_threads()}
+    t0 = time.time()
+    results = {name: bench(name, budget, ROOT / "runs" / "bench-rectified_flow") for name, budget in BUDGETS.items()}
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    md = table(results, machine)
+    (out / "rectified_flow.json").write_text(json.dumps({"machine": machine, "many_steps": MANY, "results": results,
+                                                         "total_s": time.time() - t0}, indent=1))
+    (out / "rectified_flow.md").write_text(md)
+    print(md)
+    print(f"total {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    rerender() if "--rerender" in sys.argv else main()
