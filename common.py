@@ -853,13 +853,15 @@ def _run(args, name, loss_fn, sample_fn, two_times, time_scale, make_model):
     t0 = time.time()
     samples = generate(sample_fn, ema.module, data, args.n_eval, args, device, args.seed + 1)
     t_sample = time.time() - t0
-    save_samples(samples[:100], out / "samples.png", data)
+    keep = args.sample_only and (out / "ckpt.pt").exists()  # a training run's folder keeps its grid
+    grid = out / (f"samples-{name}.png" if keep else "samples.png")
+    save_samples(samples[:100], grid, data)
     q = quality(data, samples, args.data_root)
     q.update(sample_seconds=t_sample, cfg_scale=args.cfg_scale)
     with open(out / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"eval": q}) + "\n")
     acc = f", feature classifier test accuracy {q['classifier_acc']:.3f}" if "classifier_acc" in q else ""
-    log(f"{name} on {args.data}: {format_quality(q)}{acc}; sampling {t_sample:.1f}s; grid {out / 'samples.png'}")
+    log(f"{name} on {args.data}: {format_quality(q)}{acc}; sampling {t_sample:.1f}s; grid {grid}")
     return q
 
 

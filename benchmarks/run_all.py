@@ -1,0 +1,216 @@
+"""The seeds' claims measured side by side: every model file trained under a fixed, stated budget
+on a 2-D set and on digits, sampled with the samplers each claim is about, one table.
+
+  python benchmarks/run_all.py --part 2d        # ~10 min on one core of a 2-core CPU
+  python benchmarks/run_all.py --part digits    # ~35 min on one core (or --device cuda)
+  python benchmarks/run_all.py --readme         # write the table, the claims and the pictures into README.md
+
+Each part writes benchmarks/results/all_<part>.json (and pictures in benchmarks/results/img/) as it
+goes; --readme reads those files. Everything goes through the model files' own command lines:
+train with `--n-eval 0` (timed: the training time), then sample the checkpoint with `--ckpt`
+(timed: the sampling time) and read the quality figure the file prints, next to its floor.
+Budgets: the command lines' defaults (digits: 2500 iterations, batch 128, UNet width 16; 2-D:
+3000 iterations, batch 512, MLP width 256), unconditional, except where a row says otherwise.
+"""
+import argparse
+import contextlib
+import io
+import json
+import platform
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import common  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+DATA_2D = "8gaussians"
+
+
+def jobs(data, n_eval):
+    """(model file, run name, training flags, [(row label, sampler flags, NFE)])."""
+    two_d = data != "digits"
+    rf_pairs = ["--n-pairs", "10000" if two_d else "3000", "--pair-steps", "100" if two_d else "50"]
+    return [
+        ("ddpm", "ddpm", [], [("DDPM ancestral", [], 1000)]),
+        ("ddim", "ddim", None, [(f"DDIM eta=0, {s} steps", ["--steps", str(s), "--eta", "0"], s) for s in (10, 20, 50)]
+         + [("DDIM eta=1, 50 steps", ["--steps", "50", "--eta", "1"], 50)]),
+        ("cfm", "cfm", [], [(f"CFM {m} x {s}", ["--solver", m, "--steps", str(s)], s * k)
+                            for m, s, k in (("euler", 1, 1), ("euler", 10, 1), ("euler", 100, 1), ("euler", 1000, 1),
+                                            ("midpoint", 10, 2), ("rk4", 5, 4))]),
+        ("cfm", "cfm-ot", ["--coupling", "ot"], [(f"CFM-OT {m} x {s}", ["--solver", m, "--steps", str(s)], s * k)
+                                                 for m, s, k in (("euler", 1, 1), ("euler", 10, 1), ("euler", 100, 1))]),
+        ("rectified_flow", "rf1", [], [("1-RF, 1 step", ["--steps", "1"], 1), ("1-RF, 100 steps", ["--steps", "100"], 100)]),
+        ("rectified_flow", "rf2", ["--reflow-from", "{rf1}", "--iters", "1000"] + rf_pairs,
+         [("2-RF, 1 step", ["--steps", "1"], 1), ("2-RF, 100 steps", ["--steps", "100"], 100)]),
+        ("rectified_flow", "rf2-distill", ["--distill-from", "{rf2}", "--iters", "500"] + rf_pairs,
+         [("2-RF + distill, 1 step", ["--steps", "1"], 1)]),
+        ("meanflow", "meanflow", [], [("MeanFlow, 1 step", ["--steps", "1"], 1), ("MeanFlow, 2 steps", ["--steps", "2"], 2)]),
+        ("vae", "vae", [], [("VAE decoder", [], 1)]),
+    ] + ([] if two_d else [
+        ("ar", "ar", [], [("AR raster, KV cache", [], 64)]),
+        ("ar", "ar-random", ["--order", "random"], [("AR random order, KV cache", [], 64)]),
+    ])
+
+
+def run_cli(module, argv):
+    """Run `module.main(argv)`, returning (its result, its printed output, seconds)."""
+    mod = __import__(module)
+    buf = io.StringIO()
+    t0 = time.time()
+    with contextlib.redirect_stdout(buf):
+        q = mod.main(argv)
+    sys.stdout.write(buf.getvalue()[-2000:])
+    return q, buf.getvalue(), time.time() - t0
+
+
+NLL = re.compile(r"([0-9.]+) bits/dim")
+
+
+def run_part(part, device, work):
+    data = DATA_2D if part == "2d" else "digits"
+    n_eval = 1000 if part == "2d" else 500
+    out_json = RESULTS / f"all_{part}.json"
+    (RESULTS / "img").mkdir(parents=True, exist_ok=True)
+    rows, ckpts = [], {}
+    machine = (f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}"
+               + (f", {torch.cuda.get_device_name()}" if device == "cuda" else ", CPU"))
+    base = ["--data", data, "--uncond", "--device", device, "--log-every", "500"]
+    for module, name, train_flags, samplers in jobs(data, n_eval):
+        folder = work / f"{part}-{name}"
+        t_train, nll = None, None
+        if train_flags is None:  # ddim: samples the ddpm checkpoint, no training of its own
+            ckpt = ckpts["ddpm"]
+        else:
+            flags = [f.format(**ckpts) for f in train_flags]
+            if module == "cfm" and data == "digits":
+                flags += ["--bpd", "500"]
+            q, text, t_train = run_cli(module, base + flags + ["--n-eval", "0", "--out", str(folder)])
+            ckpt = folder / "ckpt.pt"
+            ckpts[name] = str(ckpt)
+        for label, sflags, nfe in samplers:
+            extra = ["--bpd", "500"] if module == "cfm" and data == "digits" and label.endswith("x 10") and "midpoint" in label else []
+            extra += ["--iwae-k", "1000"] if module == "vae" and data == "digits" else (["--iwae-k", "0"] if module == "vae" else [])
+            q, text, _ = run_cli(module, ["--ckpt", str(ckpt), "--device", device, "--n-eval", str(n_eval),
+                                          "--out", str(folder)] + sflags + extra)
+            m = NLL.findall(text)
+            row = dict(model=module, run=name, sampler=label, nfe=nfe, metric=q["metric"], value=q["value"],
+                       floor=q["floor"], train_s=t_train, sample_s=q["sample_seconds"],
+                       nll_bpd=float(m[-1]) if m else q.get("bits_per_dim"))
+            if module in ("rectified_flow", "cfm") and nfe in (100,):
+                row["straightness"] = straightness(ckpt, data, device)
+            rows.append(row)
+            img = RESULTS / "img" / f"{part}-{re.sub('[^a-z0-9]+', '-', label.lower()).strip('-')}.png"
+            grid = folder / f"samples-{module}.png"  # a folder with a checkpoint keeps its training grid
+            shutil.copy(grid if grid.exists() else folder / "samples.png", img)
+            row["img"] = str(img.relative_to(ROOT))
+            print(json.dumps(row), flush=True)
+            out_json.write_text(json.dumps({"machine": machine, "data": data, "n_eval": n_eval, "rows": rows}, indent=1))
+    return rows
+
+
+def straightness(ckpt_path, data_name, device):
+    """E int ||(x1 - x0) - v(x_t, t)||^2 dt along the flow's own paths (rectified_flow.straightness)."""
+    import rectified_flow
+    data = common.load_data(data_name)
+    net = common.ema_net(common.load_checkpoint(ckpt_path, ("cfm", "rectified_flow")), data, time_scale=1000.0).to(device)
+    noise = torch.randn((1000,) + data.shape, generator=torch.Generator().manual_seed(0)).to(device)
+    return float(rectified_flow.RectifiedFlow().straightness(net, noise, steps=100))
+
+
+# -----------------------------------------------------------------------------
+# README: the table, the claims with their targets, the pictures
+
+def fmt(r):
+    return f"{r['metric']} {r['value']:.3g} ({r['floor']:.3g})"
+
+
+def claims(rows):
+    q = {r["sampler"]: r["value"] for r in rows}
+    floor = rows[0]["floor"]
+    out = []
+    def claim(text, target, ok, detail):
+        out.append(f"| {text} | {target} | {'holds' if ok else 'does not hold'} | {detail} |")
+    if "DDIM eta=0, 50 steps" in q:
+        r = q["DDIM eta=0, 50 steps"] / q["DDPM ancestral"]
+        claim("DDIM with 50 steps matches DDPM's 1000", "ratio <= 1.2", r <= 1.2, f"{q['DDIM eta=0, 50 steps']:.3g} / {q['DDPM ancestral']:.3g} = {r:.2f}")
+    cfm_nfe = sorted((r["nfe"], r["value"]) for r in rows if r["run"] == "cfm")
+    good = [n for n, v in cfm_nfe if v <= 1.2 * q["DDPM ancestral"]]
+    claim("flow matching needs far fewer steps than DDPM", "CFM within 1.2x of DDPM-1000 at <= 100 NFE",
+          bool(good) and good[0] <= 100, f"first NFE within 1.2x: {good[0] if good else 'none'} (DDPM: 1000)")
+    r1, r2, rd = q.get("1-RF, 1 step"), q.get("2-RF, 1 step"), q.get("2-RF + distill, 1 step")
+    if r1 and r2 and rd:
+        claim("one-step 2-RF beats one-step 1-RF", "2-RF < 1-RF", r2 < r1, f"{r2:.3g} vs {r1:.3g}")
+        claim("distillation improves one-step 2-RF", "distilled < 2-RF", rd < r2, f"{rd:.3g} vs {r2:.3g}")
+        claim("2-RF + distill at one step >= 10x better than 1-RF at one step", "ratio >= 10", r1 / rd >= 10,
+              f"{r1:.3g} / {rd:.3g} = {r1 / rd:.1f}x")
+    if "MeanFlow, 1 step" in q:
+        ref = q["CFM euler x 100"]
+        claim("MeanFlow's one step is close to multi-step flow matching", "MeanFlow-1 <= 1.5x CFM-100",
+              q["MeanFlow, 1 step"] <= 1.5 * ref, f"{q['MeanFlow, 1 step']:.3g} vs {ref:.3g} = {q['MeanFlow, 1 step'] / ref:.2f}x")
+    s = {r["run"]: r.get("straightness") for r in rows if r.get("straightness") is not None}
+    if "cfm" in s and "cfm-ot" in s:
+        claim("OT coupling straightens paths", "straightness OT < independent", s["cfm-ot"] < s["cfm"],
+              f"{s['cfm-ot']:.3g} vs {s['cfm']:.3g}")
+    if "CFM rk4 x 5" in q and "CFM euler x 1000" in q:
+        r = q["CFM rk4 x 5"] / q["CFM euler x 1000"]
+        claim("CFM RK4 at 20 NFE matches Euler at 1000", "ratio <= 1.1", r <= 1.1, f"{r:.2f}")
+    best = min(rows, key=lambda r: r["value"])
+    claim("the best model is close to real data", "within 2x of the floor", best["value"] <= 2 * floor,
+          f"{best['sampler']}: {best['value']:.3g} vs floor {floor:.3g} ({best['value'] / floor:.2f}x)")
+    return out
+
+
+def readme():
+    parts = []
+    for part in ("2d", "digits"):
+        path = RESULTS / f"all_{part}.json"
+        if not path.exists():
+            continue
+        res = json.loads(path.read_text())
+        rows = res["rows"]
+        lines = [f"#### {res['data']} ({'W2' if part == '2d' else 'Frechet distance'} of {res['n_eval']} samples; "
+                 f"the floor in brackets; {res['machine']})", "",
+                 "| model | sampler | NFE | quality (floor) | NLL bits/dim | straightness | train s | sample s |",
+                 "|---|---|---:|---|---:|---:|---:|---:|"]
+        for r in rows:
+            nll = f"{r['nll_bpd']:.3f}" if r.get("nll_bpd") else ""
+            st = f"{r['straightness']:.3g}" if r.get("straightness") is not None else ""
+            tr = f"{r['train_s']:.0f}" if r.get("train_s") else ""
+            lines.append(f"| {r['model']}.py | {r['sampler']} | {r['nfe']} | {fmt(r)} | {nll} | {st} | {tr} | {r['sample_s']:.1f} |")
+        lines += ["", "| claim of the seeds | target | here | measured |", "|---|---|---|---|"] + claims(rows)
+        pics = [r for r in rows if r["sampler"] in ("DDPM ancestral", "DDIM eta=0, 50 steps", "CFM midpoint x 10",
+                                                     "2-RF + distill, 1 step", "MeanFlow, 1 step", "VAE decoder",
+                                                     "AR raster, KV cache", "1-RF, 1 step")]
+        lines += ["", " ".join(f"![{r['sampler']}]({r['img']})" for r in pics), "",
+                  "Pictures, left to right: " + ", ".join(r["sampler"] for r in pics) + "."]
+        parts.append("\n".join(lines))
+    text = (ROOT / "README.md").read_text()
+    start, end = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+    if start not in text:
+        raise SystemExit("README.md has no <!-- benchmark:start --> marker")
+    head, rest = text.split(start)
+    (ROOT / "README.md").write_text(head + start + "\n" + "\n\n".join(parts) + "\n" + end + rest.split(end)[1])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--part", choices=["2d", "digits"], help="which half to run")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--work", default=str(ROOT / "benchmarks" / "work"), help="checkpoints go here")
+    p.add_argument("--readme", action="store_true", help="write the results into README.md")
+    args = p.parse_args(argv)
+    if args.part:
+        run_part(args.part, args.device, Path(args.work))
+    if args.readme:
+        readme()
+
+
+if __name__ == "__main__":
+    main()
