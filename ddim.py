@@ -1,0 +1,176 @@
+"""DDIM: Denoising Diffusion Implicit Models (Song, Meng & Ermon, 2021).
+
+Same training as DDPM (and a ddpm.py checkpoint loads); a new sampler. In the lecture's notation
+(integer t in 1..T, x_0 the data, a_t := alpha_bar_t, t' < t the next time the sampler visits):
+
+  diffusion kernel    q(x_t | x_0) = N(x_t; sqrt(a_t) x_0, (1 - a_t) I)            (all training sees)
+  generalized step    q_sigma(x_t' | x_t, x_0) = N(sqrt(a_t') x_0 + sqrt(1 - a_t' - sigma_t^2)
+                                                   (x_t - sqrt(a_t) x_0) / sqrt(1 - a_t),  sigma_t^2 I)
+                      keeps every marginal q(x_t' | x_0) for any sigma_t, so t' need not be t - 1
+  sampler             x0_hat = (x_t - sqrt(1 - a_t) eps_theta(x_t, t)) / sqrt(a_t)
+                      x_t' = sqrt(a_t') x0_hat + sqrt(1 - a_t' - sigma_t^2) eps_theta + sigma_t z
+  free variance       sigma_t = eta sqrt((1 - a_t') / (1 - a_t)) sqrt(1 - a_t / a_t'),  eta in [0, 1]
+                      eta = 1, t' = t - 1: sigma_t^2 = beta_tilde_t, DDPM's ancestral step
+                      eta = 0: deterministic, a discretization of the probability-flow ODE
+  visited times       uniform   tau_i = round(T i / S),              i = S..1, then t' = 0
+                      quadratic tau_i = max(round(T (i / S)^2), i)   (the DDIM paper's tau ~ i^2, denser near
+                      the data; here it reaches T, so the start x_T ~ N(0, I) matches the training's last t)
+  inversion           the eta = 0 step run upward, x_t' -> x_t, slope eps_theta(x_t', t), optionally refined
+                      by fixed-point iterations x_t <- step(x_t', eps_theta(x_t, t)) (exact inverse)
+  guidance            eps = eps_theta(x_t, t, None) + w (eps_theta(x_t, t, y) - eps_theta(x_t, t, None))
+
+The lecture writes the step for t' = t - 1; the same formula holds for any t' < t, which is what
+makes skipping steps legal, and its table's DDPM sigma_t = sqrt((1 - a_{t-1}) / (1 - a_t) beta_t)
+is eta = 1 here. Why the step keeps the marginals: with x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps
+and eps_theta = eps, x0_hat = x_0 and x_t' = sqrt(a_t') x_0 + sqrt(1 - a_t' - sigma_t^2) eps
++ sigma_t z, whose variance is 1 - a_t'. tests/test_ddim.py proves this exactly, and that eta = 1
+on consecutive steps is DDPM's posterior.
+
+Run:
+  python ddim.py                                        # train the eps model on digits, sample with 50 DDIM steps
+  python ddim.py --ckpt runs/ddpm-digits/ckpt.pt --steps 50           # sample a model trained by ddpm.py
+  python ddim.py --ckpt runs/ddpm-digits/ckpt.pt --steps 20 --eta 1   # stochastic, DDPM-like
+  python ddim.py --ckpt runs/ddpm-digits/ckpt.pt --spacing quadratic --cfg-scale 2
+  python ddim.py --data checkerboard --steps 20         # 2-D points; W2 against held-out points
+  python ddim.py --device cuda                          # the same on a GPU
+"""
+import argparse
+import math
+
+import torch
+
+import common
+
+
+# -----------------------------------------------------------------------------
+# the method: schedule (as in ddpm.py), loss, generalized step, visited times, sampler, inversion
+
+class DDIM:
+    def __init__(self, T=1000, schedule="linear"):
+        if schedule == "linear":  # beta from 1e-4 to 0.02 (Ho et al.)
+            beta = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
+        elif schedule == "cosine":  # a_t = f(t) / f(0), f(t) = cos^2(((t/T + s)/(1 + s)) pi/2) (Nichol & Dhariwal)
+            s = 0.008
+            f = torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
+            beta = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+        else:
+            raise ValueError(f"unknown schedule {schedule!r}: use 'linear' or 'cosine'")
+        self.T = T
+        self.beta = torch.cat([torch.zeros(1, dtype=torch.float64), beta])  # (T + 1,), beta[0] = 0
+        self.alpha = 1 - self.beta
+        self.alpha_bar = torch.cumprod(self.alpha, 0)  # alpha_bar[0] = 1: t = 0 is the data
+
+    def loss(self, net, x0, y=None):
+        """DDPM's simple loss E || eps - eps_theta(sqrt(a_t) x_0 + sqrt(1 - a_t) eps, t) ||^2."""
+        t = torch.randint(1, self.T + 1, (x0.shape[0],))  # t ~ U{1..T}, drawn on the CPU
+        a_t = self.alpha_bar[t].to(device=x0.device, dtype=x0.dtype).view(-1, *[1] * (x0.dim() - 1))
+        eps = torch.randn_like(x0)
+        x_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps  # x_t ~ q(x_t | x_0)
+        return (eps - net(x_t, t.to(x0.device), y)).pow(2).mean()
+
+    def eps(self, net, x_t, t, y, cfg_scale):
+        """eps_theta, with classifier-free guidance when w != 1 (two network calls)."""
+        if y is None or cfg_scale == 1.0:
+            return net(x_t, t, y)
+        e_uncond = net(x_t, t, None)
+        return e_uncond + cfg_scale * (net(x_t, t, y) - e_uncond)
+
+    def step(self, x_t, eps, t, t_prev, eta=0.0, noise=None, generator=None):
+        """One generalized update x_t -> x_t' for a batch of times t, t_prev (B,), t_prev < t. With
+        eta = 0 it also runs upward (t_prev > t), which is what invert() does."""
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta must be in [0, 1], got {eta}")
+        a_t = self.alpha_bar[t.cpu()]  # (B,) float64, as is every coefficient until col()
+        a_p = self.alpha_bar[t_prev.cpu()]
+        if eta > 0:  # sigma_t = eta sqrt((1 - a_t') / (1 - a_t)) sqrt(1 - a_t / a_t')
+            sigma = eta * ((1 - a_p) / (1 - a_t)).sqrt() * (1 - a_t / a_p).sqrt()
+        else:
+            sigma = torch.zeros_like(a_t)
+
+        def col(v):  # (B,) float64 -> (B, 1, ..., 1) in the data's dtype and device
+            return v.to(device=x_t.device, dtype=x_t.dtype).view(-1, *[1] * (x_t.dim() - 1))
+
+        x0_hat = (x_t - col((1 - a_t).sqrt()) * eps) / col(a_t.sqrt())  # predicted x_0, (B, *shape)
+        direction = col((1 - a_p - sigma ** 2).clamp(min=0).sqrt()) * eps  # direction pointing to x_t
+        x_prev = col(a_p.sqrt()) * x0_hat + direction
+        if eta > 0:
+            if noise is None:
+                noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+            x_prev = x_prev + col(sigma) * noise  # + sigma_t z
+        return x_prev
+
+    def timesteps(self, steps, spacing="uniform"):
+        """The `steps` times the sampler visits, decreasing from T, all >= 1 (then it lands on 0)."""
+        if not 1 <= steps <= self.T:
+            raise ValueError(f"steps must be in 1..T = 1..{self.T}, got {steps}")
+        i = torch.arange(steps, 0, -1, dtype=torch.float64)  # S..1
+        if spacing == "uniform":  # tau_i = round(T i / S): gaps of T/S >= 1, so no repeats
+            return torch.round(self.T * i / steps).long()
+        if spacing == "quadratic":  # tau_i = max(round(T (i/S)^2), i): strictly decreasing, tau_S = T
+            return torch.maximum(torch.round(self.T * (i / steps) ** 2), i).long()
+        raise ValueError(f"unknown spacing {spacing!r}: use 'uniform' or 'quadratic'")
+
+    @torch.no_grad()
+    def sample(self, net, shape, steps=50, eta=0.0, y=None, cfg_scale=1.0, generator=None, noise=None,
+               spacing="uniform"):
+        """x_T ~ N(0, I), then `steps` generalized updates through timesteps(steps) down to x_0."""
+        device = noise.device if noise is not None else (generator.device if generator is not None else "cpu")
+        x = noise if noise is not None else torch.randn(shape, generator=generator, device=device)
+        times = self.timesteps(steps, spacing).tolist()
+        for t, t_prev in zip(times, times[1:] + [0]):
+            tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+            e = self.eps(net, x, tt, y, cfg_scale).to(x.dtype)
+            z = None
+            if eta > 0 and t_prev > 0:  # sigma_t = 0 on the last step (a_0 = 1): no draw
+                z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = self.step(x, e, tt, torch.full_like(tt, t_prev), eta if t_prev > 0 else 0.0, noise=z)
+        return x
+
+    @torch.no_grad()
+    def invert(self, net, x0, steps=50, y=None, cfg_scale=1.0, spacing="uniform", refine=0):
+        """Deterministic encoding x_0 -> x_T: the eta = 0 update run from 0 up through the times the
+        sampler visits, with eps_theta(x_t', t) as the slope (the step is explicit, so sampling
+        back reconstructs x_0 up to O(1/steps)). refine > 0 fixed-point iterations per step,
+        x_t <- step(x_t', eps_theta(x_t, t)), solve the sampler's own step backwards (one more
+        network call each), so that sample(noise=invert(...)) reconstructs x_0 to high precision."""
+        times = self.timesteps(steps, spacing).flip(0).tolist()  # increasing, last = T
+        x = x0
+        for t_from, t_to in zip([0] + times[:-1], times):
+            tt = torch.full((x.shape[0],), t_to, dtype=torch.long, device=x.device)
+            tf = torch.full_like(tt, t_from)
+            x_up = self.step(x, self.eps(net, x, tt, y, cfg_scale).to(x.dtype), tf, tt)
+            for _ in range(refine):
+                x_up = self.step(x, self.eps(net, x_up, tt, y, cfg_scale).to(x.dtype), tf, tt)
+            x = x_up
+        return x
+
+
+# -----------------------------------------------------------------------------
+# command line
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="see the module docstring for the math")
+    common.add_args(parser)
+    parser.add_argument("--T", type=int, default=1000, help="number of diffusion steps (training)")
+    parser.add_argument("--schedule", default="linear", choices=["linear", "cosine"], help="beta schedule")
+    parser.add_argument("--steps", type=int, default=50, help="sampler steps (network calls), at most T")
+    parser.add_argument("--eta", type=float, default=0.0, help="noise of each step: 0 deterministic DDIM, 1 DDPM-like")
+    parser.add_argument("--spacing", default="uniform", choices=["uniform", "quadratic"], help="visited times")
+    args = common.parse_args(parser, argv, "ddim", accept=("ddim", "ddpm"), model_flags=("T", "schedule"))
+    if args.T < 1:
+        parser.error(f"--T must be at least 1, got {args.T}")
+    if not 1 <= args.steps <= args.T:
+        parser.error(f"--steps must be in 1..T = 1..{args.T}, got {args.steps}")
+    if not 0.0 <= args.eta <= 1.0:
+        parser.error(f"--eta must be in [0, 1], got {args.eta}")
+    ddim = DDIM(args.T, args.schedule)
+
+    def sample_fn(net, shape, y, generator):
+        return ddim.sample(net, shape, steps=args.steps, eta=args.eta, y=y, cfg_scale=args.cfg_scale,
+                           generator=generator, spacing=args.spacing)
+
+    return common.run(args, "ddim", ddim.loss, sample_fn)
+
+
+if __name__ == "__main__":
+    main()
