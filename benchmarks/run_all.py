@@ -73,46 +73,59 @@ def run_cli(module, argv):
 NLL = re.compile(r"([0-9.]+) bits/dim")
 
 
-def run_part(part, device, work):
+def run_part(part, device, work, quick=False):
     data = DATA_2D if part == "2d" else "digits"
-    n_eval = 1000 if part == "2d" else 500
-    out_json = RESULTS / f"all_{part}.json"
+    n_eval = (1000 if part == "2d" else 500) if not quick else 100
+    out_json = RESULTS / f"all_{part}{'_quick' if quick else ''}.json"
     (RESULTS / "img").mkdir(parents=True, exist_ok=True)
     rows, ckpts = [], {}
     machine = (f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}"
                + (f", {torch.cuda.get_device_name()}" if device == "cuda" else ", CPU"))
     base = ["--data", data, "--uncond", "--device", device, "--log-every", "500"]
-    for module, name, train_flags, samplers in jobs(data, n_eval):
-        folder = work / f"{part}-{name}"
-        t_train, nll = None, None
-        if train_flags is None:  # ddim: samples the ddpm checkpoint, no training of its own
-            ckpt = ckpts["ddpm"]
-        else:
-            flags = [f.format(**ckpts) for f in train_flags]
-            if module == "cfm" and data == "digits":
-                flags += ["--bpd", "500"]
-            q, text, t_train = run_cli(module, base + flags + ["--n-eval", "0", "--out", str(folder)])
-            ckpt = folder / "ckpt.pt"
-            ckpts[name] = str(ckpt)
-        for label, sflags, nfe in samplers:
-            extra = ["--bpd", "500"] if module == "cfm" and data == "digits" and label.endswith("x 10") and "midpoint" in label else []
-            extra += ["--iwae-k", "1000"] if module == "vae" and data == "digits" else (["--iwae-k", "0"] if module == "vae" else [])
-            q, text, _ = run_cli(module, ["--ckpt", str(ckpt), "--device", device, "--n-eval", str(n_eval),
-                                          "--out", str(folder)] + sflags + extra)
-            m = NLL.findall(text)
-            row = dict(model=module, run=name, sampler=label, nfe=nfe, metric=q["metric"], value=q["value"],
-                       floor=q["floor"], train_s=t_train, sample_s=q["sample_seconds"],
-                       nll_bpd=float(m[-1]) if m else q.get("bits_per_dim"))
-            if module in ("rectified_flow", "cfm") and nfe in (100,):
-                row["straightness"] = straightness(ckpt, data, device)
-            rows.append(row)
-            img = RESULTS / "img" / f"{part}-{re.sub('[^a-z0-9]+', '-', label.lower()).strip('-')}.png"
-            grid = folder / f"samples-{module}.png"  # a folder with a checkpoint keeps its training grid
-            shutil.copy(grid if grid.exists() else folder / "samples.png", img)
-            row["img"] = str(img.relative_to(ROOT))
-            print(json.dumps(row), flush=True)
-            out_json.write_text(json.dumps({"machine": machine, "data": data, "n_eval": n_eval, "rows": rows}, indent=1))
+    for job in jobs(data, n_eval):
+        try:
+            run_job(part, job, base, device, n_eval, work, ckpts, rows, quick)
+        except (Exception, SystemExit) as e:  # one failing model must not lose the others' rows
+            print(f"FAILED {job[1]}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        out_json.write_text(json.dumps({"machine": machine, "data": data, "n_eval": n_eval, "rows": rows}, indent=1))
     return rows
+
+
+def run_job(part, job, base, device, n_eval, work, ckpts, rows, quick=False):
+    module, name, train_flags, samplers = job
+    folder = work / f"{part}-{name}"
+    t_train = None
+    cpu0 = time.process_time()
+    if train_flags is None:  # ddim: samples the ddpm checkpoint, no training of its own
+        ckpt = ckpts["ddpm"]
+    else:
+        flags = [f.format(**ckpts) for f in train_flags] + (["--iters", "20", "--n-pairs", "64", "--pair-steps", "4"]
+                                                            if quick and module == "rectified_flow" else
+                                                            ["--iters", "20"] if quick else [])
+        _, _, t_train = run_cli(module, base + flags + ["--n-eval", "0", "--out", str(folder)])
+        ckpt = folder / "ckpt.pt"
+        ckpts[name] = str(ckpt)
+    cpu_train = time.process_time() - cpu0 if train_flags is not None else None
+    for label, sflags, nfe in samplers:
+        extra = []
+        if module == "cfm" and base[1] == "digits" and label == "CFM midpoint x 10":
+            extra = ["--bpd", "500"]  # held-out bits/dim by the instantaneous change of variables
+        if module == "vae":
+            extra = ["--iwae-k", "1000" if base[1] == "digits" else "0"]
+        q, text, _ = run_cli(module, ["--ckpt", str(ckpt), "--device", device, "--n-eval", str(n_eval),
+                                      "--out", str(folder)] + sflags + extra)
+        m = NLL.findall(text)
+        row = dict(model=module, run=name, sampler=label, nfe=nfe, metric=q["metric"], value=q["value"],
+                   floor=q["floor"], train_s=t_train, train_cpu_s=cpu_train, sample_s=q["sample_seconds"],
+                   nll_bpd=float(m[-1]) if m else q.get("bits_per_dim"))
+        if module in ("rectified_flow", "cfm") and nfe == 100:
+            row["straightness"] = straightness(ckpt, base[1], device)
+        img = RESULTS / "img" / f"{part}-{re.sub('[^a-z0-9]+', '-', label.lower()).strip('-')}.png"
+        grid = folder / f"samples-{module}.png"  # a folder with a checkpoint keeps its training grid
+        shutil.copy(grid if grid.exists() else folder / "samples.png", img)
+        row["img"] = str(img.relative_to(ROOT))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
 
 
 def straightness(ckpt_path, data_name, device):
@@ -205,9 +218,10 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--work", default=str(ROOT / "benchmarks" / "work"), help="checkpoints go here")
     p.add_argument("--readme", action="store_true", help="write the results into README.md")
+    p.add_argument("--quick", action="store_true", help="smoke test: 20 iterations each, 100 samples")
     args = p.parse_args(argv)
     if args.part:
-        run_part(args.part, args.device, Path(args.work))
+        run_part(args.part, args.device, Path(args.work) / ("quick" if args.quick else ""), args.quick)
     if args.readme:
         readme()
 
