@@ -474,8 +474,6 @@ class UNet(TimeNet):
                 h = m(torch.cat([h, hs.pop()], 1), c)
             else:
                 h = m(h)
-                if h.shape[-1] != hs[-1].shape[-1]:  # 7 -> 14 -> 28 needs no crop; odd sizes would
-                    h = h[..., :hs[-1].shape[-2], :hs[-1].shape[-1]]
         return self.out(h)
 
 
@@ -576,7 +574,7 @@ def write_png(path, img):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, color, 0, 0, 0))
            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
-    atomic_write_bytes(path, png)
+    atomic_write(path, lambda f: f.write(png))
 
 
 def save_grid(x, path, nrow=10, min_size=32):
@@ -713,28 +711,24 @@ def format_quality(q):
 # -----------------------------------------------------------------------------
 # checkpoints: written atomically, loaded with weights_only=True
 
-def atomic_write_bytes(path, data):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # the old file stays whole until this rename
-
-
-def atomic_save(obj, path):
+def atomic_write(path, write):
+    """Write a file through write(f) into a temporary file, then rename it over `path`: a run killed
+    mid-write leaves the previous file whole (and no partial file behind)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)  # the previous checkpoint stays whole until this rename
-    except BaseException:  # killed or failed mid-write: drop the partial file, keep the old one
+        os.replace(tmp, path)
+    except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_save(obj, path):
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path, accept):
@@ -912,7 +906,7 @@ def train(args, name, net, ema, loss_fn, sample_fn, data, device, out, ckpt=None
     x_all, y_all = data.x_train.to(device), data.y_train.to(device)
     local = slice(rank * args.batch_size // world, (rank + 1) * args.batch_size // world)
     n_params = sum(p.numel() for p in net.parameters())
-    log(f"{name}: {args.arch} with {n_params / 1e6:.2f}M parameters on {args.data} {list(data.shape)}, "
+    log(f"{name}: {type(net).__name__} with {n_params / 1e6:.2f}M parameters on {args.data} {list(data.shape)}, "
         f"{'unconditional' if not num_classes else f'{num_classes} classes'}, device {device} x {world}, "
         f"iters {step}->{args.iters}, batch {args.batch_size}")
 
