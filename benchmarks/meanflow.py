@@ -1,0 +1,207 @@
+"""Benchmark of meanflow.py: 1- and 2-step MeanFlow quality against plain flow matching's 100-step
+Euler quality, with the same data, network size, batch, learning rate, iterations and training loop
+(common.run: AdamW, warmup, clipping, EMA), on a 2-D set and on digits; and the training cost of one
+step (loss + backward + AdamW) relative to flow matching's.
+
+The flow-matching baseline is cfm.py (independent coupling, sigma_min 0, Euler, 100 steps) when it
+runs here, else the plain loss written below (linear path, v = x1 - x0); the output names which.
+
+Run (about 12 minutes on an idle 2-core CPU, single-threaded):
+  OMP_NUM_THREADS=1 python benchmarks/meanflow.py
+Writes benchmarks/results/meanflow.json and benchmarks/results/meanflow.md.
+"""
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import common  # noqa: E402
+import meanflow  # noqa: E402
+
+# fixed budgets: one network size per data set, the same for both methods
+BUDGETS = {
+    "8gaussians": dict(arch="mlp", width=128, iters=1500, batch_size=256, lr=2e-3, n_eval=1000),
+    "digits": dict(arch="unet", width=16, iters=1000, batch_size=128, lr=2e-3, n_eval=500),
+}
+FM_STEPS = 100
+# MeanFlow's default time scale (10), and on the 2-D set also the flows' usual 1000 (cheap there)
+TIME_SCALES = {"8gaussians": (10.0, 1000.0), "digits": (10.0,)}
+
+
+# -----------------------------------------------------------------------------
+# the plain flow-matching baseline, used when cfm.py is missing or fails
+
+def fm_main(argv):
+    parser = argparse.ArgumentParser()
+    common.add_args(parser)
+    parser.add_argument("--steps", type=int, default=FM_STEPS)
+    args = common.parse_args(parser, argv, "fm")
+
+    def loss(net, x1, y=None):
+        x0 = torch.randn_like(x1)
+        t = torch.rand(x1.shape[0], device=x1.device)
+        tb = t.view(-1, *[1] * (x1.dim() - 1))
+        return (net((1 - tb) * x0 + tb * x1, t, y) - (x1 - x0)).pow(2).mean()  # v = x1 - x0
+
+    @torch.no_grad()
+    def sample_fn(net, shape, y, generator):
+        z = torch.randn(shape, generator=generator, device=generator.device)
+        for i in range(args.steps):  # Euler: z += v(z, i/N) / N
+            t = torch.full((shape[0],), i / args.steps, device=z.device)
+            z = z + net(z, t, y) / args.steps
+        return z
+
+    return common.run(args, "fm", loss, sample_fn, two_times=False, time_scale=1000.0)
+
+
+def fm_loss_fn():
+    """The baseline's loss for the per-step timing (cfm.CFM().loss when cfm.py is used)."""
+    try:
+        import cfm
+        return cfm.CFM().loss, "cfm.py"
+    except Exception:
+        def loss(net, x1, y=None):
+            x0 = torch.randn_like(x1)
+            t = torch.rand(x1.shape[0])
+            tb = t.view(-1, *[1] * (x1.dim() - 1))
+            return (net((1 - tb) * x0 + tb * x1, t, y) - (x1 - x0)).pow(2).mean()
+        return loss, "plain FM in benchmarks/meanflow.py"
+
+
+# -----------------------------------------------------------------------------
+# runs
+
+def flags(data, out):
+    b = BUDGETS[data]
+    return ["--data", data, "--arch", b["arch"], "--width", str(b["width"]), "--iters", str(b["iters"]),
+            "--batch-size", str(b["batch_size"]), "--lr", str(b["lr"]), "--n-eval", str(b["n_eval"]),
+            "--out", str(out), "--log-every", "500", "--ckpt-every", "100000", "--device", "cpu"]
+
+
+def timed(fn, argv):
+    """Run a model file's main, return (quality dict, training seconds from its log, wall seconds)."""
+    buf = io.StringIO()
+    t0 = time.time()
+    with contextlib.redirect_stdout(buf):
+        q = fn(argv)
+    wall = time.time() - t0
+    m = re.search(r"trained \S+ in ([\d.]+)s", buf.getvalue())
+    if q is None:
+        raise RuntimeError(buf.getvalue()[-2000:])
+    return q, (float(m.group(1)) if m else None), wall
+
+
+def baseline(data, out):
+    """cfm.py's 100-step Euler quality, or the local plain FM when cfm.py is absent or fails."""
+    try:
+        import cfm
+        q, train_s, _ = timed(cfm.main, flags(data, out) + ["--solver", "euler", "--steps", str(FM_STEPS)])
+        return q, train_s, "cfm.py (independent coupling, Euler)"
+    except (Exception, SystemExit) as e:
+        print(f"  cfm.py unusable here ({type(e).__name__}: {e}); using the local plain FM", flush=True)
+        q, train_s, _ = timed(fm_main, flags(data, out / "fm"))
+        return q, train_s, "plain FM in benchmarks/meanflow.py (Euler)"
+
+
+def step_cost(arch, shape, width, batch, reps=3, n=15):
+    """Median seconds of one training step (loss, backward, AdamW step) for FM and MeanFlow."""
+    fm_loss, fm_name = fm_loss_fn()
+    mf = meanflow.MeanFlow()
+    torch.manual_seed(0)
+    x = torch.randn(batch, *shape)
+    y = torch.randint(0, 8, (batch,))
+    nets = {"fm": common.make_net(arch, shape, width, 10, False, 1000.0),
+            "mf": common.make_net(arch, shape, width, 10, True, 1000.0)}
+    losses = {"fm": fm_loss, "mf": mf.loss}
+    opts = {k: torch.optim.AdamW(v.parameters(), 1e-4) for k, v in nets.items()}
+    times = {"fm": [], "mf": []}
+    for _ in range(reps):  # interleaved, so that a change in machine load hits both
+        for k in ("fm", "mf"):
+            for i in range(n + 2):
+                if i == 2:
+                    t0 = time.perf_counter()
+                loss = losses[k](nets[k], x, y)
+                opts[k].zero_grad()
+                loss.backward()
+                opts[k].step()
+            times[k].append((time.perf_counter() - t0) / n)
+    fm_s, mf_s = statistics.median(times["fm"]), statistics.median(times["mf"])
+    return {"arch": arch, "width": width, "batch": batch, "fm_ms": 1e3 * fm_s, "mf_ms": 1e3 * mf_s,
+            "ratio": mf_s / fm_s, "fm_loss": fm_name}
+
+
+def main():
+    torch.manual_seed(0)
+    results = {"machine": {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                           "torch": torch.__version__, "threads": torch.get_num_threads()},
+               "budgets": BUDGETS, "runs": [], "step_cost": []}
+    t_start = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        for data in BUDGETS:
+            b = BUDGETS[data]
+            print(f"{data}: flow matching, {FM_STEPS} steps", flush=True)
+            q, train_s, name = baseline(data, Path(tmp) / f"fm-{data}")
+            results["runs"].append(dict(data=data, method=f"flow matching ({name})", nfe=FM_STEPS,
+                                        train_s=train_s, **q))
+            print(f"  {common.format_quality(q)}", flush=True)
+            for ts in TIME_SCALES[data]:
+                out = Path(tmp) / f"mf-{data}-{ts:g}"
+                method = f"MeanFlow, --time-scale {ts:g}"
+                print(f"{data}: {method}", flush=True)
+                q, train_s, _ = timed(meanflow.main, flags(data, out) + ["--time-scale", str(ts)])
+                results["runs"].append(dict(data=data, method=method, nfe=1, train_s=train_s, **q))
+                print(f"  1 step: {common.format_quality(q)}", flush=True)
+                q, _, _ = timed(meanflow.main, ["--ckpt", str(out / "ckpt.pt"), "--steps", "2", "--out", str(out),
+                                                "--n-eval", str(b["n_eval"]), "--device", "cpu"])
+                results["runs"].append(dict(data=data, method=method, nfe=2, train_s=None, **q))
+                print(f"  2 steps: {common.format_quality(q)}", flush=True)
+        for arch, shape, width, batch in (("mlp", (2,), 128, 256), ("unet", (1, 8, 8), 16, 128)):
+            c = step_cost(arch, shape, width, batch)
+            results["step_cost"].append(c)
+            print(f"step cost {arch}: FM {c['fm_ms']:.1f} ms, MeanFlow {c['mf_ms']:.1f} ms, x{c['ratio']:.2f}", flush=True)
+    results["total_s"] = time.time() - t_start
+    write(results)
+
+
+def write(results):
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meanflow.json").write_text(json.dumps(results, indent=2) + "\n")
+    m = results["machine"]
+    lines = ["# MeanFlow: 1- and 2-step quality vs flow matching's 100 steps", "",
+             f"Machine: {m['processor']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} thread(s); "
+             f"total {results['total_s'] / 60:.1f} min.", "",
+             "Same network, batch, lr, iterations and training loop for both methods per data set; "
+             "quality on the EMA weights, conditional sampling (balanced labels, no guidance).", "",
+             "| data | net | iters | method | NFE | quality | floor | train s | sample s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results["runs"]:
+        b = results["budgets"][r["data"]]
+        train = f"{r['train_s']:.0f}" if r["train_s"] is not None else "(same model)"
+        lines.append(f"| {r['data']} | {b['arch']} w{b['width']} | {b['iters']} | {r['method']} | {r['nfe']} | "
+                     f"{r['metric']} {r['value']:.4g} | {r['floor']:.4g} | {train} | {r['sample_seconds']:.2f} |")
+    lines += ["", "Training cost per step (loss + backward + AdamW, median of 3 interleaved rounds of 15 steps):", "",
+              "| net | batch | flow matching ms | MeanFlow ms | ratio |", "|---|---|---|---|---|"]
+    for c in results["step_cost"]:
+        lines.append(f"| {c['arch']} w{c['width']} | {c['batch']} | {c['fm_ms']:.1f} | {c['mf_ms']:.1f} | "
+                     f"x{c['ratio']:.2f} |")
+    lines += ["", "W2: exact 2-Wasserstein distance to held-out points; FD: Frechet distance in the features "
+              "of common.py's small digit classifier; floor: the same metric between real training and held-out data."]
+    (out / "meanflow.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,298 @@
+"""Tests of meanflow.py against closed forms: a Gaussian data set N(m, S) with N(0, I) noise, whose
+average velocity u(z, r, t) is known exactly (the flow map between two Gaussians with commuting
+covariances), plus reverse-mode references for the JVP through common.py's networks."""
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+from hypothesis import given, settings, strategies as st
+from scipy import stats
+
+import common
+import meanflow
+from meanflow import MeanFlow
+
+
+class GaussianFlow:
+    """x0 ~ N(0, I), x1 ~ N(m, S), z_t = (1 - t) x0 + t x1 ~ N(t m, Sigma_t), Sigma_t = (1 - t)^2 I + t^2 S.
+    All Sigma_t share S's eigenvectors Q, so the ODE's flow map is
+    Phi_{t->r}(z) = r m + Q diag(s_r / s_t) Q^T (z - t m), s_t = sqrt((1 - t)^2 + t^2 lambda),
+    and u(z, r, t) = (z - Phi_{t->r}(z)) / (t - r). Float64 throughout."""
+
+    def __init__(self, m, S):
+        self.m, self.S = m, S
+        self.lam, self.Q = torch.linalg.eigh(S)
+
+    def s(self, t):  # (B,) -> (B, D): square roots of Sigma_t's eigenvalues
+        t = t[:, None]
+        return ((1 - t) ** 2 + t ** 2 * self.lam).sqrt()
+
+    def flow(self, z, t, r):
+        w = (z - t[:, None] * self.m) @ self.Q  # coordinates in the eigenbasis
+        return r[:, None] * self.m + (w * self.s(r) / self.s(t)) @ self.Q.T
+
+    def v(self, z, t):
+        # v = m + (t S - (1 - t) I) Sigma_t^{-1} (z - t m): E[x1 - x0 | z_t = z], derived independently of flow()
+        w = (z - t[:, None] * self.m) @ self.Q
+        tt = t[:, None]
+        return self.m + (w * (tt * self.lam - (1 - tt)) / self.s(t) ** 2) @ self.Q.T
+
+    def __call__(self, z, r, t, y=None):  # the exact network u(z, r, t)
+        gap = (t - r)[:, None]
+        safe = torch.where(gap.abs() < 1e-12, torch.ones_like(gap), gap)
+        return torch.where(gap.abs() < 1e-12, self.v(z, t), (z - self.flow(z, t, r)) / safe)
+
+
+def random_gaussian(dim, seed):
+    g = torch.Generator().manual_seed(seed)
+    m = torch.randn(dim, generator=g, dtype=torch.float64)
+    A = torch.randn(dim, dim, generator=g, dtype=torch.float64)
+    return m, A @ A.T / dim + 0.1 * torch.eye(dim, dtype=torch.float64)
+
+
+# -----------------------------------------------------------------------------
+# the MeanFlow identity and its JVP
+
+@settings(deadline=None, max_examples=15)
+@given(seed=st.integers(0, 10_000), dim=st.integers(1, 4))
+def test_identity_on_gaussian_flow(seed, dim):
+    m, S = random_gaussian(dim, seed)
+    flow = GaussianFlow(m, S)
+    g = torch.Generator().manual_seed(seed + 1)
+    B = 16
+    z = 2 * torch.randn(B, dim, generator=g, dtype=torch.float64)
+    t = torch.rand(B, generator=g, dtype=torch.float64)
+    r = torch.rand(B, generator=g, dtype=torch.float64)  # both r > t and r < t
+    v = flow.v(z, t)
+    # v is the velocity of flow(): d/dt Phi_{t0->t}(z) at t = t0, by central differences
+    h = 1e-6
+    fd_v = (flow.flow(z, t, t + h) - flow.flow(z, t, t - h)) / (2 * h)
+    torch.testing.assert_close(v, fd_v, rtol=1e-6, atol=1e-6)
+    # du/dt from the JVP against finite differences along the trajectory z_s = Phi_{t->s}(z)
+    u, dudt = MeanFlow.u_and_dudt(flow, z, r, t, v)
+    torch.testing.assert_close(u, flow(z, r, t))
+    fd = (flow(flow.flow(z, t, t + h), r, t + h) - flow(flow.flow(z, t, t - h), r, t - h)) / (2 * h)
+    torch.testing.assert_close(dudt, fd, rtol=1e-5, atol=1e-5)
+    # the identity u = v - (t - r) du/dt holds for the exact u, so the target reproduces it
+    torch.testing.assert_close(MeanFlow().target(flow, z, r, t, v), u, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(v - (t - r)[:, None] * fd, u, rtol=1e-5, atol=1e-5)
+
+
+def test_u_at_r_equals_t_is_v():
+    m, S = random_gaussian(3, 0)
+    flow = GaussianFlow(m, S)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(8, 3, generator=g, dtype=torch.float64)
+    t = torch.rand(8, generator=g, dtype=torch.float64)
+    for d in (1e-6, -1e-6):  # the closed form's limit r -> t from both sides (not its r = t branch)
+        torch.testing.assert_close(flow(z, t + d, t), flow.v(z, t), rtol=1e-5, atol=1e-5)
+    # and for any network the target at r = t is v itself: those pairs are plain flow matching
+    net = common.make_net("mlp", (3,), 32, two_times=True, time_scale=1000.0)
+    zf, tf, vf = z.float(), t.float(), torch.randn(8, 3, generator=g)
+    assert torch.equal(MeanFlow().target(net, zf, tf, tf, vf), vf)
+    assert not torch.allclose(MeanFlow().target(net, zf, (tf + 0.3).clamp(max=1), tf, vf), vf)
+
+
+def perturbed_net(arch, shape, seed):
+    torch.manual_seed(seed)
+    net = common.make_net(arch, shape, 8, num_classes=10, two_times=True, time_scale=1000.0)
+    with torch.no_grad():  # zero-initialised output layers would make every derivative 0
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return net
+
+
+@pytest.mark.parametrize("arch", ["unet", "dit"])
+def test_jvp_through_attention_networks(arch):
+    """torch.func.jvp runs through common.py's UNet and DiT (both with attention) and matches a
+    reverse-mode reference: the Jacobian rows by backward passes, contracted with (v, 0, 1)."""
+    net = perturbed_net(arch, (1, 8, 8), 0)
+    g = torch.Generator().manual_seed(1)
+    z, v = torch.randn(2, 1, 8, 8, generator=g), torch.randn(2, 1, 8, 8, generator=g)
+    r, t = torch.tensor([0.9, 0.6]), torch.tensor([0.2, 0.5])
+    y = torch.tensor([3, 10])
+    u, dudt = MeanFlow.u_and_dudt(net, z, r, t, v, y)
+    jz, jr, jt = torch.autograd.functional.jacobian(lambda a, b, c: net(a, b, c, y), (z, r, t))
+    ref = (jz.flatten(0, 3).flatten(1) @ v.flatten()).view_as(u) + (jt.flatten(0, 3) @ torch.ones(2)).view_as(u)
+    assert dudt.abs().max() > 1e-3
+    torch.testing.assert_close(dudt, ref, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(u, net(z, r, t, y), rtol=1e-5, atol=1e-5)
+
+
+# -----------------------------------------------------------------------------
+# the sampler: exact answers from the exact network
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_sampling_exact_gaussian(steps):
+    """Noise standardised to mean 0 and covariance I exactly; the exact u maps it in 1 or 2 jumps to
+    points whose mean and covariance are the data's m and S exactly (the flow map is affine)."""
+    m, S = random_gaussian(3, 7)
+    flow = GaussianFlow(m, S)
+    g = torch.Generator().manual_seed(0)
+    n = torch.randn(4000, 3, generator=g, dtype=torch.float64)
+    n = n - n.mean(0)
+    n = n @ torch.linalg.inv(torch.linalg.cholesky(torch.cov(n.T))).T
+    x = MeanFlow().sample(flow, n.shape, steps=steps, noise=n)
+    assert x.dtype == torch.float64
+    torch.testing.assert_close(x.mean(0), m, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(torch.cov(x.T), S, rtol=1e-9, atol=1e-9)
+    # seeded draws are reproducible
+    a = MeanFlow().sample(flow, (5, 3), steps=steps, generator=torch.Generator().manual_seed(3))
+    b = MeanFlow().sample(flow, (5, 3), steps=steps, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+def test_sampling_calls_and_guidance():
+    """steps network calls at times (r, t) = (1/k (i + 1), i/k); cfg_scale w gives u_null + w (u_y - u_null)."""
+    calls = []
+
+    def net(z, r, t, y):
+        calls.append((float(r[0]), float(t[0]), y is None))
+        return torch.full_like(z, 1.0) if y is None else torch.full_like(z, 3.0)
+    x = MeanFlow().sample(net, (2, 2), steps=2, y=torch.tensor([0, 1]), noise=torch.zeros(2, 2))
+    assert calls == [(0.5, 0.0, False), (1.0, 0.5, False)]
+    torch.testing.assert_close(x, torch.full((2, 2), 3.0))
+    calls.clear()
+    x = MeanFlow().sample(net, (2, 2), steps=1, y=torch.tensor([0, 1]), cfg_scale=2.0, noise=torch.zeros(2, 2))
+    assert len(calls) == 2
+    torch.testing.assert_close(x, torch.full((2, 2), 1.0 + 2.0 * (3.0 - 1.0)))
+
+
+# -----------------------------------------------------------------------------
+# the loss: time pairs, adaptive weight, gradient, guidance folded into the target
+
+def test_sample_times():
+    mf = MeanFlow(ratio=0.25, time_mu=0.4, time_sigma=1.0)
+    r, t = mf.sample_times(40000, generator=torch.Generator().manual_seed(0))
+    assert (t <= r).all() and ((t > 0) & (r < 1)).all()
+    frac = (r != t).double().mean().item()
+    assert abs(frac - 0.25) < 4 * math.sqrt(0.25 * 0.75 / 40000)
+    # with ratio 1 every pair is (min, max) of two independent logit-normal(0.4, 1) draws
+    r, t = MeanFlow(ratio=1.0).sample_times(20000, generator=torch.Generator().manual_seed(1))
+    logit = lambda p: torch.log(p / (1 - p)).double().numpy()
+    both = torch.cat([t, r])
+    assert stats.kstest(logit(both), stats.norm(0.4, 1.0).cdf).pvalue > 1e-3
+    # the smaller of two: P(logit t <= a) = 1 - (1 - Phi(a))^2
+    assert stats.kstest(logit(t), lambda a: 1 - stats.norm.sf(a, 0.4, 1.0) ** 2).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0, 0.5])
+def test_loss_value_and_gradient(p):
+    """loss = mean sg(w) ||u - sg(u_tgt)||^2 with u from a plain forward: same value, same gradient."""
+    net = perturbed_net("mlp", (2,), 0)
+    mf = MeanFlow(ratio=0.5, adaptive_p=p)
+    x1, y = torch.randn(64, 2), torch.randint(0, 10, (64,))
+    torch.manual_seed(5)
+    loss = mf.loss(net, x1, y)
+    grads = torch.autograd.grad(loss, list(net.parameters()))
+    torch.manual_seed(5)  # replay the same draws by hand
+    r, t = mf.sample_times(64)
+    x0 = torch.randn_like(x1)
+    z = (1 - t[:, None]) * x0 + t[:, None] * x1
+    tgt = mf.target(net, z, r, t, x1 - x0, y)
+    assert not tgt.requires_grad
+    err = (net(z, r, t, y) - tgt).pow(2).sum(1)
+    ref = ((err.detach() + 1e-3) ** -p * err).mean()
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads, torch.autograd.grad(ref, list(net.parameters()))):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_guided_velocity_folds_cfg():
+    """v~ = omega v + kappa u_y + (1 - omega - kappa) u_null, v kept for dropped labels; and the fixed
+    point at r = t is guidance of scale omega / (1 - kappa)."""
+    v_null, v_c = torch.tensor([1.0, -2.0]), torch.tensor([[3.0, 0.5], [-1.0, 4.0], [0.0, 0.0]])
+    omega, kappa = 1.5, 0.4
+    scale = omega / (1 - kappa)
+
+    def net(z, r, t, y):  # u_null = v_null; u_y = the guided velocity of scale omega / (1 - kappa)
+        if y is None:
+            return v_null.expand_as(z)
+        return v_null + scale * (v_c[y] - v_null)
+    z, t = torch.zeros(3, 2), torch.tensor([0.1, 0.5, 0.9])
+    y = torch.tensor([0, 1, 2])  # 2 is the null class of a 2-class set: its v~ stays v
+    mf = MeanFlow(cfg_omega=omega, cfg_kappa=kappa, null_class=2)
+    v = torch.randn(3, 2)
+    got = mf.guided_velocity(net, z, t, v, y)
+    want = omega * v + kappa * net(z, t, t, y) + (1 - omega - kappa) * v_null
+    torch.testing.assert_close(got[:2], want[:2])
+    torch.testing.assert_close(got[2], v[2])
+    # with v at its conditional mean v_c, v~ equals the network: the guided field is a fixed point
+    fixed = mf.guided_velocity(net, z[:2], t[:2], v_c[:2], y[:2])
+    torch.testing.assert_close(fixed, net(z[:2], t[:2], t[:2], y[:2]))
+    assert torch.equal(MeanFlow().guided_velocity(net, z, t, v, y), v)  # omega = 1: nothing folded
+    with pytest.raises(ValueError):
+        MeanFlow(cfg_omega=2.0).guided_velocity(net, z, t, v, y)
+
+
+def test_ddp_wrapped_net(tmp_path):
+    """A DDP-wrapped network (gloo, one process): the JVP runs on .module, the gradient flows through
+    the wrapper, two steps in a row work, and the gradient equals the plain network's."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        net = perturbed_net("mlp", (2,), 0)
+        ddp = DDP(net)
+        mf = MeanFlow(ratio=0.5)
+        x1, y = torch.randn(32, 2), torch.randint(0, 10, (32,))
+        for _ in range(2):
+            torch.manual_seed(3)
+            net.zero_grad()
+            mf.loss(ddp, x1, y).backward()
+        g_ddp = [p.grad.clone() for p in net.parameters()]
+        torch.manual_seed(3)
+        net.zero_grad()
+        mf.loss(net, x1, y).backward()
+        for a, p in zip(g_ddp, net.parameters()):
+            torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-6)
+    finally:
+        dist.destroy_process_group()
+
+
+# -----------------------------------------------------------------------------
+# learning and the command line
+
+def test_short_run_learns():
+    """250 steps on 8gaussians: 1- and 2-step samples are much closer (exact W2) to held-out data than
+    the noise they start from (about 1.0; a converged model reaches about 0.25, the floor is 0.29)."""
+    torch.manual_seed(0)
+    data = common.load_data("8gaussians")
+    net = common.make_net("mlp", (2,), 64, num_classes=0, two_times=True, time_scale=10.0)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    mf = MeanFlow(ratio=0.75)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(250):
+        x = data.x_train[torch.randint(0, len(data.x_train), (256,), generator=g)]
+        loss = mf.loss(net, x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    test = data.x_test[:500]
+    noise = torch.randn(500, 2, generator=g)
+    w_noise = common.w2_exact(noise, test)
+    for steps in (1, 2):
+        w = common.w2_exact(mf.sample(net, (500, 2), steps=steps, noise=noise), test)
+        assert w < 0.6 * w_noise, (steps, w, w_noise)
+
+
+def test_cli(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        meanflow.main(["--help"])
+    assert e.value.code == 0
+    out = tmp_path / "run"
+    base = ["--data", "8gaussians", "--width", "16", "--batch-size", "32", "--n-eval", "50", "--out", str(out)]
+    q = meanflow.main(base + ["--iters", "4", "--log-every", "2", "--cfg-omega", "2.0"])
+    assert (out / "ckpt.pt").exists() and (out / "samples.png").exists()
+    assert q["metric"] == "W2" and math.isfinite(q["value"])
+    ckpt = common.load_checkpoint(out / "ckpt.pt", ("meanflow",))
+    assert ckpt["args"]["cfg_omega"] == 2.0
+    q2 = meanflow.main(["--ckpt", str(out / "ckpt.pt"), "--steps", "2", "--n-eval", "50", "--out", str(out)])
+    assert math.isfinite(q2["value"]) and q2["value"] != q["value"]
+    capsys.readouterr()
+    for bad in (["--steps", "0"], ["--ratio", "1.5"], ["--cfg-kappa", "1"], ["--cfg-omega", "2", "--uncond"],
+                ["--time-sigma", "0"]):
+        with pytest.raises(SystemExit) as e:
+            meanflow.main(base + bad)
+        assert e.value.code == 2, bad
+        assert "error" in capsys.readouterr().err
