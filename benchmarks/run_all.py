@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-DATA_2D = "8gaussians"
+DATA_2D = "checkerboard"
 
 
 def jobs(data, n_eval):
