@@ -77,6 +77,7 @@ def add_args(parser):
     a("--seed", type=int, default=0, help="random seed")
     a("--data-root", default=None, help="cache folder for downloads (default ~/.cache/genmodels or $GENMODELS_CACHE)")
     a("--download", action="store_true", help="allow downloading mnist / cifar10 (never done silently)")
+    parser.error = lambda message: fail(parser.prog, f"{message} (see --help)")  # one line, exit 2, no usage dump
     return parser
 
 

@@ -182,7 +182,7 @@ def test_frechet_distance_closed_form_for_diagonal_covariances(m, s1, s2):
     design = torch.tensor([[1.0, 1], [1, -1], [-1, 1], [-1, -1]], dtype=torch.float64)  # mean 0, cov 4/3 I
     f1 = design * torch.tensor(s1, dtype=torch.float64)
     f2 = design * torch.tensor(s2, dtype=torch.float64) + torch.tensor(m, dtype=torch.float64)
-    v1, v2 = 4 / 3 * torch.tensor(s1) ** 2, 4 / 3 * torch.tensor(s2) ** 2
+    v1, v2 = (4 / 3 * torch.tensor(s, dtype=torch.float64) ** 2 for s in (s1, s2))
     want = sum(x * x for x in m) + ((v1.sqrt() - v2.sqrt()) ** 2).sum().item()
     assert math.isclose(common.frechet_distance(f1, f2), want, rel_tol=1e-6, abs_tol=1e-9)
 
@@ -213,34 +213,6 @@ def test_atomic_save_killed_mid_write_keeps_the_previous_checkpoint(tmp_path, mo
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
 
 
-TINY = ["--T", "20", "--batch-size", "16", "--log-every", "2", "--ckpt-every", "4", "--n-eval", "0", "--iters", "8"]
-
-
-def state_tensors(path):
-    ck = torch.load(path, weights_only=True)
-    flat = {}
-    def walk(prefix, obj):
-        if isinstance(obj, torch.Tensor):
-            flat[prefix] = obj
-        elif isinstance(obj, dict):
-            for k, v in obj.items():
-                walk(f"{prefix}.{k}", v)
-        elif isinstance(obj, (list, tuple)):
-            for i, v in enumerate(obj):
-                walk(f"{prefix}.{i}", v)
-    walk("", {k: ck[k] for k in ("net", "ema", "opt", "rng")})
-    return ck["step"], flat
-
-
-def test_resume_is_bit_identical(tmp_path):
-    ddpm.main(TINY + ["--out", str(tmp_path / "straight")])
-    ddpm.main(TINY[:-2] + ["--iters", "4", "--out", str(tmp_path / "halves")])
-    ddpm.main(["--resume", "--iters", "8", "--out", str(tmp_path / "halves")])
-    (s1, a), (s2, b) = state_tensors(tmp_path / "straight" / "ckpt.pt"), state_tensors(tmp_path / "halves" / "ckpt.pt")
-    assert s1 == s2 == 8 and a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
-
-
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     parser = common.add_args(__import__("argparse").ArgumentParser())
     args = common.parse_args(parser, ["--data", "moons", "--iters", "10", "--ckpt-every", "4", "--log-every", "100",
@@ -256,22 +228,6 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert e.value.code == 2 and "diverged" in err and "lower --lr" in err
     ck = common.load_checkpoint(tmp_path / "ckpt.pt", ("toy",))
     assert ck["step"] == 4 and all(torch.isfinite(v).all() for v in ck["net"].values())
-
-
-def test_unwritable_output_is_reported_before_training(tmp_path, capsys):
-    blocker = tmp_path / "file"
-    blocker.write_text("I am a file, not a folder")
-    with pytest.raises(SystemExit) as e:
-        ddpm.main(TINY + ["--out", str(blocker / "run")])
-    assert e.value.code == 2 and "cannot write to output folder" in capsys.readouterr().err
-
-
-def test_cuda_without_a_gpu_is_a_clear_error(capsys):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    with pytest.raises(SystemExit) as e:
-        ddpm.main(TINY + ["--device", "cuda"])
-    assert e.value.code == 2 and "no CUDA GPU" in capsys.readouterr().err
 
 
 DDP_SCRIPT = textwrap.dedent("""
