@@ -73,16 +73,18 @@ def run_cli(module, argv):
 NLL = re.compile(r"([0-9.]+) bits/dim")
 
 
-def run_part(part, device, work, quick=False):
+def run_part(part, device, work, quick=False, only=None):
     data = DATA_2D if part == "2d" else "digits"
     n_eval = (1000 if part == "2d" else 500) if not quick else 100
-    out_json = RESULTS / f"all_{part}{'_quick' if quick else ''}.json"
+    out_json = RESULTS / f"all_{part}{'_quick' if quick else ''}{'_' + '_'.join(only) if only else ''}.json"
     (RESULTS / "img").mkdir(parents=True, exist_ok=True)
     rows, ckpts = [], {}
     machine = (f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}"
                + (f", {torch.cuda.get_device_name()}" if device == "cuda" else ", CPU"))
     base = ["--data", data, "--uncond", "--device", device, "--log-every", "500"]
     for job in jobs(data, n_eval):
+        if only and job[1] not in only:
+            continue
         try:
             run_job(part, job, base, device, n_eval, work, ckpts, rows, quick)
         except (Exception, SystemExit) as e:  # one failing model must not lose the others' rows
@@ -183,11 +185,14 @@ def claims(rows):
 def readme():
     parts = []
     for part in ("2d", "digits"):
-        path = RESULTS / f"all_{part}.json"
-        if not path.exists():
+        files = sorted(RESULTS.glob(f"all_{part}*.json"))
+        files = [f for f in files if "quick" not in f.name]
+        if not files:
             continue
-        res = json.loads(path.read_text())
-        rows = res["rows"]
+        res = json.loads(files[0].read_text())
+        order = [j[1] for j in jobs(res["data"], res["n_eval"])]
+        rows = {(r["run"], r["sampler"]): r for f in files for r in json.loads(f.read_text())["rows"]}
+        rows = sorted(rows.values(), key=lambda r: order.index(r["run"]))
         lines = [f"#### {res['data']} ({'W2' if part == '2d' else 'Frechet distance'} of {res['n_eval']} samples; "
                  f"the floor in brackets; {res['machine']})", "",
                  "| model | sampler | NFE | quality (floor) | NLL bits/dim | straightness | train s | sample s |",
@@ -219,9 +224,11 @@ def main(argv=None):
     p.add_argument("--work", default=str(ROOT / "benchmarks" / "work"), help="checkpoints go here")
     p.add_argument("--readme", action="store_true", help="write the results into README.md")
     p.add_argument("--quick", action="store_true", help="smoke test: 20 iterations each, 100 samples")
+    p.add_argument("--only", default=None, help="comma-separated runs (e.g. vae,ar) to run in a second process")
     args = p.parse_args(argv)
     if args.part:
-        run_part(args.part, args.device, Path(args.work) / ("quick" if args.quick else ""), args.quick)
+        run_part(args.part, args.device, Path(args.work) / ("quick" if args.quick else ""), args.quick,
+                 args.only.split(",") if args.only else None)
     if args.readme:
         readme()
 
