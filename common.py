@@ -604,10 +604,11 @@ def save_points(x, path, ref=None, lim=4.0, size=256):
 
 
 def save_samples(x, path, data):
+    """Images: a grid of the first 100. Points: all of them, beside as many held-out points."""
     if data.is_image:
-        save_grid(x, path)
+        save_grid(x[:100], path)
     else:
-        save_points(x, path, ref=data.x_test)
+        save_points(x, path, ref=data.x_test[:len(x)])
 
 
 # -----------------------------------------------------------------------------
@@ -850,7 +851,7 @@ def _run(args, name, loss_fn, sample_fn, two_times, time_scale, make_model):
     t_sample = time.time() - t0
     keep = args.sample_only and (out / "ckpt.pt").exists()  # a training run's folder keeps its grid
     grid = out / (f"samples-{name}.png" if keep else "samples.png")
-    save_samples(samples[:100], grid, data)
+    save_samples(samples, grid, data)
     q = quality(data, samples, args.data_root)
     q.update(sample_seconds=t_sample, cfg_scale=args.cfg_scale)
     with open(out / "metrics.jsonl", "a") as f:

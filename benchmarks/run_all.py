@@ -73,12 +73,13 @@ def run_cli(module, argv):
 NLL = re.compile(r"([0-9.]+) bits/dim")
 
 
-def run_part(part, device, work, quick=False, only=None):
+def run_part(part, device, work, quick=False, only=None, resample=False):
     data = DATA_2D if part == "2d" else "digits"
     n_eval = (1000 if part == "2d" else 500) if not quick else 100
     out_json = RESULTS / f"all_{part}{'_quick' if quick else ''}{'_' + '_'.join(only) if only else ''}.json"
     (RESULTS / "img").mkdir(parents=True, exist_ok=True)
     rows, ckpts = [], {}
+    previous = json.loads(out_json.read_text())["rows"] if resample else None
     machine = (f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}"
                + (f", {torch.cuda.get_device_name()}" if device == "cuda" else ", CPU"))
     base = ["--data", data, "--uncond", "--device", device, "--log-every", "500"]
@@ -86,20 +87,25 @@ def run_part(part, device, work, quick=False, only=None):
         if only and job[1] not in only:
             continue
         try:
-            run_job(part, job, base, device, n_eval, work, ckpts, rows, quick)
+            run_job(part, job, base, device, n_eval, work, ckpts, rows, quick, previous)
         except (Exception, SystemExit) as e:  # one failing model must not lose the others' rows
             print(f"FAILED {job[1]}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         out_json.write_text(json.dumps({"machine": machine, "data": data, "n_eval": n_eval, "rows": rows}, indent=1))
     return rows
 
 
-def run_job(part, job, base, device, n_eval, work, ckpts, rows, quick=False):
+def run_job(part, job, base, device, n_eval, work, ckpts, rows, quick=False, resample=None):
     module, name, train_flags, samplers = job
     folder = work / f"{part}-{name}"
     t_train = None
     cpu0 = time.process_time()
+    cpu_train = None
     if train_flags is None:  # ddim: samples the ddpm checkpoint, no training of its own
         ckpt = ckpts["ddpm"]
+    elif resample is not None and (folder / "ckpt.pt").exists():  # keep the trained model and its timing
+        ckpt = folder / "ckpt.pt"
+        ckpts[name] = str(ckpt)
+        t_train, cpu_train = next((r["train_s"], r.get("train_cpu_s")) for r in resample if r["run"] == name)
     else:
         flags = [f.format(**ckpts) for f in train_flags] + (["--iters", "20", "--n-pairs", "64", "--pair-steps", "4"]
                                                             if quick and module == "rectified_flow" else
@@ -107,7 +113,7 @@ def run_job(part, job, base, device, n_eval, work, ckpts, rows, quick=False):
         _, _, t_train = run_cli(module, base + flags + ["--n-eval", "0", "--out", str(folder)])
         ckpt = folder / "ckpt.pt"
         ckpts[name] = str(ckpt)
-    cpu_train = time.process_time() - cpu0 if train_flags is not None else None
+        cpu_train = time.process_time() - cpu0
     for label, sflags, nfe in samplers:
         extra = []
         if module == "cfm" and base[1] == "digits" and label == "CFM midpoint x 10":
@@ -195,12 +201,12 @@ def readme():
         rows = sorted(rows.values(), key=lambda r: order.index(r["run"]))
         lines = [f"#### {res['data']} ({'W2' if part == '2d' else 'Frechet distance'} of {res['n_eval']} samples; "
                  f"the floor in brackets; {res['machine']})", "",
-                 "| model | sampler | NFE | quality (floor) | NLL bits/dim | straightness | train s | sample s |",
+                 "| model | sampler | NFE | quality (floor) | NLL bits/dim | straightness | train CPU s | sample s |",
                  "|---|---|---:|---|---:|---:|---:|---:|"]
         for r in rows:
             nll = f"{r['nll_bpd']:.3f}" if r.get("nll_bpd") else ""
             st = f"{r['straightness']:.3g}" if r.get("straightness") is not None else ""
-            tr = f"{r['train_s']:.0f}" if r.get("train_s") else ""
+            tr = f"{r['train_cpu_s']:.0f}" if r.get("train_cpu_s") else ""
             lines.append(f"| {r['model']}.py | {r['sampler']} | {r['nfe']} | {fmt(r)} | {nll} | {st} | {tr} | {r['sample_s']:.1f} |")
         lines += ["", "| claim of the seeds | target | here | measured |", "|---|---|---|---|"] + claims(rows)
         pics = [r for r in rows if r["sampler"] in ("DDPM ancestral", "DDIM eta=0, 50 steps", "CFM midpoint x 10",
@@ -224,11 +230,12 @@ def main(argv=None):
     p.add_argument("--work", default=str(ROOT / "benchmarks" / "work"), help="checkpoints go here")
     p.add_argument("--readme", action="store_true", help="write the results into README.md")
     p.add_argument("--quick", action="store_true", help="smoke test: 20 iterations each, 100 samples")
+    p.add_argument("--resample", action="store_true", help="sample the trained checkpoints again (no training)")
     p.add_argument("--only", default=None, help="comma-separated runs (e.g. vae,ar) to run in a second process")
     args = p.parse_args(argv)
     if args.part:
         run_part(args.part, args.device, Path(args.work) / ("quick" if args.quick else ""), args.quick,
-                 args.only.split(",") if args.only else None)
+                 args.only.split(",") if args.only else None, args.resample)
     if args.readme:
         readme()
 
