@@ -186,9 +186,10 @@ class AR(nn.Module):
         device, was_training = self.head.weight.device, self.training
         self.eval()  # no dropout while sampling
         sigma = self.orders(self.order if order is None else order, n, device, generator)  # (n, length)
+        acc = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
         if noise is None:  # the uniforms u of the inverse CDF, one per token
-            noise = torch.rand(n, self.length, generator=generator, device=device, dtype=torch.float64)
-        u = noise.to(device)
+            noise = torch.rand(n, self.length, generator=generator, device=device, dtype=acc)
+        u = noise.to(device, acc)
         guided = y is not None and cfg_scale != 1.0
         copies = 2 if guided else 1  # guidance: the batch twice, with y and with the null class
         labels = self.labels(y, n, device)
@@ -204,7 +205,7 @@ class AR(nn.Module):
             else:
                 seen.append(h)
                 logits = self.body(torch.stack(seen, 1))[:, -1]  # the whole prefix again
-            logits = logits.double()
+            logits = logits.to(acc)
             if guided:
                 l_cond, l_uncond = logits.chunk(2)
                 logits = l_uncond + cfg_scale * (l_cond - l_uncond)

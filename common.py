@@ -556,10 +556,12 @@ def make_ema(net, decay):
     """EMA of the weights with torch.optim.swa_utils; the decay warms up as min(decay, (1+n)/(10+n))
     so that short runs are not dominated by the initial weights."""
     @torch.no_grad()
-    def ema_update(ema_params, params, n):
-        d = min(decay, (1 + float(n)) / (10 + float(n)))
+    def ema_update(ema_params, params, _n_on_device):
+        n = float(ema.n_averaged)  # the CPU buffer, not the device copy AveragedModel passes: no sync
+        d = min(decay, (1 + n) / (10 + n))
         torch._foreach_lerp_(ema_params, params, 1 - d)
-    return AveragedModel(net, multi_avg_fn=ema_update, use_buffers=True)
+    ema = AveragedModel(net, multi_avg_fn=ema_update, use_buffers=True)
+    return ema
 
 
 # -----------------------------------------------------------------------------
@@ -657,7 +659,9 @@ def feature_net(data, root=None, epochs=30):
     """The data set's feature classifier, trained deterministically once on CPU and cached.
     Returns (net, test accuracy)."""
     path = cache_dir(root) / f"classifier-{data.name}-v1.pt"
-    net = Classifier(data.shape[0], data.num_classes)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = Classifier(data.shape[0], data.num_classes)
     if path.exists():
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -665,20 +669,17 @@ def feature_net(data, root=None, epochs=30):
             return net.eval(), state["acc"]
         except Exception:
             pass  # a broken cache is rebuilt below
-    g = torch.Generator().manual_seed(0)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        net = Classifier(data.shape[0], data.num_classes)
-        opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-        n, bs = len(data.x_train), 128
-        for _ in range(epochs if n < 5000 else 2):
-            perm = torch.randperm(n, generator=g)
-            for i in range(0, n, bs):
-                idx = perm[i:i + bs]
-                loss = F.cross_entropy(net(data.x_train[idx]), data.y_train[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+    g = torch.Generator().manual_seed(0)  # the only randomness of training: the batch order
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    n, bs = len(data.x_train), 128
+    for _ in range(epochs if n < 5000 else 2):
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n, bs):
+            idx = perm[i:i + bs]
+            loss = F.cross_entropy(net(data.x_train[idx]), data.y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     net.eval()
     with torch.no_grad():
         acc = float((torch.cat([net(xb).argmax(1) for xb in data.x_test.split(1000)]) == data.y_test).float().mean())

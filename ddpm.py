@@ -95,11 +95,12 @@ class DDPM:
         for t in range(self.T, 0, -1):
             tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
             e = self.eps(net, x, tt, y, cfg_scale).to(dtype)
+            beta, alpha, alpha_bar = float(self.beta[t]), float(self.alpha[t]), float(self.alpha_bar[t])
             # x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) + sigma_t z
-            mean = (x - self.beta[t] / math.sqrt(1 - self.alpha_bar[t]) * e) / math.sqrt(self.alpha[t])
+            mean = (x - beta / math.sqrt(1 - alpha_bar) * e) / math.sqrt(alpha)
             if t > 1:
                 z = torch.randn(x.shape, generator=generator, device=x.device, dtype=dtype)
-                x = mean + math.sqrt(self.beta_tilde[t]) * z
+                x = mean + math.sqrt(float(self.beta_tilde[t])) * z
             else:
                 x = mean
         return x

@@ -106,13 +106,15 @@ class RectifiedFlow:
         With v_k the N velocities of a path, Z_1 - Z_0 = mean_k v_k, so S = E mean_k ||v_k||^2
         - ||mean_k v_k||^2, accumulated in float64. Returns a float."""
         x = noise
-        v_sum = torch.zeros_like(noise, dtype=torch.float64)  # sum_k v_k, (B, ...)
-        v_sq = torch.zeros(noise.shape[0], dtype=torch.float64, device=noise.device)  # sum_k ||v_k||^2, (B,)
+        acc = "cpu" if noise.device.type == "mps" else noise.device  # where float64 exists
+        v_sum = torch.zeros(noise.shape, dtype=torch.float64, device=acc)  # sum_k v_k, (B, ...)
+        v_sq = torch.zeros(noise.shape[0], dtype=torch.float64, device=acc)  # sum_k ||v_k||^2, (B,)
         for k in range(steps):
-            t = torch.full((x.shape[0],), k / steps, dtype=torch.float64).to(device=x.device, dtype=x.dtype)
+            t = torch.full((x.shape[0],), k / steps, device=x.device, dtype=x.dtype)
             v = self.velocity(net, x, t, y, cfg_scale).to(x.dtype)
-            v_sum += v.double()
-            v_sq += v.double().flatten(1).pow(2).sum(1)
+            v64 = v.to(acc).double()
+            v_sum += v64
+            v_sq += v64.flatten(1).pow(2).sum(1)
             x = x + v / steps
         per_path = v_sq / steps - (v_sum / steps).flatten(1).pow(2).sum(1)  # (B,), time-variance of v
         return float(per_path.clamp(min=0).mean())
@@ -131,15 +133,7 @@ TEACHERS = ("rectified_flow", "cfm")  # same time convention and network: either
 
 def teacher_net(ckpt, data):
     """The teacher's EMA network (the weights it samples with), rebuilt from its checkpoint."""
-    a = ckpt["args"]
-    net = common.make_net(a["arch"], data.shape, a["width"], 0 if a["uncond"] else data.num_classes,
-                          two_times=False, time_scale=1000.0)
-    ema = common.make_ema(net, 0.999)
-    try:
-        ema.load_state_dict(ckpt["ema"])
-    except RuntimeError as e:
-        raise common.UserError(f"the teacher checkpoint does not fit its own flags ({str(e).splitlines()[0]})")
-    return ema.module.eval()
+    return common.ema_net(ckpt, data, two_times=False, time_scale=1000.0)
 
 
 def make_pairs(method, load_teacher, source, data, n, steps, device, seed, path):

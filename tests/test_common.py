@@ -110,9 +110,12 @@ def test_forward_mode_ad_through_every_network(arch, shape):
 
 def test_attention_fallback_equals_the_fused_kernel():
     q, k, v = torch.randn(3, 2, 4, 5, 8).unbind(0)
-    out, tangent = torch.func.jvp(common.attention, (q, k, v), (q, k, v))
+    dq, dk, dv = torch.randn(3, 2, 4, 5, 8).unbind(0)
+    out, tangent = torch.func.jvp(common.attention, (q, k, v), (dq, dk, dv))
+    math_attention = lambda q, k, v: torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8), -1) @ v
+    out_ref, tangent_ref = torch.func.jvp(math_attention, (q, k, v), (dq, dk, dv))
     assert torch.allclose(out, F.scaled_dot_product_attention(q, k, v), atol=1e-6)
-    assert tangent.shape == out.shape
+    assert torch.allclose(out, out_ref, atol=1e-6) and torch.allclose(tangent, tangent_ref, atol=1e-5)
 
 
 def test_ema_follows_the_warmed_up_decay():

@@ -122,7 +122,6 @@ def test_loss_is_zero_for_the_true_noise_and_positive_otherwise():
     d = ddpm.DDPM(100)
     x0 = torch.randn(64, 2)
     torch.manual_seed(0)
-    captured = {}
     def oracle(x_t, t, y):  # recover eps from x_t exactly, given x0
         ab = d.alpha_bar[t].float()[:, None]
         return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
