@@ -297,7 +297,7 @@ def main(argv=None):
         return net.sample(shape[0], generator=generator, pixels=args.pixels)
 
     q = common.run(args, "vae", lambda net, x, y: net.loss(x), sample_fn, make_model=make_model)
-    if q is None:  # not the main process
+    if q is None:  # not the main process, or --n-eval 0 (no sampling, hence no held-out figures)
         return None
     model, data = seen["net"].eval(), seen["data"]
     device = next(model.parameters()).device
@@ -305,7 +305,8 @@ def main(argv=None):
     x_test = data.x_test[:args.n_nll].to(device)
     if data.is_image:
         reconstruction_grid(model, x_test[:50], out / "recon.png")
-        interpolation_grid(model, x_test[50:58], x_test[58:66], out / "interp.png")
+        ends = data.x_test[50:66].to(device)  # 8 pairs of test digits, whatever --n-nll is
+        interpolation_grid(model, ends[:8], ends[8:], out / "interp.png")
     if args.iwae_k:
         nll = held_out_nll(model, x_test, k=args.iwae_k, seed=args.seed)
         q["likelihood"] = nll
