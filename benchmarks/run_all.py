@@ -126,6 +126,8 @@ def run_job(part, job, base, device, n_eval, work, ckpts, rows, quick=False, res
         row = dict(model=module, run=name, sampler=label, nfe=nfe, metric=q["metric"], value=q["value"],
                    floor=q["floor"], train_s=t_train, train_cpu_s=cpu_train, sample_s=q["sample_seconds"],
                    nll_bpd=float(m[-1]) if m else q.get("bits_per_dim"))
+        if module == "ar":
+            row["nll_bpd"] = ar_bits_per_dim(ckpt, device)
         if module in ("rectified_flow", "cfm") and nfe == 100:
             row["straightness"] = straightness(ckpt, base[1], device)
         img = RESULTS / "img" / f"{part}-{re.sub('[^a-z0-9]+', '-', label.lower()).strip('-')}.png"
@@ -134,6 +136,24 @@ def run_job(part, job, base, device, n_eval, work, ckpts, rows, quick=False, res
         row["img"] = str(img.relative_to(ROOT))
         rows.append(row)
         print(json.dumps(row), flush=True)
+
+
+@torch.no_grad()
+def ar_bits_per_dim(ckpt_path, device):
+    """Held-out digits NLL of an ar.py checkpoint in bits/dim, exact for the order it was trained in
+    (random order: one random order per image, seeded)."""
+    import ar
+    ckpt = common.load_checkpoint(ckpt_path, ("ar",))
+    a, data = ckpt["args"], common.load_data("digits")
+    levels = a["levels"] or 17
+    model = ar.AR(levels, 64, 0 if a["uncond"] else data.num_classes, dim=4 * a["width"], depth=a["depth"],
+                  heads=a["heads"], order=a["order"], dropout=a["dropout"])
+    ema = common.make_ema(model, a["ema_decay"])
+    ema.load_state_dict(ckpt["ema"])
+    model = ema.module.eval().to(device)
+    tokens = ar.to_tokens(data.x_test, levels).to(device)
+    order = model.orders(a["order"], len(tokens), device, torch.Generator(device).manual_seed(0))
+    return float(model.bits_per_dim(tokens, None, order).mean())
 
 
 def straightness(ckpt_path, data_name, device):
