@@ -40,7 +40,7 @@ class UserError(Exception):
 
 # per data set: the network and a training budget that finishes on a 2-core CPU in minutes
 DATA_DEFAULTS = {
-    "digits": dict(arch="unet", width=16, iters=2500, batch_size=128, lr=2e-3, n_eval=500),
+    "digits": dict(arch="unet", width=16, iters=2000, batch_size=128, lr=2e-3, n_eval=500),
     "mnist": dict(arch="unet", width=32, iters=20000, batch_size=128, lr=1e-3, n_eval=2000),
     "cifar10": dict(arch="unet", width=64, iters=50000, batch_size=128, lr=2e-4, n_eval=2000),
     "toy": dict(arch="mlp", width=256, iters=3000, batch_size=512, lr=1e-3, n_eval=1000),

@@ -76,7 +76,7 @@ def main(argv=None):
     ckpt = out / "ckpt.pt"
     train_s = None
     if not (args.reuse and ckpt.exists()):
-        train_s = train_ddpm(out, 200 if args.quick else None)
+        train_s = train_ddpm(out, 200 if args.quick else 2500)  # the measured budget (ddpm.py's default is 2000)
     data = common.load_data("digits")
     net, saved = load_ema(ckpt, data)
     T = saved["T"]

@@ -48,7 +48,8 @@ def run_config(name, data, flags, tmp):
     """Train with `flags`, then re-load the checkpoint for likelihoods and for mean-pixel samples."""
     out = str(Path(tmp) / name)
     t0 = time.time()
-    q = vae.main(["--data", data, "--out", out, "--iwae-k", "0", "--device", "cpu"] + flags)
+    budget = ["--iters", "2500"] if data == "digits" else []  # the measured budget (the default is now 2000)
+    q = vae.main(["--data", data, "--out", out, "--iwae-k", "0", "--device", "cpu"] + budget + flags)
     train_wall = time.time() - t0 - q["sample_seconds"]
     t0 = time.time()
     q_nll = vae.main(["--ckpt", f"{out}/ckpt.pt", "--out", out, "--iwae-k", str(K), "--device", "cpu"])
