@@ -248,7 +248,9 @@ def readme():
                                                      "2-RF + distill, 1 step", "MeanFlow, 1 step", "VAE decoder",
                                                      "AR raster, KV cache", "1-RF, 1 step")]
         lines += ["", " ".join(f"![{r['sampler']}]({r['img']})" for r in pics), "",
-                  "Pictures, left to right: " + ", ".join(r["sampler"] for r in pics) + "."]
+                  "Pictures, left to right: " + "; ".join(r["sampler"] for r in pics)
+                  + (" (each: held-out points on the left, the model's on the right)." if part == "2d" else
+                     " (100 samples each).")]
         parts.append("\n".join(lines))
     parts.append(NOTES)
     text = (ROOT / "README.md").read_text()
