@@ -839,8 +839,9 @@ def _run(args, name, loss_fn, sample_fn, two_times, time_scale, make_model):
                             "it was written with other --arch/--width/--data flags")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / ".write-test").write_bytes(b"")
-        (out / ".write-test").unlink()
+        probe = out / f".write-test-{os.getpid()}"  # one per process: ranks check side by side
+        probe.write_bytes(b"")
+        probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write to output folder {out} ({e.strerror}): pass --out to a writable folder")
     if not args.sample_only:

@@ -255,9 +255,10 @@ def test_ddp_two_processes_agree_and_match_one_process(tmp_path, model, own):
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT.format(root=str(ROOT)))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    str(script), model] + flags + ["--out", str(tmp_path / "ddp")], check=True, env=env, timeout=240,
-                   capture_output=True)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), model] + flags + ["--out", str(tmp_path / "ddp")], env=env, timeout=240,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / "ddp" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert all(torch.equal(r0[k], r1[k]) for k in r0)  # every rank holds the same weights
     __import__(model).main(flags + ["--out", str(tmp_path / "single")])
