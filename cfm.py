@@ -44,7 +44,6 @@ Run:
 """
 import argparse
 import math
-from pathlib import Path
 
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -247,10 +246,8 @@ def main(argv=None):
 
     q = common.run(args, "cfm", cfm.loss, sample_fn, two_times=False, time_scale=1000.0)
     if q is not None and args.bpd:
-        data = common.load_data(args.data, args.data_root, args.download)
-        path = Path(args.ckpt) if args.sample_only and args.ckpt else Path(args.out) / "ckpt.pt"
-        device = common.get_device(args.device)
-        net = common.ema_net(common.load_checkpoint(path, ("cfm",)), data, False, 1000.0).to(device)
+        net, data = args._net.eval(), args._data  # the EMA network that run() trained or loaded
+        device = next(net.parameters()).device
         x, y = data.x_test[:args.bpd].to(device), None if args.uncond else data.y_test[:args.bpd].to(device)
         g = torch.Generator(device).manual_seed(args.seed + 2)
         x_deq = dequantize(x, data.levels, g)

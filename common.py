@@ -799,8 +799,8 @@ def run(args, name, loss_fn, sample_fn, two_times=False, time_scale=1.0, make_mo
 
     loss_fn(net, x, y) -> scalar; sample_fn(net, shape, y, generator) -> samples, where net is
     make_net(args.arch, ...) with the given two_times and time_scale, or make_model(data) when a
-    model file brings its own module (vae.py, ar.py). Any UserError ends the program with one
-    line on stderr and exit status 2."""
+    model file brings its own module (vae.py, ar.py). Afterwards args._net is the EMA network and
+    args._data the data set. Any UserError ends the program with one line on stderr and exit status 2."""
     started = False
     try:
         if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():  # under torchrun
@@ -830,6 +830,7 @@ def _run(args, name, loss_fn, sample_fn, two_times, time_scale, make_model):
     else:
         net = make_net(args.arch, data.shape, args.width, num_classes, two_times, time_scale).to(device)
     ema = make_ema(net, args.ema_decay)
+    args._net, args._data = ema.module, data  # for a model file's evaluations after run (never saved)
     if ckpt is not None:
         try:
             net.load_state_dict(ckpt["net"])

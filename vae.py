@@ -285,21 +285,17 @@ def main(argv=None):
     if args.cfg_scale != 1.0:
         parser.error("vae.py trains an unconditional model: --cfg-scale does not apply")
     args.uncond = True  # the VAE ignores labels
-    seen = {}  # the data and the EMA network, for the pictures and likelihoods after common.run
-
     def make_model(data):
-        seen["data"] = data
         return VAE(data.shape, latent_dim=args.latent_dim, hidden=args.hidden, levels=data.levels,
                    head_dim=args.head_dim)
 
     def sample_fn(net, shape, y, generator):
-        seen["net"] = net
         return net.sample(shape[0], generator=generator, pixels=args.pixels)
 
     q = common.run(args, "vae", lambda net, x, y: net.loss(x), sample_fn, make_model=make_model)
     if q is None:  # not the main process, or --n-eval 0 (no sampling, hence no held-out figures)
         return None
-    model, data = seen["net"].eval(), seen["data"]
+    model, data = args._net.eval(), args._data  # the EMA network that run() trained or loaded
     device = next(model.parameters()).device
     out = Path(args.out)
     x_test = data.x_test[:args.n_nll].to(device)
