@@ -1,12 +1,27 @@
-"""Helpers shared by the model files: device, data, networks, EMA, pictures, metrics,
-checkpoints and the one training loop. A model file brings its loss and its sampler;
-everything else lives here, once.
+"""What every model file shares, in the order a model file meets it.
 
-Sections, in the order a model file meets them:
-  errors and command line . device and precision . data . networks . pictures .
-  metrics . checkpoints . training loop
+The learning core:
+  networks ........ make_net: MLP (2-D points), UNet and DiT (images), all net(x, t, y) or
+                    net(x, r, t, y); y=None is the null class of classifier-free guidance
+  EMA ............. make_ema: the averaged weights that sample
+  training ........ train(net, loss, data, args, ckpt): AdamW, warmup, clipping, label dropout,
+                    EMA, checkpoints, exact --resume, DDP; returns the EMA network
+  generation and
+  evaluation ...... class_labels, bcast, quality (FD or W2 beside its floor), report
+The plumbing:
+  errors, device
+  and processes ... UserError, session(args): device, seed, torchrun, one-line errors
+  data ............ load_data: digits (bundled), 2-D toy sets, mnist / cifar10 (--download)
+  pictures ........ PNG grids and 2-D densities with no new dependency
+  metrics ......... exact W2, Frechet distance, the feature classifier
+  checkpoints ..... atomic writes, weights_only loads, load_ema
+  command line .... add_args, parse_args: shared flags, per-data budgets, checkpoint merging
+
+A model file's main() reads: flags (parse_args), session, data (load_data), the network
+(make_net), the method, train, sample, report.
 """
 import argparse
+import contextlib
 import gzip
 import hashlib
 import json
@@ -31,294 +46,9 @@ from torch.optim.swa_utils import AveragedModel
 HERE = Path(__file__).resolve().parent
 
 
-class UserError(Exception):
-    """A problem with what the user asked for; printed as one line, exit status 2."""
-
-
-# -----------------------------------------------------------------------------
-# command line shared by every model file
-
-# per data set: the network and a training budget that finishes on a 2-core CPU in minutes
-DATA_DEFAULTS = {
-    "digits": dict(arch="unet", width=16, iters=2000, batch_size=128, lr=2e-3, n_eval=500),
-    "mnist": dict(arch="unet", width=32, iters=20000, batch_size=128, lr=1e-3, n_eval=2000),
-    "cifar10": dict(arch="unet", width=64, iters=50000, batch_size=128, lr=2e-4, n_eval=2000),
-    "toy": dict(arch="mlp", width=256, iters=3000, batch_size=512, lr=1e-3, n_eval=1000),
-}
-
-
-def add_args(parser):
-    """The flags every model file shares. None means: the data set's default (DATA_DEFAULTS)."""
-    a = parser.add_argument
-    a("--data", default="digits", help="digits (bundled 8x8), checkerboard, moons, 8gaussians, "
-      "mnist or cifar10 (these two download with --download)")
-    a("--arch", default=None, choices=["mlp", "unet", "dit"], help="network: mlp for 2-D points, unet or dit for images")
-    a("--width", type=int, default=None, help="network width (channels of the UNet's first level, hidden size otherwise)")
-    a("--iters", type=int, default=None, help="training iterations")
-    a("--batch-size", type=int, default=None, help="batch size (global, across all processes)")
-    a("--lr", type=float, default=None, help="peak AdamW learning rate")
-    a("--warmup", type=int, default=200, help="linear learning-rate warmup iterations")
-    a("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this value (0: off)")
-    a("--ema-decay", type=float, default=0.999, help="EMA decay of the weights used for sampling")
-    a("--uncond", action="store_true", help="ignore labels: train an unconditional model")
-    a("--p-uncond", type=float, default=0.1, help="probability of dropping a label to the null class (guidance)")
-    a("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale w when sampling (1: plain conditional)")
-    a("--n-eval", type=int, default=None, help="samples for the final quality figure (0: skip it)")
-    a("--log-every", type=int, default=100, help="iterations between progress lines")
-    a("--sample-every", type=int, default=0, help="iterations between sample grids (0: only at the end)")
-    a("--ckpt-every", type=int, default=500, help="iterations between checkpoints")
-    a("--out", default=None, help="output folder (default runs/<model>-<data>)")
-    a("--resume", action="store_true", help="continue training from --ckpt or OUT/ckpt.pt")
-    a("--sample-only", action="store_true", help="only sample and evaluate the checkpoint (--ckpt or OUT/ckpt.pt)")
-    a("--ckpt", default=None, help="checkpoint to sample from (implies --sample-only unless --resume)")
-    a("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="auto: cuda, then mps, then cpu")
-    a("--amp", default="none", choices=["none", "bf16"], help="bf16 autocast for the network")
-    a("--compile", action="store_true", help="torch.compile the network for training")
-    a("--seed", type=int, default=0, help="random seed")
-    a("--data-root", default=None, help="cache folder for downloads (default ~/.cache/genmodels or $GENMODELS_CACHE)")
-    a("--download", action="store_true", help="allow downloading mnist / cifar10 (never done silently)")
-    parser.error = lambda message: fail(parser.prog, f"{message} (see --help)")  # one line, exit 2, no usage dump
-    return parser
-
-
-# flags that define the model and its data: --resume and --sample-only take them from the checkpoint
-MODEL_FLAGS = ("data", "arch", "width", "uncond")
-
-
-def fail(prog, message):
-    """The one way a command line ends on bad input: one line on stderr, exit status 2."""
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def parse_args(parser, argv=None, name=None, accept=None, model_flags=()):
-    """Parse, fill the data set's defaults, check what argparse cannot, and for --resume or
-    --sample-only take the model's flags from the checkpoint (kept as args._ckpt).
-    name: the model file; accept: the models whose checkpoints it loads; model_flags: its own
-    flags that define the model (e.g. DDPM's T and schedule)."""
-    args = parser.parse_args(argv)
-    # which flags were typed: for --resume/--sample-only the checkpoint decides the rest
-    typed = argparse.ArgumentParser(add_help=False)
-    for action in parser._actions:
-        if action.option_strings and action.dest != "help":
-            kw = dict(dest=action.dest, default=argparse.SUPPRESS)
-            if action.nargs == 0:
-                typed.add_argument(*action.option_strings, action="store_const", const=True, **kw)
-            else:
-                typed.add_argument(*action.option_strings, **kw)
-    typed = set(vars(typed.parse_known_args(argv)[0]))
-    if args.ckpt and not args.resume:
-        args.sample_only = True
-    if args.resume and args.sample_only:
-        parser.error("--resume and --sample-only exclude each other: pick one")
-    args._ckpt = None
-    if args.resume or args.sample_only:
-        path = Path(args.ckpt) if args.ckpt else Path(args.out or f"runs/{name}-{args.data}") / "ckpt.pt"
-        try:
-            args._ckpt = load_checkpoint(path, accept or (name,))
-        except UserError as e:
-            fail(parser.prog, e)
-        saved = args._ckpt["args"]
-        keep = typed if args.resume else set(vars(args)) - set(MODEL_FLAGS + tuple(model_flags))
-        for k, v in saved.items():  # resume: everything not typed; sample-only: the model's flags
-            if k not in keep and k not in ("resume", "sample_only", "ckpt", "out"):
-                setattr(args, k, v)
-        args.out = args.out or str(path.parent)
-    if args.data not in DATASETS:
-        parser.error(f"unknown data set {args.data!r}: choose from {', '.join(DATASETS)}")
-    for k, v in DATA_DEFAULTS["toy" if args.data in TOY_SETS else args.data].items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    for k in ("iters", "batch_size", "width", "log_every", "ckpt_every"):
-        if getattr(args, k) <= 0:
-            parser.error(f"--{k.replace('_', '-')} must be positive, got {getattr(args, k)}")
-    if args.n_eval < 0:
-        parser.error(f"--n-eval must be 0 (no evaluation) or positive, got {args.n_eval}")
-    if args.lr <= 0 or not math.isfinite(args.lr):
-        parser.error(f"--lr must be a positive number, got {args.lr}")
-    if not 0 <= args.ema_decay < 1:
-        parser.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
-    if not 0 <= args.p_uncond < 1:
-        parser.error(f"--p-uncond must be in [0, 1), got {args.p_uncond}")
-    if args.data in TOY_SETS and args.arch != "mlp":
-        parser.error(f"--arch {args.arch} is for images; 2-D data sets take --arch mlp")
-    if args.data not in TOY_SETS and args.arch == "mlp":
-        parser.error(f"--arch mlp is for 2-D points; {args.data} is images: use --arch unet or dit")
-    args.out = args.out or f"runs/{name}-{args.data}"
-    return args
-
-
-# -----------------------------------------------------------------------------
-# device and precision
-
-def get_device(name):
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is visible; use --device cpu (or auto)")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UserError("--device mps: MPS is not available here; use --device cpu (or auto)")
-    if name == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device(name)
-
-
-def setup_precision(device):
-    if device.type == "cuda":  # TF32 matmuls: ~free accuracy-wise for these models, much faster
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-
-def autocast(device, amp):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
-
-
-# -----------------------------------------------------------------------------
-# data: x (N, *shape) float in [-1, 1] for images, raw coordinates for points; y (N,) long
-
-@dataclass
-class Dataset:
-    name: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    num_classes: int
-    levels: int = 0  # number of pixel levels for images (17 for digits, 256 else); 0 for points
-
-    @property
-    def shape(self):
-        return tuple(self.x_train.shape[1:])
-
-    @property
-    def is_image(self):
-        return len(self.shape) == 3
-
-
-TOY_SETS = ("checkerboard", "moons", "8gaussians")
-
-
-def toy_2d(name, n, generator=None):
-    """n points (n, 2) of a 2-D toy set with labels (n,), scaled to roughly unit variance."""
-    g = generator
-    if name == "checkerboard":  # 8 unit squares of a 4x4 board; label = square
-        sq = torch.randint(0, 8, (n,), generator=g)
-        row = sq // 2
-        col = 2 * (sq % 2) + row % 2
-        u = torch.rand(n, 2, generator=g)
-        x = torch.stack([col + u[:, 0], row + u[:, 1]], 1) - 2.0
-        return x, sq
-    if name == "moons":  # two interleaved half circles; label = moon
-        lab = torch.randint(0, 2, (n,), generator=g)
-        a = math.pi * torch.rand(n, generator=g)
-        x = torch.stack([torch.cos(a), torch.sin(a)], 1)
-        x = torch.where(lab[:, None] == 0, x, torch.stack([1 - x[:, 0], 0.5 - x[:, 1]], 1))
-        x = x + 0.05 * torch.randn(n, 2, generator=g)
-        return 2.0 * (x - torch.tensor([0.5, 0.25])), lab
-    if name == "8gaussians":  # 8 Gaussians on a circle of radius 2; label = component
-        lab = torch.randint(0, 8, (n,), generator=g)
-        a = lab.double() * (2 * math.pi / 8)
-        centers = 2.0 * torch.stack([torch.cos(a), torch.sin(a)], 1).float()
-        return centers + 0.1 * torch.randn(n, 2, generator=g), lab
-    raise UserError(f"unknown 2-D data set {name!r}: choose from {', '.join(TOY_SETS)}")
-
-
-def load_digits():
-    """The bundled UCI optdigits test set: 1797 8x8 images with 17 grey levels (0..16)."""
-    path = HERE / "data" / "digits.csv.gz"
-    if not path.exists():
-        raise UserError(f"bundled data {path} is missing: restore it with git checkout data/")
-    with gzip.open(path, "rt") as f:
-        rows = np.loadtxt(f, delimiter=",", dtype=np.int64)
-    x = torch.from_numpy(rows[:, :64]).float().view(-1, 1, 8, 8) / 16 * 2 - 1
-    y = torch.from_numpy(rows[:, 64])
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))  # fixed split
-    te, tr = perm[:500], perm[500:]
-    return Dataset("digits", x[tr], y[tr], x[te], y[te], 10, levels=17)
-
-
-def cache_dir(root=None):
-    return Path(root or os.environ.get("GENMODELS_CACHE") or Path.home() / ".cache" / "genmodels")
-
-
-MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
-MNIST_FILES = {  # file -> SHA-256
-    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-}
-CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
-CIFAR_SHA256 = "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"
-
-
-def fetch(url, path, sha256, download):
-    """Download url to path once, verifying its SHA-256; never without --download."""
-    if path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == sha256:
-        return path
-    if not download:
-        raise UserError(f"{path.name} is not in {path.parent}: add --download to fetch it from {url}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    print(f"downloading {url} -> {path}")
-    tmp = path.with_suffix(path.suffix + ".part")
-    try:
-        urllib.request.urlretrieve(url, tmp)
-    except OSError as e:
-        raise UserError(f"download of {url} failed ({e}); check the network or copy the file to {path}")
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    if digest != sha256:
-        tmp.unlink()
-        raise UserError(f"{url} has SHA-256 {digest}, expected {sha256}: the download is truncated "
-                        f"or altered; run again, or copy a good file to {path}")
-    os.replace(tmp, path)
-    return path
-
-
-def load_mnist(root, download):
-    def idx(name):  # the IDX format: magic, dims, then uint8 data
-        raw = gzip.decompress(fetch(MNIST_URL + name, cache_dir(root) / "mnist" / name,
-                                    MNIST_FILES[name], download).read_bytes())
-        ndim = raw[3]
-        dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-        return torch.frombuffer(bytearray(raw[4 + 4 * ndim:]), dtype=torch.uint8).view(*dims)
-    xs = [idx(f"{s}-images-idx3-ubyte.gz").float().unsqueeze(1) / 255 * 2 - 1 for s in ("train", "t10k")]
-    ys = [idx(f"{s}-labels-idx1-ubyte.gz").long() for s in ("train", "t10k")]
-    return Dataset("mnist", xs[0], ys[0], xs[1], ys[1], 10, levels=256)
-
-
-def load_cifar10(root, download):
-    path = fetch(CIFAR_URL, cache_dir(root) / "cifar10" / "cifar-10-binary.tar.gz", CIFAR_SHA256, download)
-    parts = {}
-    with tarfile.open(path) as tar:  # raw bytes: label, then 3x32x32 pixels; nothing is unpickled
-        for m in tar.getmembers():
-            if m.name.endswith(".bin"):
-                rec = np.frombuffer(tar.extractfile(m).read(), dtype=np.uint8).reshape(-1, 3073)
-                parts[Path(m.name).name] = rec
-    train = np.concatenate([parts[f"data_batch_{i}.bin"] for i in range(1, 6)])
-    test = parts["test_batch.bin"]
-    def split(rec):
-        x = torch.from_numpy(rec[:, 1:].copy()).view(-1, 3, 32, 32).float() / 255 * 2 - 1
-        return x, torch.from_numpy(rec[:, 0].astype(np.int64))
-    return Dataset("cifar10", *split(train), *split(test), 10, levels=256)
-
-
-def load_data(name, root=None, download=False):
-    if name == "digits":
-        return load_digits()
-    if name in TOY_SETS:  # fixed train and test sets, drawn from the same generator
-        x, y = toy_2d(name, 60000, torch.Generator().manual_seed(0))
-        return Dataset(name, x[:50000], y[:50000], x[50000:], y[50000:], 8 if name != "moons" else 2)
-    if name == "mnist":
-        return load_mnist(root, download)
-    if name == "cifar10":
-        return load_cifar10(root, download)
-    raise UserError(f"unknown data set {name!r}: choose from {', '.join(DATASETS)}")
-
-
-DATASETS = ("digits",) + TOY_SETS + ("mnist", "cifar10")
-
+# =============================================================================
+# THE LEARNING CORE
+# =============================================================================
 
 # -----------------------------------------------------------------------------
 # networks: net(x, t, y) or, with two_times, net(x, r, t, y); y None means the null class
@@ -552,6 +282,10 @@ def make_net(arch, shape, width, num_classes=0, two_times=False, time_scale=1.0)
     raise UserError(f"unknown architecture {arch!r}: choose mlp, unet or dit")
 
 
+
+# -----------------------------------------------------------------------------
+# EMA of the weights
+
 def make_ema(net, decay):
     """EMA of the weights with torch.optim.swa_utils; the decay warms up as min(decay, (1+n)/(10+n))
     so that short runs are not dominated by the initial weights."""
@@ -562,6 +296,447 @@ def make_ema(net, decay):
         torch._foreach_lerp_(ema_params, params, 1 - d)
     ema = AveragedModel(net, multi_avg_fn=ema_update, use_buffers=True)
     return ema
+
+
+
+# -----------------------------------------------------------------------------
+# training: one loop for every model file
+
+class LossModule(nn.Module):
+    """The loss as a module: DDP wraps this, not the network, so gradients are synchronised for
+    whatever the loss does with the network (MeanFlow's torch.func.jvp included: inside, the
+    network is the plain module)."""
+
+    def __init__(self, net, loss_fn):
+        super().__init__()
+        self.net, self.loss_fn = net, loss_fn
+
+    def forward(self, x, y, **pairs):
+        return self.loss_fn(self.net, x, y, **pairs)
+
+
+def train(net, loss_fn, data, args, ckpt=None):
+    """Minimise loss_fn(net, x, y) over minibatches of data.x_train (and data.x0_train, passed as
+    x0=, when the data are fixed pairs) and return the EMA network, the one that samples.
+
+    Each step: a batch drawn with replacement, labels dropped to the null class (index
+    data.num_classes) with probability args.p_uncond for classifier-free guidance (y is None
+    when args.uncond), AdamW with linear warmup and gradient clipping, an EMA update. Every
+    args.ckpt_every steps the checkpoint (weights, EMA, optimizer, RNG states) is written
+    atomically to args.out/ckpt.pt; ckpt, a loaded checkpoint, continues from it exactly. Under
+    torchrun every rank draws the same global batch and trains on its slice."""
+    device, out = next(net.parameters()).device, Path(args.out)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    n_train = len(data.x_train)
+    if args.batch_size > n_train:
+        raise UserError(f"--batch-size {args.batch_size} exceeds the {n_train} training examples "
+                        f"of {data.name}: use at most {n_train}")
+    if args.batch_size % world:
+        raise UserError(f"--batch-size {args.batch_size} does not split over {world} processes: use a multiple of {world}")
+    ema = make_ema(net, args.ema_decay)
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    model = LossModule(torch.compile(net) if args.compile else net, loss_fn)
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # the batches come from their own generator, the same on every rank; the loss's own noise
+    # from the global RNG, seeded per rank
+    gen = torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(args.seed + rank)
+    step = 0
+    if ckpt is not None:
+        load_weights(ckpt, net, ema)
+        opt.load_state_dict(ckpt["opt"])
+        step = ckpt["step"]
+        gen.set_state(ckpt["rng"]["data"])
+        states = ckpt["rng"]["torch"]
+        if len(states) == world:
+            torch.set_rng_state(states[rank])
+            if device.type == "cuda" and ckpt["rng"].get("cuda"):
+                torch.cuda.set_rng_state(ckpt["rng"]["cuda"][rank], device)
+        else:
+            log(f"checkpoint was written by {len(states)} processes, this run has {world}: noise is reseeded")
+        if step >= args.iters:
+            log(f"checkpoint is at step {step} >= --iters {args.iters}: nothing to train")
+    x_all = data.x_train.to(device)
+    y_all = None if args.uncond else data.y_train.to(device)
+    x0_all = None if data.x0_train is None else data.x0_train.to(device)
+    null_class = data.num_classes
+    local = slice(rank * args.batch_size // world, (rank + 1) * args.batch_size // world)
+    n_params = sum(p.numel() for p in net.parameters())
+    log(f"{args.model}: {type(net).__name__} with {n_params / 1e6:.2f}M parameters on {data.name} {list(data.shape)}, "
+        f"{'unconditional' if y_all is None else f'{null_class} classes'}, device {device} x {world}, "
+        f"iters {step}->{args.iters}, batch {args.batch_size}")
+
+    def gather(x):  # a list of every rank's x (x itself when there is one process)
+        if world == 1:
+            return [x]
+        xs = [None] * world
+        dist.all_gather_object(xs, x)
+        return xs
+
+    def save():
+        torch_states = gather(torch.get_rng_state())
+        cuda_states = gather(torch.cuda.get_rng_state(device)) if device.type == "cuda" else None
+        if rank == 0:
+            rng = {"torch": torch_states, "cuda": cuda_states, "data": gen.get_state()}
+            atomic_save({"model": args.model, "args": vars(args), "net": net.state_dict(), "ema": ema.state_dict(),
+                         "opt": opt.state_dict(), "step": step, "rng": rng}, out / "ckpt.pt")
+
+    t_start, t_last, step_last = time.time(), time.time(), step
+    losses = []
+    while step < args.iters:
+        idx = torch.randint(0, n_train, (args.batch_size,), generator=gen)  # the global batch
+        drop = torch.rand(args.batch_size, generator=gen) < args.p_uncond  # labels to drop (guidance)
+        idx, drop = idx[local].to(device), drop[local].to(device)  # this rank's slice
+        x, y = x_all[idx], None if y_all is None else y_all[idx]
+        if y is not None:  # classifier-free guidance: the null class with probability p_uncond
+            y = torch.where(drop, torch.full_like(y, null_class), y)
+        pairs = {} if x0_all is None else {"x0": x0_all[idx]}
+        lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with autocast(device, args.amp):
+            loss = model(x, y, **pairs)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if args.grad_clip > 0:
+            nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)
+        opt.step()
+        ema.update_parameters(net)
+        step += 1
+        losses.append(loss.detach().float())
+        save_now = step % args.ckpt_every == 0 or step == args.iters
+        if step % args.log_every == 0 or save_now:  # checked before any save: a checkpoint is never non-finite
+            mean_loss = torch.stack(losses).mean()
+            if world > 1:
+                dist.all_reduce(mean_loss)
+                mean_loss /= world
+            mean_loss = mean_loss.item()
+            losses.clear()
+            if not math.isfinite(mean_loss):
+                last = out / "ckpt.pt"
+                last = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was written yet"
+                raise UserError(f"loss is {mean_loss} between steps {step_last} and {step}: training diverged; "
+                                f"lower --lr (now {args.lr}) or use --amp none ({last})")
+        if step % args.log_every == 0 or step == args.iters:
+            now = time.time()
+            rate = (step - step_last) / (now - t_last)
+            eta = (args.iters - step) / max(rate, 1e-9)
+            log(f"step {step:6d}/{args.iters} | loss {mean_loss:.4f} | lr {lr:.2e} | {rate:.1f} it/s | "
+                f"eta {int(eta // 60)}m{int(eta % 60):02d}s")
+            if rank == 0:
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps({"step": step, "loss": mean_loss, "lr": lr, "it_s": rate}) + "\n")
+            t_last, step_last = now, step
+        if save_now:
+            save()
+    log(f"trained {args.model} in {time.time() - t_start:.1f}s; checkpoint {out / 'ckpt.pt'}")
+    return ema.module.eval()
+
+
+# -----------------------------------------------------------------------------
+# generation and evaluation
+
+def bcast(t, x):
+    """A per-example value t (B,) as (B, 1, ..., 1) in x's dtype and device, to broadcast against x."""
+    return t.to(device=x.device, dtype=x.dtype).view(-1, *[1] * (x.dim() - 1))
+
+
+def start_noise(shape, generator=None, noise=None):
+    """The sampler's starting point: `noise` when given, else N(0, I) drawn with `generator` on its device."""
+    if noise is not None:
+        return noise
+    return torch.randn(shape, generator=generator, device=generator.device if generator is not None else "cpu")
+
+
+def class_labels(n, num_classes, device):
+    """Balanced labels 0, 1, ..., so a grid of n = 10 k images shows each class in a column;
+    None for an unconditional model (num_classes = 0)."""
+    return torch.arange(n, device=device) % num_classes if num_classes else None
+
+
+def quality(data, samples, root=None):
+    """Sample quality against held-out data, with its floor. Images: Frechet distance in the
+    feature classifier's space ("FD"); points: exact W2. The floor is the same metric between
+    as many training examples and the same held-out set."""
+    n = len(samples)
+    if n > len(data.x_test):
+        raise UserError(f"--n-eval {n} exceeds the {len(data.x_test)} held-out examples of {data.name}")
+    samples = samples.detach().float().cpu()
+    bad = int((~torch.isfinite(samples.flatten(1))).any(1).sum())
+    if bad:
+        raise UserError(f"{bad} of {n} samples are not finite (nan or inf): the model diverged or the "
+                        "sampler's settings (e.g. --cfg-scale) are extreme; retrain or sample with other flags")
+    test = data.x_test[:n]
+    real = data.x_train[torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(1))[:n]]
+    if not data.is_image:
+        return {"metric": "W2", "value": w2_exact(samples, test), "floor": w2_exact(real, test), "n": n}
+    net, acc = feature_net(data, root)
+    with torch.no_grad():
+        feats = [torch.cat([net.features(b) for b in s.split(1000)]) for s in (samples.clamp(-1, 1), real, test)]
+    return {"metric": "FD", "value": frechet_distance(feats[0], feats[2]),
+            "floor": frechet_distance(feats[1], feats[2]), "n": n, "classifier_acc": acc}
+
+
+def format_quality(q):
+    return f"{q['metric']} {q['value']:.4g} (floor {q['floor']:.4g}, real vs real, n={q['n']})"
+
+
+def report(samples, data, args, **extra):
+    """Write the sample picture, measure quality against held-out data, append it (with extra,
+    e.g. sample_seconds) to OUT/metrics.jsonl, print one line, and return the figures."""
+    out = Path(args.out)
+    keep = args.sample_only and (out / "ckpt.pt").exists()  # a training run's folder keeps its grid
+    grid = out / (f"samples-{args.model}.png" if keep else "samples.png")
+    q = quality(data, samples, args.data_root)
+    save_samples(samples, grid, data)
+    q.update(cfg_scale=args.cfg_scale, **extra)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"eval": q}) + "\n")
+    acc = f", feature classifier test accuracy {q['classifier_acc']:.3f}" if "classifier_acc" in q else ""
+    log(f"{args.model} on {data.name}: {format_quality(q)}{acc}; grid {grid}")
+    return q
+
+
+# =============================================================================
+# THE PLUMBING
+# =============================================================================
+
+# -----------------------------------------------------------------------------
+# errors, device and processes
+
+class UserError(Exception):
+    """A problem with what the user asked for; printed as one line, exit status 2."""
+
+
+def fail(prog, message):
+    """The one way a command line ends on bad input: one line on stderr, exit status 2."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def is_main():
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def log(*a):
+    if is_main():
+        print(*a, flush=True)
+
+
+def get_device(name):
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible; use --device cpu (or auto)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps: MPS is not available here; use --device cpu (or auto)")
+    if name == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device(name)
+
+
+def setup_precision(device):
+    if device.type == "cuda":  # TF32 matmuls: ~free accuracy-wise for these models, much faster
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def autocast(device, amp):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16")
+
+
+
+@contextlib.contextmanager
+def session(args):
+    """The run's surroundings, around the body of main(): joins torchrun's processes when there
+    are several (NCCL on GPUs, gloo on CPUs), picks the device, seeds torch, checks that args.out
+    is writable, and turns a UserError raised inside into one line on stderr and exit status 2.
+    Yields the device."""
+    started = False
+    try:
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():  # under torchrun
+            if args.device in ("cuda", "auto") and torch.cuda.is_available():
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+                dist.init_process_group("nccl")
+            else:
+                dist.init_process_group("gloo")
+            started = True
+        device = get_device(args.device)
+        setup_precision(device)
+        torch.manual_seed(args.seed)
+        out = Path(args.out)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / f".write-test-{os.getpid()}"  # one per process: ranks check side by side
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise UserError(f"cannot write to output folder {out} ({e.strerror}): pass --out to a writable folder")
+        yield device
+    except UserError as e:
+        fail(f"{args.model}.py" + (f" (rank {dist.get_rank()})" if dist.is_initialized() else ""), e)
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def construct(parser, cls, *a, **kw):
+    """cls(*a, **kw), a method built from the flags; its ValueError (a bad hyperparameter) becomes
+    the command line's one-line error."""
+    try:
+        return cls(*a, **kw)
+    except ValueError as e:
+        parser.error(str(e))
+
+
+# -----------------------------------------------------------------------------
+# data: x (N, *shape) float in [-1, 1] for images, raw coordinates for points; y (N,) long
+
+@dataclass
+class Dataset:
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    levels: int = 0  # number of pixel levels for images (17 for digits, 256 else); 0 for points
+    x0_train: torch.Tensor = None  # fixed pairs (reflow, distillation): each x_train row's starting point
+
+    @property
+    def shape(self):
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def is_image(self):
+        return len(self.shape) == 3
+
+
+TOY_SETS = ("checkerboard", "moons", "8gaussians")
+
+
+def toy_2d(name, n, generator=None):
+    """n points (n, 2) of a 2-D toy set with labels (n,), scaled to roughly unit variance."""
+    g = generator
+    if name == "checkerboard":  # 8 unit squares of a 4x4 board; label = square
+        sq = torch.randint(0, 8, (n,), generator=g)
+        row = sq // 2
+        col = 2 * (sq % 2) + row % 2
+        u = torch.rand(n, 2, generator=g)
+        x = torch.stack([col + u[:, 0], row + u[:, 1]], 1) - 2.0
+        return x, sq
+    if name == "moons":  # two interleaved half circles; label = moon
+        lab = torch.randint(0, 2, (n,), generator=g)
+        a = math.pi * torch.rand(n, generator=g)
+        x = torch.stack([torch.cos(a), torch.sin(a)], 1)
+        x = torch.where(lab[:, None] == 0, x, torch.stack([1 - x[:, 0], 0.5 - x[:, 1]], 1))
+        x = x + 0.05 * torch.randn(n, 2, generator=g)
+        return 2.0 * (x - torch.tensor([0.5, 0.25])), lab
+    if name == "8gaussians":  # 8 Gaussians on a circle of radius 2; label = component
+        lab = torch.randint(0, 8, (n,), generator=g)
+        a = lab.double() * (2 * math.pi / 8)
+        centers = 2.0 * torch.stack([torch.cos(a), torch.sin(a)], 1).float()
+        return centers + 0.1 * torch.randn(n, 2, generator=g), lab
+    raise UserError(f"unknown 2-D data set {name!r}: choose from {', '.join(TOY_SETS)}")
+
+
+def load_digits():
+    """The bundled UCI optdigits test set: 1797 8x8 images with 17 grey levels (0..16)."""
+    path = HERE / "data" / "digits.csv.gz"
+    if not path.exists():
+        raise UserError(f"bundled data {path} is missing: restore it with git checkout data/")
+    with gzip.open(path, "rt") as f:
+        rows = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    x = torch.from_numpy(rows[:, :64]).float().view(-1, 1, 8, 8) / 16 * 2 - 1
+    y = torch.from_numpy(rows[:, 64])
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))  # fixed split
+    te, tr = perm[:500], perm[500:]
+    return Dataset("digits", x[tr], y[tr], x[te], y[te], 10, levels=17)
+
+
+def cache_dir(root=None):
+    return Path(root or os.environ.get("GENMODELS_CACHE") or Path.home() / ".cache" / "genmodels")
+
+
+MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+MNIST_FILES = {  # file -> SHA-256
+    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+}
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+CIFAR_SHA256 = "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"
+
+
+def fetch(url, path, sha256, download):
+    """Download url to path once, verifying its SHA-256; never without --download."""
+    if path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == sha256:
+        return path
+    if not download:
+        raise UserError(f"{path.name} is not in {path.parent}: add --download to fetch it from {url}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"downloading {url} -> {path}")
+    tmp = path.with_suffix(path.suffix + ".part")
+    try:
+        urllib.request.urlretrieve(url, tmp)
+    except OSError as e:
+        raise UserError(f"download of {url} failed ({e}); check the network or copy the file to {path}")
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    if digest != sha256:
+        tmp.unlink()
+        raise UserError(f"{url} has SHA-256 {digest}, expected {sha256}: the download is truncated "
+                        f"or altered; run again, or copy a good file to {path}")
+    os.replace(tmp, path)
+    return path
+
+
+def load_mnist(root, download):
+    def idx(name):  # the IDX format: magic, dims, then uint8 data
+        raw = gzip.decompress(fetch(MNIST_URL + name, cache_dir(root) / "mnist" / name,
+                                    MNIST_FILES[name], download).read_bytes())
+        ndim = raw[3]
+        dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+        return torch.frombuffer(bytearray(raw[4 + 4 * ndim:]), dtype=torch.uint8).view(*dims)
+    xs = [idx(f"{s}-images-idx3-ubyte.gz").float().unsqueeze(1) / 255 * 2 - 1 for s in ("train", "t10k")]
+    ys = [idx(f"{s}-labels-idx1-ubyte.gz").long() for s in ("train", "t10k")]
+    return Dataset("mnist", xs[0], ys[0], xs[1], ys[1], 10, levels=256)
+
+
+def load_cifar10(root, download):
+    path = fetch(CIFAR_URL, cache_dir(root) / "cifar10" / "cifar-10-binary.tar.gz", CIFAR_SHA256, download)
+    parts = {}
+    with tarfile.open(path) as tar:  # raw bytes: label, then 3x32x32 pixels; nothing is unpickled
+        for m in tar.getmembers():
+            if m.name.endswith(".bin"):
+                rec = np.frombuffer(tar.extractfile(m).read(), dtype=np.uint8).reshape(-1, 3073)
+                parts[Path(m.name).name] = rec
+    train = np.concatenate([parts[f"data_batch_{i}.bin"] for i in range(1, 6)])
+    test = parts["test_batch.bin"]
+    def split(rec):
+        x = torch.from_numpy(rec[:, 1:].copy()).view(-1, 3, 32, 32).float() / 255 * 2 - 1
+        return x, torch.from_numpy(rec[:, 0].astype(np.int64))
+    return Dataset("cifar10", *split(train), *split(test), 10, levels=256)
+
+
+def load_data(name, root=None, download=False):
+    if name == "digits":
+        return load_digits()
+    if name in TOY_SETS:  # fixed train and test sets, drawn from the same generator
+        x, y = toy_2d(name, 60000, torch.Generator().manual_seed(0))
+        return Dataset(name, x[:50000], y[:50000], x[50000:], y[50000:], 8 if name != "moons" else 2)
+    if name == "mnist":
+        return load_mnist(root, download)
+    if name == "cifar10":
+        return load_cifar10(root, download)
+    raise UserError(f"unknown data set {name!r}: choose from {', '.join(DATASETS)}")
+
+
+DATASETS = ("digits",) + TOY_SETS + ("mnist", "cifar10")
+
 
 
 # -----------------------------------------------------------------------------
@@ -611,6 +786,7 @@ def save_samples(x, path, data):
         save_grid(x[:100], path)
     else:
         save_points(x, path, ref=data.x_test[:len(x)])
+
 
 
 # -----------------------------------------------------------------------------
@@ -688,28 +864,6 @@ def feature_net(data, root=None, epochs=30):
     return net, acc
 
 
-def quality(data, samples, root=None):
-    """Sample quality against held-out data, with its floor. Images: Frechet distance in the
-    feature classifier's space ("FD"); points: exact W2. The floor is the same metric between
-    as many training examples and the same held-out set."""
-    n = len(samples)
-    if n > len(data.x_test):
-        raise UserError(f"--n-eval {n} exceeds the {len(data.x_test)} held-out examples of {data.name}")
-    test = data.x_test[:n]
-    real = data.x_train[torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(1))[:n]]
-    samples = samples.detach().float().cpu()
-    if not data.is_image:
-        return {"metric": "W2", "value": w2_exact(samples, test), "floor": w2_exact(real, test), "n": n}
-    net, acc = feature_net(data, root)
-    with torch.no_grad():
-        feats = [torch.cat([net.features(b) for b in s.split(1000)]) for s in (samples.clamp(-1, 1), real, test)]
-    return {"metric": "FD", "value": frechet_distance(feats[0], feats[2]),
-            "floor": frechet_distance(feats[1], feats[2]), "n": n, "classifier_acc": acc}
-
-
-def format_quality(q):
-    return f"{q['metric']} {q['value']:.4g} (floor {q['floor']:.4g}, real vs real, n={q['n']})"
-
 
 # -----------------------------------------------------------------------------
 # checkpoints: written atomically, loaded with weights_only=True
@@ -751,232 +905,158 @@ def load_checkpoint(path, accept):
     return ckpt
 
 
-def ema_net(ckpt, data, two_times=False, time_scale=1.0):
-    """The sampling (EMA) network of a loaded checkpoint, rebuilt from the flags it was trained with."""
-    a = ckpt["args"]
-    net = make_net(a["arch"], data.shape, a["width"], 0 if a["uncond"] else data.num_classes, two_times, time_scale)
-    ema = make_ema(net, a["ema_decay"])
+
+def load_weights(ckpt, net, ema=None):
+    """Load a checkpoint's network (and EMA) weights; one line naming the mismatch if they do not fit."""
     try:
-        ema.load_state_dict(ckpt["ema"])
+        net.load_state_dict(ckpt["net"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
     except RuntimeError as e:
-        raise UserError(f"the checkpoint does not fit a {a['arch']} network for {data.name} "
-                        f"({str(e).splitlines()[0]}): pass a checkpoint trained on this data")
+        raise UserError(f"the checkpoint does not fit this network ({str(e).splitlines()[0]}); "
+                        "it was written with other --arch/--width/--data flags")
+
+
+def load_ema(ckpt, net):
+    """The checkpoint's EMA weights (the ones that sample) in a network shaped like `net`, eval mode."""
+    ema = make_ema(net, 0.0)
+    load_weights({"net": ckpt["ema"]}, ema)
     return ema.module.eval()
 
 
+def ema_net(ckpt, data, two_times=False, time_scale=1.0):
+    """The sampling (EMA) network of a loaded checkpoint, rebuilt from the flags it was trained
+    with (a teacher, or a benchmark's model)."""
+    a = ckpt["args"]
+    net = make_net(a["arch"], data.shape, a["width"], 0 if a["uncond"] else data.num_classes, two_times, time_scale)
+    return load_ema(ckpt, net)
+
+
 # -----------------------------------------------------------------------------
-# the training loop shared by every model file
+# command line shared by every model file
+#
+# A flag that a checkpoint may supply defaults to None in argparse: parse_args fills it, in this
+# order, from what was typed, the checkpoint (--resume: every flag; --ckpt / --sample-only: the
+# flags that define the model), the model file's budget for the data set, DATA_DEFAULTS, the
+# model file's defaults, and DEFAULTS.
 
-def is_main():
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def log(*a):
-    if is_main():
-        print(*a, flush=True)
-
-
-def class_labels(n, num_classes, device):
-    """Balanced labels 0, 1, ..., so a grid of n = 10 k images shows each class in a column."""
-    return torch.arange(n, device=device) % num_classes if num_classes else None
-
-
-def generate(sample_fn, net, data, n, args, device, seed):
-    """n samples in batches, with balanced labels when the model is conditional."""
-    num_classes = 0 if args.uncond else data.num_classes
-    g = torch.Generator(device).manual_seed(seed)
-    out = []
-    for i in range(0, n, 1000):
-        m = min(1000, n - i)
-        y = class_labels(n, num_classes, device)[i:i + m] if num_classes else None
-        with autocast(device, args.amp):
-            out.append(sample_fn(net, (m,) + data.shape, y, g).float().cpu())
-    return torch.cat(out)
+# per data set: the network and a training budget that finishes on a 2-core CPU in minutes
+DATA_DEFAULTS = {
+    "digits": dict(arch="unet", width=16, iters=2000, batch_size=128, lr=2e-3, n_eval=500),
+    "mnist": dict(arch="unet", width=32, iters=20000, batch_size=128, lr=1e-3, n_eval=2000),
+    "cifar10": dict(arch="unet", width=64, iters=50000, batch_size=128, lr=2e-4, n_eval=2000),
+    "toy": dict(arch="mlp", width=256, iters=3000, batch_size=512, lr=1e-3, n_eval=1000),
+}
+# the rest of the shared flags
+DEFAULTS = dict(data="digits", warmup=200, grad_clip=1.0, ema_decay=0.999, uncond=False, p_uncond=0.1,
+                cfg_scale=1.0, log_every=100, ckpt_every=500, device="auto", amp="none", compile=False,
+                seed=0, download=False, sample_only=False)
+# flags that define the model and its data: --ckpt / --sample-only take them from the checkpoint
+MODEL_FLAGS = ("data", "arch", "width", "uncond")
 
 
-def run(args, name, loss_fn, sample_fn, two_times=False, time_scale=1.0, make_model=None):
-    """Train (or resume, or only sample) the model `name` and report its quality.
-
-    loss_fn(net, x, y) -> scalar; sample_fn(net, shape, y, generator) -> samples, where net is
-    make_net(args.arch, ...) with the given two_times and time_scale, or make_model(data) when a
-    model file brings its own module (vae.py, ar.py). Afterwards args._net is the EMA network and
-    args._data the data set. Any UserError ends the program with one line on stderr and exit status 2."""
-    started = False
+def finite(text):
+    """argparse type: a float that is neither nan nor inf."""
     try:
-        if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not dist.is_initialized():  # under torchrun
-            if args.device in ("cuda", "auto") and torch.cuda.is_available():
-                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-                dist.init_process_group("nccl")
-            else:
-                dist.init_process_group("gloo")
-            started = True
-        return _run(args, name, loss_fn, sample_fn, two_times, time_scale, make_model)
-    except UserError as e:
-        fail(f"{name}.py" + (f" (rank {dist.get_rank()})" if dist.is_initialized() else ""), e)
-    finally:
-        if started:
-            dist.destroy_process_group()
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return v
 
 
-def _run(args, name, loss_fn, sample_fn, two_times, time_scale, make_model):
-    out, ckpt = Path(args.out), args._ckpt
-    device = get_device(args.device)
-    setup_precision(device)
-    torch.manual_seed(args.seed)
-    data = load_data(args.data, args.data_root, args.download)
-    num_classes = 0 if args.uncond else data.num_classes
-    if make_model is not None:
-        net = make_model(data).to(device)
-    else:
-        net = make_net(args.arch, data.shape, args.width, num_classes, two_times, time_scale).to(device)
-    ema = make_ema(net, args.ema_decay)
-    args._net, args._data = ema.module, data  # for a model file's evaluations after run (never saved)
-    if ckpt is not None:
+def add_args(parser):
+    """The flags every model file shares (defaults in DATA_DEFAULTS and DEFAULTS)."""
+    g = parser.add_argument_group("data and network")
+    g.add_argument("--data", help="digits (bundled 8x8, the default), checkerboard, moons, 8gaussians, "
+                   "mnist or cifar10 (these two download with --download)")
+    g.add_argument("--arch", choices=["mlp", "unet", "dit"], help="network: mlp for 2-D points, unet (default for images) or dit")
+    g.add_argument("--width", type=int, help="network width (channels of the UNet's first level, hidden size otherwise)")
+    g.add_argument("--uncond", action="store_true", default=None, help="ignore labels: train an unconditional model")
+    g.add_argument("--data-root", help="cache folder for downloads (default ~/.cache/genmodels or $GENMODELS_CACHE)")
+    g.add_argument("--download", action="store_true", default=None, help="allow downloading mnist / cifar10 (never done silently)")
+    g = parser.add_argument_group("training (budget defaults per data set: common.DATA_DEFAULTS)")
+    g.add_argument("--iters", type=int, help="training iterations")
+    g.add_argument("--batch-size", type=int, help="batch size (global, across all processes)")
+    g.add_argument("--lr", type=finite, help="peak AdamW learning rate")
+    g.add_argument("--warmup", type=int, help="linear learning-rate warmup iterations (default 200)")
+    g.add_argument("--grad-clip", type=finite, help="clip the gradient norm to this value (0: off; default 1)")
+    g.add_argument("--ema-decay", type=finite, help="EMA decay of the weights used for sampling (default 0.999)")
+    g.add_argument("--p-uncond", type=finite, help="probability of dropping a label to the null class (default 0.1)")
+    g.add_argument("--seed", type=int, help="random seed (default 0)")
+    g = parser.add_argument_group("sampling and evaluation")
+    g.add_argument("--cfg-scale", type=finite, help="classifier-free guidance scale w (default 1: plain conditional)")
+    g.add_argument("--n-eval", type=int, help="samples for the final quality figure (0: skip it)")
+    g = parser.add_argument_group("runs, checkpoints and machine")
+    g.add_argument("--out", help="output folder (default runs/<model>-<data>)")
+    g.add_argument("--resume", nargs="?", const="yes", choices=["yes", "auto"],
+                   help="continue training from --ckpt or OUT/ckpt.pt; '--resume auto' starts fresh when "
+                   "there is no checkpoint yet (one command for a preemptible job's first start and restarts)")
+    g.add_argument("--ckpt", help="checkpoint to sample from (implies --sample-only unless --resume)")
+    g.add_argument("--sample-only", action="store_true", default=None, help="only sample and evaluate the checkpoint (--ckpt or OUT/ckpt.pt)")
+    g.add_argument("--log-every", type=int, help="iterations between progress lines (default 100)")
+    g.add_argument("--ckpt-every", type=int, help="iterations between checkpoints (default 500)")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="auto (default): cuda, then mps, then cpu")
+    g.add_argument("--amp", choices=["none", "bf16"], help="bf16 autocast for the network (default none)")
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the network for training")
+    parser.error = lambda message: fail(parser.prog, f"{message} (see --help)")  # one line, exit 2, no usage dump
+    return parser
+
+
+def parse_args(parser, argv, name, defaults=None, budgets=None, model_flags=(), accept=None):
+    """Parse the command line of model file `name` and return (args, ckpt): ckpt is the loaded
+    checkpoint for --resume / --ckpt / --sample-only, else None. defaults: the file's own flags'
+    defaults; budgets: per data set ("digits", "mnist", "cifar10", "toy"), the file's own
+    departures from DATA_DEFAULTS; model_flags: its flags that define the model (a checkpoint
+    supplies them); accept: the models whose checkpoints it loads (default: itself). Checks the
+    shared flags; a file's own hyperparameters are checked by its method's constructor."""
+    args = parser.parse_args(argv)
+    args.model = name
+    if args.ckpt and not args.resume:
+        args.sample_only = True
+    if args.resume and args.sample_only:
+        parser.error("--resume and --sample-only exclude each other: pick one")
+    ckpt = None
+    path = Path(args.ckpt) if args.ckpt else Path(args.out or f"runs/{name}-{args.data or DEFAULTS['data']}") / "ckpt.pt"
+    if args.resume == "auto" and not path.exists():
+        log(f"--resume auto: no checkpoint at {path} yet, starting fresh")
+        args.resume = None
+    if args.resume or args.sample_only:
         try:
-            net.load_state_dict(ckpt["net"])
-            ema.load_state_dict(ckpt["ema"])
-        except RuntimeError as e:
-            raise UserError(f"the checkpoint does not fit this network ({str(e).splitlines()[0]}); "
-                            "it was written with other --arch/--width/--data flags")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"  # one per process: ranks check side by side
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"cannot write to output folder {out} ({e.strerror}): pass --out to a writable folder")
-    if not args.sample_only:
-        train(args, name, net, ema, loss_fn, sample_fn, data, device, out, ckpt)
-    if not is_main() or args.n_eval == 0:
-        return None
-    t0 = time.time()
-    samples = generate(sample_fn, ema.module, data, args.n_eval, args, device, args.seed + 1)
-    t_sample = time.time() - t0
-    keep = args.sample_only and (out / "ckpt.pt").exists()  # a training run's folder keeps its grid
-    grid = out / (f"samples-{name}.png" if keep else "samples.png")
-    save_samples(samples, grid, data)
-    q = quality(data, samples, args.data_root)
-    q.update(sample_seconds=t_sample, cfg_scale=args.cfg_scale)
-    with open(out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"eval": q}) + "\n")
-    acc = f", feature classifier test accuracy {q['classifier_acc']:.3f}" if "classifier_acc" in q else ""
-    log(f"{name} on {args.data}: {format_quality(q)}{acc}; sampling {t_sample:.1f}s; grid {grid}")
-    return q
-
-
-class LossModule(nn.Module):
-    """The loss as a module: DDP wraps this, not the network, so gradients are synchronised for
-    whatever the loss does with the network (MeanFlow's torch.func.jvp included: inside, the
-    network is the plain module)."""
-
-    def __init__(self, net, loss_fn):
-        super().__init__()
-        self.net, self.loss_fn = net, loss_fn
-
-    def forward(self, x, y):
-        return self.loss_fn(self.net, x, y)
-
-
-def train(args, name, net, ema, loss_fn, sample_fn, data, device, out, ckpt=None):
-    num_classes = 0 if args.uncond else data.num_classes
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    if args.batch_size > len(data.x_train):
-        raise UserError(f"--batch-size {args.batch_size} exceeds the {len(data.x_train)} training examples "
-                        f"of {args.data}: use at most {len(data.x_train)}")
-    if args.batch_size % world:
-        raise UserError(f"--batch-size {args.batch_size} does not split over {world} processes: use a multiple of {world}")
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    model = LossModule(torch.compile(net) if args.compile else net, loss_fn)
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    # batches: every rank draws the same global batch and keeps its slice (the data are sharded
-    # per batch, so the run sees what one process with the same global batch sees); the loss's
-    # own noise comes from the global RNG, seeded per rank
-    gen = torch.Generator().manual_seed(args.seed)
-    torch.manual_seed(args.seed + rank)
-    step = 0
-    if ckpt is not None:
-        opt.load_state_dict(ckpt["opt"])
-        step = ckpt["step"]
-        gen.set_state(ckpt["rng"]["data"])
-        states = ckpt["rng"]["torch"]
-        if len(states) == world:
-            torch.set_rng_state(states[rank])
-            if device.type == "cuda" and ckpt["rng"].get("cuda"):
-                torch.cuda.set_rng_state(ckpt["rng"]["cuda"][rank], device)
-        else:
-            log(f"checkpoint was written by {len(states)} processes, this run has {world}: noise is reseeded")
-        if step >= args.iters:
-            log(f"checkpoint is at step {step} >= --iters {args.iters}: nothing to train")
-    x_all, y_all = data.x_train.to(device), data.y_train.to(device)
-    local = slice(rank * args.batch_size // world, (rank + 1) * args.batch_size // world)
-    n_params = sum(p.numel() for p in net.parameters())
-    log(f"{name}: {type(net).__name__} with {n_params / 1e6:.2f}M parameters on {args.data} {list(data.shape)}, "
-        f"{'unconditional' if not num_classes else f'{num_classes} classes'}, device {device} x {world}, "
-        f"iters {step}->{args.iters}, batch {args.batch_size}")
-
-    def gather(x):  # a list of every rank's x (x itself when there is one process)
-        if world == 1:
-            return [x]
-        xs = [None] * world
-        dist.all_gather_object(xs, x)
-        return xs
-
-    def save():
-        torch_states = gather(torch.get_rng_state())
-        cuda_states = gather(torch.cuda.get_rng_state(device)) if device.type == "cuda" else None
-        if rank == 0:
-            rng = {"torch": torch_states, "cuda": cuda_states, "data": gen.get_state()}
-            atomic_save({"model": name, "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
-                         "net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                         "step": step, "rng": rng}, out / "ckpt.pt")
-
-    t_start, t_last, step_last = time.time(), time.time(), step
-    losses = []
-    while step < args.iters:
-        idx = torch.randint(0, len(x_all), (args.batch_size,), generator=gen)
-        drop = torch.rand(args.batch_size, generator=gen) < args.p_uncond
-        idx, drop = idx[local].to(device), drop[local].to(device)
-        x, y = x_all[idx], (y_all[idx] if num_classes else None)
-        if num_classes:  # classifier-free guidance: drop labels to the null class
-            y = torch.where(drop, torch.full_like(y, num_classes), y)
-        lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
-        for group in opt.param_groups:
-            group["lr"] = lr
-        with autocast(device, args.amp):
-            loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if args.grad_clip > 0:
-            nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)
-        opt.step()
-        ema.update_parameters(net)
-        step += 1
-        losses.append(loss.detach().float())
-        save_now = step % args.ckpt_every == 0 or step == args.iters
-        if step % args.log_every == 0 or save_now:  # checked before any save: a checkpoint is never non-finite
-            mean_loss = torch.stack(losses).mean()
-            if world > 1:
-                dist.all_reduce(mean_loss)
-                mean_loss /= world
-            mean_loss = mean_loss.item()
-            losses.clear()
-            if not math.isfinite(mean_loss):
-                raise UserError(f"loss is {mean_loss} between steps {step_last} and {step}: training diverged; "
-                                f"lower --lr (now {args.lr}) or use --amp none. Last good checkpoint: {out / 'ckpt.pt'}")
-        if step % args.log_every == 0 or step == args.iters:
-            now = time.time()
-            rate = (step - step_last) / (now - t_last)
-            eta = (args.iters - step) / max(rate, 1e-9)
-            log(f"step {step:6d}/{args.iters} | loss {mean_loss:.4f} | lr {lr:.2e} | {rate:.1f} it/s | "
-                f"eta {int(eta // 60)}m{int(eta % 60):02d}s")
-            if rank == 0:
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps({"step": step, "loss": mean_loss, "lr": lr, "it_s": rate}) + "\n")
-            t_last, step_last = now, step
-        if args.sample_every and step % args.sample_every == 0 and rank == 0:
-            x = generate(sample_fn, ema.module, data, 100, args, device, args.seed + 1)
-            save_samples(x, out / f"samples_{step:06d}.png", data)
-        if save_now:
-            save()
-    log(f"trained {name} in {time.time() - t_start:.1f}s; checkpoint {out / 'ckpt.pt'}")
+            ckpt = load_checkpoint(path, accept or (name,))
+        except UserError as e:
+            fail(parser.prog, e)
+        take = set(ckpt["args"]) if args.resume else set(MODEL_FLAGS) | set(model_flags)
+        for k in take & set(vars(args)) - {"resume", "sample_only", "ckpt", "out", "model"}:
+            if getattr(args, k) is None:
+                setattr(args, k, ckpt["args"][k])
+        args.out = args.out or str(path.parent)
+    data = args.data or DEFAULTS["data"]
+    if data not in DATASETS:
+        parser.error(f"unknown data set {data!r}: choose from {', '.join(DATASETS)}")
+    kind = "toy" if data in TOY_SETS else data
+    for layer in ((budgets or {}).get(kind, {}), DATA_DEFAULTS[kind], defaults or {}, DEFAULTS):
+        for k, v in layer.items():
+            if getattr(args, k, None) is None:
+                setattr(args, k, v)
+    args.resume = bool(args.resume)
+    for k in ("iters", "batch_size", "width", "log_every", "ckpt_every"):
+        if getattr(args, k) <= 0:
+            parser.error(f"--{k.replace('_', '-')} must be positive, got {getattr(args, k)}")
+    if args.warmup < 0 or args.grad_clip < 0:
+        parser.error(f"--warmup and --grad-clip must be >= 0, got {args.warmup} and {args.grad_clip}")
+    if args.n_eval < 0:
+        parser.error(f"--n-eval must be 0 (no evaluation) or positive, got {args.n_eval}")
+    if args.lr <= 0:
+        parser.error(f"--lr must be a positive number, got {args.lr}")
+    if not 0 <= args.ema_decay < 1:
+        parser.error(f"--ema-decay must be in [0, 1), got {args.ema_decay}")
+    if not 0 <= args.p_uncond < 1:
+        parser.error(f"--p-uncond must be in [0, 1), got {args.p_uncond}")
+    if args.data in TOY_SETS and args.arch != "mlp":
+        parser.error(f"--arch {args.arch} is for images; 2-D data sets take --arch mlp")
+    if args.data not in TOY_SETS and args.arch == "mlp":
+        parser.error(f"--arch mlp is for 2-D points; {args.data} is images: use --arch unet or dit")
+    args.out = args.out or f"runs/{name}-{args.data}"
+    return args, ckpt

@@ -29,6 +29,7 @@ Run:
 """
 import argparse
 import math
+import time
 
 import torch
 
@@ -40,6 +41,8 @@ import common
 
 class DDPM:
     def __init__(self, T=1000, schedule="linear"):
+        if not (isinstance(T, int) and T >= 1):
+            raise ValueError(f"T (--T) must be a positive number of steps, got {T}")
         if schedule == "linear":  # beta from 1e-4 to 0.02 (Ho et al.)
             beta = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
         elif schedule == "cosine":  # alpha_bar_t = f(t) / f(0), f(t) = cos^2(((t/T + s)/(1 + s)) pi/2) (Nichol & Dhariwal)
@@ -56,22 +59,19 @@ class DDPM:
         ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bar[:-1]])
         self.beta_tilde = (1 - ab_prev) / (1 - self.alpha_bar).clamp(min=1e-300) * self.beta
 
-    @staticmethod
-    def _at(a, t, x):
-        """a[t] for a batch t (B,) -> (B, 1, ..., 1), indexed in float64 on the CPU, then cast to x."""
-        return a[t.cpu()].to(device=x.device, dtype=x.dtype).view(-1, *[1] * (x.dim() - 1))
-
     def q_sample(self, x0, t, eps):
         # x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps
-        return self._at(self.alpha_bar.sqrt(), t, x0) * x0 + self._at((1 - self.alpha_bar).sqrt(), t, x0) * eps
+        t = t.cpu()  # the schedule lives on the CPU in float64; bcast casts to x0's device and dtype
+        return common.bcast(self.alpha_bar[t].sqrt(), x0) * x0 + common.bcast((1 - self.alpha_bar[t]).sqrt(), x0) * eps
 
     def q_posterior(self, x0, x_t, t):
         # mu_tilde = sqrt(ab_{t-1}) beta_t / (1 - ab_t) x_0 + sqrt(alpha_t) (1 - ab_{t-1}) / (1 - ab_t) x_t
         ab, ab_prev = self.alpha_bar[1:], self.alpha_bar[:-1]  # indexed by t - 1
         c0 = ab_prev.sqrt() * self.beta[1:] / (1 - ab)
         ct = self.alpha[1:].sqrt() * (1 - ab_prev) / (1 - ab)
-        mean = self._at(c0, t - 1, x0) * x0 + self._at(ct, t - 1, x0) * x_t
-        return mean, self._at(self.beta_tilde, t, x0)
+        t = t.cpu()
+        mean = common.bcast(c0[t - 1], x0) * x0 + common.bcast(ct[t - 1], x0) * x_t
+        return mean, common.bcast(self.beta_tilde[t], x0)
 
     def loss(self, net, x0, y=None):
         t = torch.randint(1, self.T + 1, (x0.shape[0],))  # t ~ U{1..T}, drawn on the CPU: no device sync
@@ -79,7 +79,7 @@ class DDPM:
         x_t = self.q_sample(x0, t, eps)
         return (eps - net(x_t, t.to(x0.device), y)).pow(2).mean()  # Algorithm 1
 
-    def eps(self, net, x_t, t, y, cfg_scale):
+    def guided(self, net, x_t, t, y=None, cfg_scale=1.0):
         """eps_theta, with classifier-free guidance when w != 1 (two network calls)."""
         if y is None or cfg_scale == 1.0:
             return net(x_t, t, y)
@@ -89,12 +89,11 @@ class DDPM:
     @torch.no_grad()
     def sample(self, net, shape, y=None, cfg_scale=1.0, generator=None, noise=None):
         """Ancestral sampling, Algorithm 2: T network calls from x_T ~ N(0, I) to x_0."""
-        device = noise.device if noise is not None else (generator.device if generator is not None else "cpu")
-        x = noise if noise is not None else torch.randn(shape, generator=generator, device=device)
+        x = common.start_noise(shape, generator, noise)  # x_T ~ N(0, I)
         dtype = x.dtype
         for t in range(self.T, 0, -1):
             tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-            e = self.eps(net, x, tt, y, cfg_scale).to(dtype)
+            e = self.guided(net, x, tt, y, cfg_scale).to(dtype)
             beta, alpha, alpha_bar = float(self.beta[t]), float(self.alpha[t]), float(self.alpha_bar[t])
             # x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps) + sigma_t z
             mean = (x - beta / math.sqrt(1 - alpha_bar) * e) / math.sqrt(alpha)
@@ -112,22 +111,33 @@ def gaussian_kl(mean1, var1, mean2, var2):
 
 
 # -----------------------------------------------------------------------------
-# command line
+# the training script
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="see the module docstring for the math")
-    common.add_args(parser)
-    parser.add_argument("--T", type=int, default=1000, help="number of diffusion steps")
-    parser.add_argument("--schedule", default="linear", choices=["linear", "cosine"], help="beta schedule")
-    args = common.parse_args(parser, argv, "ddpm", model_flags=("T", "schedule"))
-    if args.T < 1:
-        parser.error(f"--T must be at least 1, got {args.T}")
-    ddpm = DDPM(args.T, args.schedule)
-
-    def sample_fn(net, shape, y, generator):
-        return ddpm.sample(net, shape, y=y, cfg_scale=args.cfg_scale, generator=generator)
-
-    return common.run(args, "ddpm", ddpm.loss, sample_fn)
+    # flags: the shared ones (common.add_args; per-data budgets in common.DATA_DEFAULTS), then DDPM's
+    parser = common.add_args(argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                                     epilog="see the module docstring for the math"))
+    parser.add_argument("--T", type=int, help="number of diffusion steps (default 1000)")
+    parser.add_argument("--schedule", choices=["linear", "cosine"], help="beta schedule (default linear)")
+    args, ckpt = common.parse_args(parser, argv, "ddpm", defaults=dict(T=1000, schedule="linear"),
+                                   model_flags=("T", "schedule"))
+    ddpm = common.construct(parser, DDPM, args.T, args.schedule)  # the method: schedule, loss, sampler
+    with common.session(args) as device:
+        data = common.load_data(args.data, args.data_root, args.download)
+        num_classes = 0 if args.uncond else data.num_classes
+        eps_theta = common.make_net(args.arch, data.shape, args.width, num_classes).to(device)  # eps_theta(x_t, t, y)
+        if args.sample_only:
+            eps_theta = common.load_ema(ckpt, eps_theta)
+        else:
+            eps_theta = common.train(eps_theta, ddpm.loss, data, args, ckpt)  # Algorithm 1; returns the EMA network
+        if args.n_eval == 0 or not common.is_main():
+            return None
+        y = common.class_labels(args.n_eval, num_classes, device)
+        g = torch.Generator(device).manual_seed(args.seed + 1)
+        t0 = time.time()
+        with common.autocast(device, args.amp):
+            x0 = ddpm.sample(eps_theta, (args.n_eval, *data.shape), y, args.cfg_scale, generator=g)  # Algorithm 2
+        return common.report(x0, data, args, sample_seconds=time.time() - t0)
 
 
 if __name__ == "__main__":
