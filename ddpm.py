@@ -1,26 +1,37 @@
-"""DDPM: Denoising Diffusion Probabilistic Models (Ho, Jain & Abbeel, 2020).
+"""DDPM: Denoising Diffusion Probabilistic Models (Ho, Jain & Abbeel, arXiv 2006.11239).
 
-The math, in the lecture's notation (integer t in 1..T; x_0 is the data):
+The math, in the notation of the lectures "Generative Modeling" (T.-W. Ke, 2026) and "Advanced
+Generative Models: From VAE to Diffusion and Flow Matching" (NICE Lab, Zhejiang University, 2026):
+integer t in 1..T, x_0 is the data.
 
   forward step       q(x_t | x_{t-1}) = N(x_t; sqrt(alpha_t) x_{t-1}, beta_t I),  alpha_t = 1 - beta_t
   diffusion kernel   q(x_t | x_0)     = N(x_t; sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I),
                      alpha_bar_t = prod_{s<=t} alpha_s,  so  x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps
+                     (compose two steps: sqrt(alpha_t) (sqrt(alpha_{t-1}) x + sqrt(beta_{t-1}) e1) + sqrt(beta_t) e2
+                     has variance alpha_t beta_{t-1} + beta_t = 1 - alpha_t alpha_{t-1}; induct on t)
   posterior          q(x_{t-1} | x_t, x_0) = N(mu_tilde_t, beta_tilde_t I),
                      mu_tilde_t = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t) x_0
                                 + sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) x_t
                      beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t
+                     (Bayes' rule: q(x_{t-1} | x_t, x_0) ~ q(x_t | x_{t-1}) q(x_{t-1} | x_0), a product of two
+                     Gaussians in x_{t-1} with precisions alpha_t / beta_t and 1 / (1 - alpha_bar_{t-1}); their
+                     sum is (1 - alpha_bar_t) / (beta_t (1 - alpha_bar_{t-1})) = 1 / beta_tilde_t)
   training (Alg. 1)  minimise E_{x_0, t ~ U{1..T}, eps} || eps - eps_theta(x_t, t) ||^2   (lambda_t = 1)
   sampling (Alg. 2)  x_T ~ N(0, I);  for t = T..1:
                      x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_theta(x_t, t)) + sigma_t z,
                      z ~ N(0, I) for t > 1, z = 0 at t = 1;  sigma_t^2 = beta_tilde_t
-  guidance           eps = eps_theta(x_t, t, None) + w (eps_theta(x_t, t, y) - eps_theta(x_t, t, None))
+                     (mu_tilde with x_0 replaced by its estimate (x_t - sqrt(1 - alpha_bar_t) eps_theta) / sqrt(alpha_bar_t))
+  guidance           eps~ = eps_theta(x_t, t, None) + w (eps_theta(x_t, t, y) - eps_theta(x_t, t, None))
+                     (classifier-free guidance, Ho & Salimans, arXiv 2207.12598; w = 1 conditional, w = 0 not)
+  schedules          linear beta from 1e-4 to 0.02 (Ho et al.); cosine alpha_bar_t = f(t) / f(0),
+                     f(t) = cos^2(((t/T + s) / (1 + s)) pi/2), s = 0.008 (Nichol & Dhariwal, arXiv 2102.09672)
 
-(One of the lecture decks writes the mean as 1/sqrt(1 - beta_t)(x_t - beta_t/sqrt(1 - alpha_bar_t) eps): the
-same thing, since alpha_t = 1 - beta_t. tests/test_ddpm.py proves the kernel and posterior against
+(One of the decks writes the mean as 1/sqrt(1 - beta_t)(x_t - beta_t/sqrt(1 - alpha_bar_t) eps): the
+same thing, since alpha_t = 1 - beta_t. tests/test_ddpm.py checks the kernel and posterior against
 independent computations.)
 
 Run:
-  python ddpm.py                          # digits, 8x8, 4 min 14 s on a 2-core CPU; grid + Frechet distance
+  python ddpm.py                          # digits, 8x8, within 5 minutes on a 2-core CPU; grid + Frechet distance
   python ddpm.py --device cuda            # the same on a GPU
   python ddpm.py --data checkerboard      # 2-D points; W2 against held-out points
   python ddpm.py --data mnist --download  # 28x28 MNIST (downloads once, verified by SHA-256)
@@ -42,7 +53,7 @@ import common
 class DDPM:
     def __init__(self, T=1000, schedule="linear"):
         if not (isinstance(T, int) and T >= 1):
-            raise ValueError(f"T (--T) must be a positive number of steps, got {T}")
+            raise ValueError(f"--T must be at least 1 (the number of diffusion steps T), got {T}")
         if schedule == "linear":  # beta from 1e-4 to 0.02 (Ho et al.)
             beta = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
         elif schedule == "cosine":  # alpha_bar_t = f(t) / f(0), f(t) = cos^2(((t/T + s)/(1 + s)) pi/2) (Nichol & Dhariwal)

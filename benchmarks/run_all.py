@@ -3,7 +3,7 @@ on a 2-D set and on digits, sampled with the samplers each claim is about, one t
 
   python benchmarks/run_all.py --part 2d        # ~10 min on one core of a 2-core CPU
   python benchmarks/run_all.py --part digits    # ~35 min on one core (or --device cuda)
-  python benchmarks/run_all.py --readme         # write the table, the claims and the pictures into README.md
+  python benchmarks/run_all.py --readme         # write the table, the claims and the pictures into benchmarks/README.md
 
 Each part writes benchmarks/results/all_<part>.json (and pictures in benchmarks/results/img/) as it
 goes; --readme reads those files. Everything goes through the model files' own command lines:
@@ -247,18 +247,18 @@ def readme():
         pics = [r for r in rows if r["sampler"] in ("DDPM ancestral", "DDIM eta=0, 50 steps", "CFM midpoint x 10",
                                                      "2-RF + distill, 1 step", "MeanFlow, 1 step", "VAE decoder",
                                                      "AR raster, KV cache", "1-RF, 1 step")]
-        lines += ["", " ".join(f"![{r['sampler']}]({r['img']})" for r in pics), "",
+        lines += ["", " ".join(f"![{r['sampler']}]({Path(r['img']).relative_to('benchmarks')})" for r in pics), "",
                   "Pictures, left to right: " + "; ".join(r["sampler"] for r in pics)
                   + (" (each: held-out points on the left, the model's on the right)." if part == "2d" else
                      " (100 samples each).")]
         parts.append("\n".join(lines))
     parts.append(NOTES)
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "benchmarks" / "README.md").read_text()
     start, end = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
     if start not in text:
-        raise SystemExit("README.md has no <!-- benchmark:start --> marker")
+        raise SystemExit("benchmarks/README.md has no <!-- benchmark:start --> marker")
     head, rest = text.split(start)
-    (ROOT / "README.md").write_text(head + start + "\n" + "\n\n".join(parts) + "\n" + end + rest.split(end)[1])
+    (ROOT / "benchmarks" / "README.md").write_text(head + start + "\n" + "\n\n".join(parts) + "\n" + end + rest.split(end)[1])
 
 
 def main(argv=None):
@@ -266,7 +266,7 @@ def main(argv=None):
     p.add_argument("--part", choices=["2d", "digits"], help="which half to run")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--work", default=str(ROOT / "benchmarks" / "work"), help="checkpoints go here")
-    p.add_argument("--readme", action="store_true", help="write the results into README.md")
+    p.add_argument("--readme", action="store_true", help="write the results into benchmarks/README.md")
     p.add_argument("--quick", action="store_true", help="smoke test: 20 iterations each, 100 samples")
     p.add_argument("--resample", action="store_true", help="sample the trained checkpoints again (no training)")
     p.add_argument("--only", default=None, help="comma-separated runs (e.g. vae,ar) to run in a second process")

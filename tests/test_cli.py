@@ -48,10 +48,11 @@ def tensors(path):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_resume_is_bit_identical(model, trained, tmp_path):
-    """8 iterations straight == 4 iterations, then --resume for 4 more: weights, EMA, optimizer, RNG."""
+    """8 iterations straight == 4 iterations, then --resume for 4 more: weights, EMA, optimizer, RNG.
+    One command serves a preemptible job: '--resume auto' starts fresh without a checkpoint."""
     main = importlib.import_module(model).main
-    main(tiny(model, tmp_path, iters=4))
-    main(["--resume", "--iters", "8", "--out", str(tmp_path)])
+    main(tiny(model, tmp_path, iters=4) + ["--resume", "auto"])
+    main(["--resume", "auto", "--iters", "8", "--out", str(tmp_path)])
     (s1, a), (s2, b) = tensors(trained / model / "ckpt.pt"), tensors(tmp_path / "ckpt.pt")
     assert s1 == s2 == 8 and a.keys() == b.keys()
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
@@ -77,6 +78,8 @@ BAD = {
     "negative batch": (["--batch-size", "-4"], "must be positive"),
     "batch larger than the data": (["--batch-size", "100000"], "exceeds the 1297 training examples"),
     "cuda without a GPU": (["--device", "cuda"], "no CUDA GPU"),
+    "nan guidance scale": (["--cfg-scale", "nan"], "--cfg-scale: 'nan' is not a finite number"),
+    "infinite learning rate": (["--lr=-inf"], "--lr: '-inf' is not a finite number"),
     "unwritable output": (["--out", "/proc/no-such-folder/run"], "cannot write to output folder"),
 }
 

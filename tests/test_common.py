@@ -1,5 +1,6 @@
 """common.py: data, networks (forward-mode AD included), EMA, PNG, metrics against brute force and
 closed forms, checkpoints and the training loop's guarantees (exact resume, faults, DDP)."""
+import argparse
 import itertools
 import json
 import math
@@ -216,21 +217,84 @@ def test_atomic_save_killed_mid_write_keeps_the_previous_checkpoint(tmp_path, mo
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
 
 
+def toy_args(out, *flags):
+    """The shared flags as a model file gets them, for a run on moons."""
+    parser = common.add_args(argparse.ArgumentParser())
+    args, _ = common.parse_args(parser, ["--data", "moons", "--width", "16", "--batch-size", "8", "--log-every", "100",
+                                         "--out", str(out), *flags], "toy")
+    return args
+
+
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
-    parser = common.add_args(__import__("argparse").ArgumentParser())
-    args = common.parse_args(parser, ["--data", "moons", "--iters", "10", "--ckpt-every", "4", "--log-every", "100",
-                                      "--batch-size", "8", "--width", "16", "--out", str(tmp_path)], "toy")
-    calls = []
+    data = common.load_data("moons")
+    for nan_after, out in ((5, tmp_path / "late"), (1, tmp_path / "early")):
+        calls = []
+        def loss_fn(net, x, y):
+            calls.append(1)
+            loss = net(x, torch.rand(len(x)), y).pow(2).mean()
+            return loss * float("nan") if len(calls) > nan_after else loss
+        args = toy_args(out, "--iters", "10", "--ckpt-every", "4")
+        with pytest.raises(SystemExit) as e, common.session(args):
+            common.train(common.make_net("mlp", (2,), 16, 2), loss_fn, data, args)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "diverged" in err and "lower --lr" in err, err
+        if nan_after == 5:  # diverged after the checkpoint at step 4: it is named, whole and finite
+            assert f"last good checkpoint: {out / 'ckpt.pt'}" in err, err
+            ck = common.load_checkpoint(out / "ckpt.pt", ("toy",))
+            assert ck["step"] == 4 and all(torch.isfinite(v).all() for v in ck["net"].values())
+        else:  # diverged before any checkpoint: none is named, none is written
+            assert "no checkpoint was written yet" in err and not (out / "ckpt.pt").exists(), err
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_label_dropout_sends_the_null_class_at_rate_p_uncond(tmp_path, p):
+    """The training loop drops labels to the null class (index num_classes) with probability
+    p_uncond: the loss, and so the network, receives exactly the labels or the null class."""
+    n_cls = 3
+    data = common.Dataset("toy", torch.randn(100, 2), torch.ones(100, dtype=torch.long), torch.randn(10, 2),
+                          torch.ones(10, dtype=torch.long), n_cls)
+    seen = []
     def loss_fn(net, x, y):
-        calls.append(1)
-        loss = net(x, torch.rand(len(x)), y).pow(2).mean()
-        return loss * float("nan") if len(calls) > 5 else loss
-    with pytest.raises(SystemExit) as e:
-        common.run(args, "toy", loss_fn, lambda net, shape, y, g: torch.zeros(shape))
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and "diverged" in err and "lower --lr" in err
-    ck = common.load_checkpoint(tmp_path / "ckpt.pt", ("toy",))
-    assert ck["step"] == 4 and all(torch.isfinite(v).all() for v in ck["net"].values())
+        seen.append(y.clone())
+        return net(x, torch.rand(len(x)), y).pow(2).mean()
+    args = toy_args(tmp_path, "--iters", "100", "--batch-size", "100", "--p-uncond", str(p))
+    common.train(common.make_net("mlp", (2,), 16, n_cls), loss_fn, data, args)
+    y = torch.cat(seen)
+    assert set(y.tolist()) <= {1, n_cls}
+    rate = float((y == n_cls).double().mean())  # 10000 draws: sd 0.0046 at p = 0.3
+    assert abs(rate - p) < 0.025, rate
+    seen.clear()
+    args = toy_args(tmp_path, "--iters", "2", "--uncond")
+    common.train(common.make_net("mlp", (2,), 16, 0), lambda net, x, y: seen.append(y) or net(x, x[:, 0], y).mean(),
+                 data, args)
+    assert seen == [None, None]  # an unconditional run never sees labels
+
+
+def test_flags_fill_from_typed_then_checkpoint_then_defaults(tmp_path, capsys):
+    """parse_args: what was typed wins, --resume takes the rest from the checkpoint, then the data set's
+    budget, then the shared defaults; '--resume auto' starts fresh when no checkpoint exists yet."""
+    parser = lambda: common.add_args(argparse.ArgumentParser())
+    args, ck = common.parse_args(parser(), ["--data", "moons", "--out", str(tmp_path), "--resume", "auto"], "toy")
+    assert ck is None and not args.resume and args.iters == common.DATA_DEFAULTS["toy"]["iters"]
+    assert args.warmup == common.DEFAULTS["warmup"] and args.arch == "mlp" and args.uncond is False
+    common.atomic_save({"model": "toy", "net": {}, "args": dict(vars(args), iters=7, lr=0.5, seed=3)}, tmp_path / "ckpt.pt")
+    args, ck = common.parse_args(parser(), ["--out", str(tmp_path), "--resume", "auto", "--seed", "4"], "toy")
+    assert ck is not None and args.resume and (args.data, args.iters, args.lr, args.seed) == ("moons", 7, 0.5, 4)
+    args, _ = common.parse_args(parser(), ["--ckpt", str(tmp_path / "ckpt.pt")], "toy")
+    assert args.sample_only and args.data == "moons" and args.lr == common.DATA_DEFAULTS["toy"]["lr"]
+    for flag in ("--lr", "--cfg-scale", "--p-uncond", "--ema-decay", "--grad-clip"):
+        for bad in ("nan", "inf", "-inf"):
+            with pytest.raises(SystemExit) as e:
+                common.parse_args(parser(), [f"{flag}={bad}"], "toy")
+            assert e.value.code == 2 and "not a finite number" in capsys.readouterr().err
+
+
+def test_quality_refuses_non_finite_samples():
+    data = common.load_data("moons")
+    x = data.x_test[:50].clone()
+    x[3, 1] = float("nan")
+    with pytest.raises(common.UserError, match="1 of 50 samples are not finite"):
+        common.quality(data, x)
 
 
 DDP_SCRIPT = textwrap.dedent("""
@@ -238,9 +302,10 @@ DDP_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     import common
     train = common.train
-    def keep_weights(args, name, net, *rest, **kw):
-        train(args, name, net, *rest, **kw)
+    def keep_weights(net, loss_fn, data, args, ckpt=None):
+        ema = train(net, loss_fn, data, args, ckpt)
         torch.save(net.state_dict(), f"{{args.out}}/rank{{dist.get_rank()}}.pt")
+        return ema
     common.train = keep_weights
     importlib.import_module(sys.argv[1]).main(sys.argv[2:])
 """)

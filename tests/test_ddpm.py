@@ -118,6 +118,21 @@ def test_guidance_mixes_the_conditional_and_unconditional_eps():
     assert torch.equal(a, b)
 
 
+def test_guidance_at_w2_is_uncond_plus_w_times_the_difference():
+    """w outside {0, 1}: eps~ = eps(x, None) + w (eps(x, y) - eps(x, None)), checked on a net whose two
+    branches are known, in `guided` and through one sampler step (T = 1: x_0 = (x_1 - beta_1 /
+    sqrt(1 - alpha_bar_1) eps~) / sqrt(alpha_1), no noise)."""
+    d = ddpm.DDPM(1)
+    cond, uncond = torch.tensor([1.0, 2.0]), torch.tensor([0.5, -1.0])
+    net = lambda x, t, y: (uncond if y is None else cond).expand_as(x)
+    x, y, w = torch.randn(4, 2), torch.zeros(4, dtype=torch.long), 2.0
+    want = uncond + w * (cond - uncond)  # (1.5, 5.0); the flipped sign would give (-0.5, -7.0)
+    assert torch.allclose(d.guided(net, x, torch.ones(4, dtype=torch.long), y, w), want.expand_as(x))
+    x0 = d.sample(net, x.shape, y=y, cfg_scale=w, noise=x)
+    beta, ab = float(d.beta[1]), float(d.alpha_bar[1])
+    assert torch.allclose(x0, (x - beta / math.sqrt(1 - ab) * want) / math.sqrt(1 - beta), atol=1e-6)
+
+
 def test_loss_is_zero_for_the_true_noise_and_positive_otherwise():
     d = ddpm.DDPM(100)
     x0 = torch.randn(64, 2)
