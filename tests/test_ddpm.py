@@ -3,6 +3,8 @@ torch.distributions, the sampler against Gaussian data with the closed-form opti
 a short run that learns, and the command line."""
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -142,6 +144,95 @@ def test_loss_is_zero_for_the_true_noise_and_positive_otherwise():
         return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
     assert d.loss(oracle, x0) < 1e-8
     assert d.loss(lambda x_t, t, y: torch.zeros_like(x_t), x0) > 0.5
+
+
+# -----------------------------------------------------------------------------
+# the variational bound
+
+@settings(deadline=None, max_examples=30)
+@given(st.floats(-1.5, 1.5), st.floats(1e-4, 2.0), st.sampled_from([2, 3, 17, 256]))
+def test_discretized_gaussian_sums_to_one_over_the_levels(mean, var, levels):
+    x = torch.linspace(-1, 1, levels, dtype=torch.float64)
+    p = ddpm.discretized_gaussian_log_prob(x, torch.full_like(x, mean), var, levels).exp()
+    assert abs(float(p.sum()) - 1) < 1e-9 and (p >= 0).all()
+    # an interior bin is Phi(upper) - Phi(lower) of N(mean, var), as torch.distributions computes it
+    if levels > 2:
+        k, half = levels // 2, 1 / (levels - 1)
+        n = torch.distributions.Normal(torch.tensor(mean, dtype=torch.float64), torch.tensor(var, dtype=torch.float64).sqrt())
+        ref = n.cdf(x[k] + half) - n.cdf(x[k] - half)
+        assert abs(float(p[k]) - float(ref)) < 1e-9
+
+
+def test_bound_terms_against_torch_distributions():
+    """T = 2: L_T and L_1 = KL(q(x_1 | x_2, x_0) || p_theta(x_1 | x_2)) recomputed independently, the
+    posterior by precision-weighting (Bayes' rule) and the KLs by torch.distributions, with the same draws."""
+    d = ddpm.DDPM(2)
+    net = lambda x, t, y: 0.3 * x + 0.1 * t.double()[:, None]  # any network
+    x0 = torch.tensor([[-1.0, 0.5], [1.0, 0.0]], dtype=torch.float64)
+    terms = d.bound_terms(net, x0, 5, generator=torch.Generator().manual_seed(0), variances=("beta",))["beta"]
+    g = torch.Generator().manual_seed(0)
+    torch.randn(x0.shape, generator=g)  # the draw for t = 1 (L_0)
+    eps = torch.randn(x0.shape, generator=g, dtype=torch.float32).double()
+    b, a, ab = d.beta, d.alpha, d.alpha_bar
+    x2 = ab[2].sqrt() * x0 + (1 - ab[2]).sqrt() * eps
+    prec = a[2] / b[2] + 1 / (1 - ab[1])  # q(x_1 | x_2, x_0) ~ q(x_2 | x_1) q(x_1 | x_0)
+    mean_q = (a[2].sqrt() / b[2] * x2 + ab[1].sqrt() / (1 - ab[1]) * x0) / prec
+    mu = (x2 - b[2] / (1 - ab[2]).sqrt() * net(x2, torch.full((2,), 2), None)) / a[2].sqrt()
+    N = torch.distributions.Normal
+    L_1 = torch.distributions.kl_divergence(N(mean_q, (1 / prec).sqrt()), N(mu, b[2].sqrt())).sum(1)
+    L_T = torch.distributions.kl_divergence(N(ab[2].sqrt() * x0, (1 - ab[2]).sqrt()), N(0.0, 1.0)).sum(1)
+    assert torch.allclose(terms["L_mid"], L_1, atol=1e-6) and torch.allclose(terms["L_T"], L_T, atol=1e-12)
+
+
+def two_point_eps(d):
+    """The optimal eps for data uniform on {-1, +1}^D: E[x_0 | x_t] = tanh(sqrt(ab) x_t / (1 - ab))."""
+    def net(x, t, y):
+        ab = d.alpha_bar[t.cpu()].view(-1, 1).to(x)
+        return (x - ab.sqrt() * torch.tanh(ab.sqrt() * x / (1 - ab))) / (1 - ab).sqrt()
+    return net
+
+
+def test_bound_of_the_exact_network_on_two_points_is_just_above_one_bit():
+    """Data uniform on {-1, +1}^2 (levels 2): -log2 P(x_0) = 1 bit/dim exactly. With the exact network
+    and T = 1000 the bound (beta_tilde) lies above it and within 2%; the larger variance beta is looser."""
+    d = ddpm.DDPM(1000)
+    g = torch.Generator().manual_seed(0)
+    x0 = (torch.randint(0, 2, (4000, 2), generator=g) * 2 - 1).double()
+    terms = d.bound_terms(two_point_eps(d), x0, 2, generator=g)
+    bpd = {v: sum(tm.values()) / (2 * math.log(2)) for v, tm in terms.items()}  # (B,) each
+    m, se = float(bpd["beta_tilde"].mean()), float(bpd["beta_tilde"].std()) / math.sqrt(len(x0))
+    assert m > 1 - 3 * se and m < 1.02, (m, se)
+    assert float(bpd["beta"].mean()) > m
+    assert torch.allclose(d.nll_bound(two_point_eps(d), x0, 2, generator=torch.Generator().manual_seed(0)),
+                          sum(d.bound_terms(two_point_eps(d), x0, 2, generator=torch.Generator().manual_seed(0),
+                                            variances=("beta_tilde",))["beta_tilde"].values()))
+
+
+def test_stratified_times_estimate_the_sum_without_bias():
+    """n_t stratified times: unbiased for sum_{t>=2} L_{t-1} (the spread is large, since the terms
+    concentrate at small t, so the mean of 40 estimates is compared within 4 of its standard errors)."""
+    d = ddpm.DDPM(1000)
+    x0 = (torch.randint(0, 2, (200, 2), generator=torch.Generator().manual_seed(1)) * 2 - 1).double()
+    def mid(seed, n_t):
+        terms = d.bound_terms(two_point_eps(d), x0, 2, generator=torch.Generator().manual_seed(seed),
+                              variances=("beta",), n_t=n_t)
+        return float(terms["beta"]["L_mid"].mean())
+    full = mid(0, None)
+    est = np.array([mid(s, 100) for s in range(1, 41)])
+    se = est.std() / math.sqrt(len(est))
+    assert abs(est.mean() - full) < 4 * se and se < 0.1 * full, (est.mean(), se, full)
+
+
+def test_a_network_that_knows_x0_makes_every_middle_term_zero():
+    """eps_theta(x_t) = (x_t - sqrt(ab) x_0) / sqrt(1 - ab) gives mu_theta = mu_tilde, so with the
+    posterior's variance every L_{t-1} (t >= 2) vanishes."""
+    d = ddpm.DDPM(100)
+    x0 = torch.rand(16, 3, dtype=torch.float64) * 2 - 1
+    def oracle(x_t, t, y):
+        ab = d.alpha_bar[t.cpu()].view(-1, 1)
+        return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
+    terms = d.bound_terms(oracle, x0, 256, generator=torch.Generator().manual_seed(0), variances=("beta_tilde",))
+    assert float(terms["beta_tilde"]["L_mid"].abs().max()) < 1e-8
 
 
 # -----------------------------------------------------------------------------
