@@ -455,10 +455,17 @@ def class_labels(n, num_classes, device):
     return torch.arange(n, device=device) % num_classes if num_classes else None
 
 
-def quality(data, samples, root=None):
-    """Sample quality against held-out data, with its floor. Images: Frechet distance in the
-    feature classifier's space ("FD"); points: exact W2. The floor is the same metric between
-    as many training examples and the same held-out set."""
+def quantize(x, levels):
+    """Images in [-1, 1] rounded to `levels` equally spaced values, as the data are."""
+    return ((x.clamp(-1, 1) + 1) / 2 * (levels - 1)).round() / (levels - 1) * 2 - 1
+
+
+def quality(data, samples, root=None, floor_draws=20):
+    """Sample quality against the first n held-out examples, with its floor. Images: Frechet distance
+    in the feature classifier's space ("FD"), the samples first rounded to the data's levels (so a
+    model is not rewarded or punished for where inside a bin it puts a pixel); points: exact W2. The
+    floor is the same metric between n random training examples and the same held-out ones, as
+    mean +- sd over floor_draws draws. Images also get the memorisation check (see `memorised`)."""
     n = len(samples)
     if n > len(data.x_test):
         raise UserError(f"--n-eval {n} exceeds the {len(data.x_test)} held-out examples of {data.name}")
@@ -468,18 +475,42 @@ def quality(data, samples, root=None):
         raise UserError(f"{bad} of {n} samples are not finite (nan or inf): the model diverged or the "
                         "sampler's settings (e.g. --cfg-scale) are extreme; retrain or sample with other flags")
     test = data.x_test[:n]
-    real = data.x_train[torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(1))[:n]]
+    g = torch.Generator().manual_seed(1)
+    draws = [torch.randperm(len(data.x_train), generator=g)[:n] for _ in range(floor_draws)]
     if not data.is_image:
-        return {"metric": "W2", "value": w2_exact(samples, test), "floor": w2_exact(real, test), "n": n}
-    net, acc = feature_net(data, root)
-    with torch.no_grad():
-        feats = [torch.cat([net.features(b) for b in s.split(1000)]) for s in (samples.clamp(-1, 1), real, test)]
-    return {"metric": "FD", "value": frechet_distance(feats[0], feats[2]),
-            "floor": frechet_distance(feats[1], feats[2]), "n": n, "classifier_acc": acc}
+        value, floors = w2_exact(samples, test), [w2_exact(data.x_train[i], test) for i in draws]
+        q = {"metric": "W2", "value": value}
+    else:
+        net, acc = feature_net(data, root)
+        with torch.no_grad():
+            f_s, f_train, f_test = (torch.cat([net.features(b) for b in s.split(1000)])
+                                    for s in (quantize(samples, data.levels), data.x_train, test))
+        floors = [frechet_distance(f_train[i], f_test) for i in draws]
+        q = {"metric": "FD", "value": frechet_distance(f_s, f_test), "classifier_acc": acc}
+        q.update(memorised(quantize(samples, data.levels), data))
+    q.update(floor=float(np.mean(floors)), floor_sd=float(np.std(floors, ddof=1)), floor_draws=floor_draws, n=n)
+    return q
+
+
+def memorised(samples, data):
+    """The share of samples closer (L2, pixels) to their nearest training image than any held-out image
+    of the first half of the test set is to its own nearest training image; beside it, the same share
+    for the second half of the test set (real digits the model never saw: about 1 / (n/2 + 1) by
+    exchangeability). A model that copies its training set scores far above the held-out figure."""
+    def nearest_train(x):  # (B,) distance of each row to its nearest training image
+        return torch.cdist(x.flatten(1).double(), data.x_train.flatten(1).double()).min(1).values
+    half = len(data.x_test) // 2
+    tau = nearest_train(data.x_test[:half]).min()
+    return {"memorised": float((nearest_train(samples) < tau).double().mean()),
+            "memorised_heldout": float((nearest_train(data.x_test[half:]) < tau).double().mean())}
 
 
 def format_quality(q):
-    return f"{q['metric']} {q['value']:.4g} (floor {q['floor']:.4g}, real vs real, n={q['n']})"
+    text = (f"{q['metric']} {q['value']:.4g} (floor {q['floor']:.4g} +- {q['floor_sd']:.2g}, real vs real, "
+            f"n={q['n']})")
+    if "memorised" in q:
+        text += f"; memorised {100 * q['memorised']:.1f}% (held-out digits {100 * q['memorised_heldout']:.1f}%)"
+    return text
 
 
 def report(samples, data, args, **extra):

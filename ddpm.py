@@ -47,7 +47,7 @@ Run:
   python ddpm.py --data mnist --download  # 28x28 MNIST (downloads once, verified by SHA-256)
   python ddpm.py --ckpt runs/ddpm-digits/ckpt.pt --cfg-scale 2   # sample a trained model, guided
   python ddpm.py --resume                 # continue runs/ddpm-digits/ckpt.pt up to --iters
-  python ddpm.py --ckpt runs/ddpm-digits/ckpt.pt --uncond --bpd 500   # held-out bits/dim (variational bound)
+  python ddpm.py --uncond --bpd 500       # an unconditional model and its held-out bits/dim (variational bound)
 """
 import argparse
 import math

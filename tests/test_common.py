@@ -197,6 +197,27 @@ def test_quality_of_real_data_is_near_its_floor_and_noise_is_far():
     noise = common.quality(data, torch.rand(500, 1, 8, 8) * 2 - 1)
     assert real["classifier_acc"] > 0.9
     assert real["value"] < 1.5 * real["floor"] < noise["value"] / 5
+    # the floor is mean +- sd over draws of training digits, recomputed here independently
+    net, _ = common.feature_net(data)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        f_train, f_test = net.features(data.x_train), net.features(data.x_test)
+        floors = [common.frechet_distance(f_train[torch.randperm(len(f_train), generator=g)[:500]], f_test)
+                  for _ in range(real["floor_draws"])]
+    assert real["floor_draws"] >= 10 and abs(real["floor"] - np.mean(floors)) < 1e-9
+    assert abs(real["floor_sd"] - np.std(floors, ddof=1)) < 1e-9 and "+- " in common.format_quality(real)
+    # samples are rounded to the data's levels first: noise inside a bin changes nothing
+    jitter = data.x_train[:500] + (torch.rand(500, 1, 8, 8) - 0.5) * (2 / 16) * 0.98
+    assert common.quality(data, jitter)["value"] == real["value"]
+
+
+def test_memorisation_check_flags_copies_and_not_held_out_digits():
+    data = common.load_digits()
+    copies = common.memorised(data.x_train[:200], data)
+    fresh = common.memorised(data.x_test[250:450], data)
+    noise = common.memorised(torch.rand(200, 1, 8, 8) * 2 - 1, data)
+    assert copies["memorised"] == 1.0 and fresh["memorised"] < 0.05 and noise["memorised"] == 0.0
+    assert copies["memorised_heldout"] < 0.05
 
 
 # -----------------------------------------------------------------------------
