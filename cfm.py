@@ -1,7 +1,9 @@
-"""CFM: (conditional) flow matching (Lipman et al., 2023) with exact minibatch optimal-transport
-coupling (Tong et al., 2023), Euler / midpoint / RK4 sampling and exact likelihoods.
+"""CFM: (conditional) flow matching (Lipman et al., 2023; arXiv 2210.02747) with exact minibatch
+optimal-transport coupling (Tong et al., 2023; arXiv 2302.00482), Euler / midpoint / RK4 sampling
+and exact likelihoods.
 
-The math, in the lecture's notation (t = 0 is the prior N(0, I), t = 1 the data q(x_1)):
+The math, in the notation of "Generative Modeling" (T.-W. Ke, 2026): t = 0 is the prior N(0, I),
+t = 1 the data q(x_1); u is the target field, v_theta the network.
 
   flow              d/dt phi_t(x) = u_t(phi_t(x));  the density path obeys the continuity equation
                     d/dt p_t + div(p_t u_t) = 0
@@ -9,33 +11,44 @@ The math, in the lecture's notation (t = 0 is the prior N(0, I), t = 1 the data 
                     x_t = psi_t(x_0) = (1 - (1 - sigma_min) t) x_0 + t x_1,   x_0 ~ N(0, I)
   conditional field u_t(x | x_1) = (x_1 - (1 - sigma_min) x) / sigma_t,  so along the path
                     u_t(x_t | x_1) = d/dt psi_t(x_0) = x_1 - (1 - sigma_min) x_0
-                    (sigma_min = 0: x_t = (1 - t) x_0 + t x_1 and the target x_1 - x_0 of the seeds)
+                    (sigma_min = 0: x_t = (1 - t) x_0 + t x_1 and the target x_1 - x_0 of both lectures)
   marginal field    u_t(x) = E_{q(x_1)}[u_t(x | x_1) p_t(x | x_1) / p_t(x)]
   losses            L_FM(theta)  = E_{t, p_t(x)} || v_theta(x, t) - u_t(x) ||^2          (intractable)
                     L_CFM(theta) = E_{t, q(x_1), p(x_0)} || v_theta(x_t, t) - u_t(x_t | x_1) ||^2
-                    L_FM - L_CFM does not depend on theta, hence grad L_FM = grad L_CFM (the seeds'
-                    identity; tests/test_cfm.py checks it on data whose u_t(x) has a closed form)
+                    L_FM - L_CFM does not depend on theta, hence grad L_FM = grad L_CFM. Key step:
+                    expand both squares; the ||v_theta||^2 terms are equal (x_t ~ p_t either way), and
+                    E_{p_t(x)}[v_theta . u_t(x)] = E_{q(x_1) p_t(x | x_1)}[v_theta . u_t(x | x_1)] by the
+                    marginal field's definition, so only theta-free ||u||^2 terms differ.
+                    (tests/test_cfm.py checks it on data whose u_t(x) has a closed form.)
   coupling          independent: (x_0, x_1) ~ p(x_0) q(x_1).  "ot": within each minibatch, pair noise
                     and data by the permutation s minimising sum_i || x_0[s(i)] - x_1[i] ||^2
                     (exact assignment). With labels, the assignment is solved within each label,
                     so the noise paired with label y stays a sample of N(0, I) and x_1, y stay aligned.
   sampling          x_0 ~ N(0, I), integrate dx/dt = v_theta(x, t) from t = 0 to 1 in N steps of
                     h = 1/N: Euler (1 network call per step), midpoint (2), classic RK4 (4).
-                    The command line's default, midpoint x 10 steps (20 calls), is on digits as good
-                    as 100 calls (benchmarks/results/cfm.md)
-  guidance          v = v_theta(x, t, None) + w (v_theta(x, t, y) - v_theta(x, t, None))  (2 calls)
-  likelihood        d/dt log p_t(x_t) = -div v_theta(x_t, t)   (instantaneous change of variables), so
+                    The command line's default is midpoint x 10 steps (20 calls); benchmarks/cfm.py
+                    measures quality against calls for each solver.
+  guidance          v = v_theta(x, t, None) + w (v_theta(x, t, y) - v_theta(x, t, None))  (2 calls;
+                    classifier-free guidance, Ho & Salimans, 2022; arXiv 2207.12598)
+  likelihood        d/dt log p_t(x_t) = -div v_theta(x_t, t)   (instantaneous change of variables,
+                    Chen et al., 2018; arXiv 1806.07366), so
                     log p_1(x_1) = log N(x_0; 0, I) - int_0^1 div v_theta(x_t, t) dt,
                     with x_t solved backwards from the data x_1 at t = 1 to x_0 at t = 0.
                     div v is exact (one vector-Jacobian product per dimension) for small dimensions,
                     else Hutchinson's estimate div v = E_eps[eps^T (dv/dx) eps], eps Rademacher (one
-                    probe per example held fixed along the path; unbiased for log p).
+                    probe per example held fixed along the path, as in FFJORD, Grathwohl et al., 2019;
+                    arXiv 1810.01367; unbiased for log p).
 
-Seed typos: the seeds write x_0 = x_1 - int_0^1 v dt and let Algorithm 2's loop run t = 0..1
-inclusive; with t = 0 noise, x_1 = x_0 + int_0^1 v dt and N steps visit t = 0, h, .., 1 - h.
+The lectures: "Generative Modeling" (Ke) gives the marginal field, the gradient identity and the
+straight conditional path, which its slide writes u_t(x) = x_1 - x_0: that is the conditional
+field u_t(x | x_0, x_1); the marginal u_t(x) is its average above. "Advanced Generative Models:
+From VAE to Diffusion and Flow Matching" (NICE Lab, Zhejiang University, 2026) gives the two
+algorithms; its Algorithm 2 loops "for t = 0 to 1 step Delta t", which read inclusively takes
+N + 1 Euler steps and ends past the data at t = 1 + Delta t. Corrected here: the N steps start at
+t = 0, h, .., 1 - h and end at t = 1.
 
 Run:
-  python cfm.py                              # digits 8x8, ~4 min on a 2-core CPU; grid + Frechet distance
+  python cfm.py                              # digits 8x8; grid + Frechet distance
   python cfm.py --coupling ot                # exact minibatch OT coupling
   python cfm.py --data 8gaussians --uncond --coupling ot --solver euler --steps 1
   python cfm.py --ckpt runs/cfm-digits/ckpt.pt --solver rk4 --steps 25 --cfg-scale 2
@@ -44,6 +57,7 @@ Run:
 """
 import argparse
 import math
+import time
 
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -86,18 +100,14 @@ def _check_solver(steps, method):
 class CFM:
     def __init__(self, sigma_min=0.0, coupling="independent"):
         if not 0.0 <= sigma_min < 1.0:
-            raise ValueError(f"sigma_min must be in [0, 1), got {sigma_min}")
+            raise ValueError(f"--sigma-min must be in [0, 1) (the path's width at t = 1; 0 is the straight path), "
+                             f"got {sigma_min}")
         if coupling not in ("independent", "ot"):
-            raise ValueError(f"unknown coupling {coupling!r}: use 'independent' or 'ot'")
+            raise ValueError(f"unknown --coupling {coupling!r}: use 'independent' or 'ot'")
         self.sigma_min, self.coupling = float(sigma_min), coupling
 
-    @staticmethod
-    def _time(t, x):
-        """t (B,) -> (B, 1, ..., 1) in x's dtype."""
-        return t.to(x.dtype).view(-1, *[1] * (x.dim() - 1))
-
     def psi(self, x0, x1, t):
-        tt = self._time(t, x0)
+        tt = common.bcast(t, x0)
         return (1 - (1 - self.sigma_min) * tt) * x0 + tt * x1  # x_t = (1 - (1 - sigma_min) t) x_0 + t x_1
 
     def velocity(self, x0, x1, t):
@@ -128,8 +138,7 @@ class CFM:
         x_t = self.psi(x0, x1, t)
         return (net(x_t, t, y) - self.velocity(x0, x1, t)).pow(2).mean()  # || v_theta - u_t(x_t | x_1) ||^2
 
-    @staticmethod
-    def guided(net, x, t, y, cfg_scale):
+    def guided(self, net, x, t, y=None, cfg_scale=1.0):
         """v_theta, with classifier-free guidance when w != 1 (two network calls)."""
         if y is None or cfg_scale == 1.0:
             return net(x, t, y)
@@ -141,8 +150,7 @@ class CFM:
         """Solve dx/dt = v_theta(x, t) from x_0 ~ N(0, I) at t = 0 to t = 1: steps * STAGES[method]
         network calls (twice that with guidance)."""
         _check_solver(steps, method)
-        device = noise.device if noise is not None else (generator.device if generator is not None else "cpu")
-        x = noise if noise is not None else torch.randn(shape, generator=generator, device=device)
+        x = common.start_noise(shape, generator, noise)  # x_0 ~ N(0, I)
         dtype, h = x.dtype, 1.0 / steps
 
         def field(state, t):
@@ -217,47 +225,67 @@ def bits_per_dim(log_px, dim, levels):
     return (-log_px / dim - math.log(width)) / math.log(2)
 
 
+def held_out_bits_per_dim(flow, net, data, n, conditional, seed, steps, method, batch=256):
+    """log p(x~) (or log p(x~ | y)) of the first n held-out images, uniformly dequantized, in
+    bits/dim: flow.log_likelihood with `method` x `steps`, Hutchinson probes for images, all draws
+    from one generator seeded with `seed`; prints one line and returns the figures."""
+    device = next(net.parameters()).device
+    x, y = data.x_test[:n].to(device), data.y_test[:n].to(device) if conditional else None
+    g = torch.Generator(device).manual_seed(seed)
+    x = dequantize(x, data.levels, g)  # x~ = x + Delta (u - 1/2)
+    ll = torch.cat([flow.log_likelihood(net, x[i:i + batch], steps, None if y is None else y[i:i + batch], method,
+                                        generator=g).cpu() for i in range(0, len(x), batch)])
+    bpd = bits_per_dim(ll, x[0].numel(), data.levels)
+    stderr = float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1 else float("nan")
+    common.log(f"cfm on {data.name}: held-out {'-log p(x | y)' if conditional else '-log p(x)'} "
+               f"{float(bpd.mean()):.4f} +- {stderr:.2g} bits/dim (uniform dequantization, {method} x {steps} "
+               f"steps; {data.levels} levels; n={len(x)})")
+    return {"bits_per_dim": float(bpd.mean()), "bits_per_dim_stderr": stderr, "bpd_n": len(x)}
+
+
 # -----------------------------------------------------------------------------
-# command line
+# the training script
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="see the module docstring for the math")
-    common.add_args(parser)
-    parser.add_argument("--steps", type=int, default=10, help="ODE solver steps for sampling (and --bpd)")
-    parser.add_argument("--solver", default="midpoint", choices=list(STAGES), help="ODE solver")
-    parser.add_argument("--sigma-min", type=float, default=0.0, help="width of the conditional path at t = 1")
-    parser.add_argument("--coupling", default="independent", choices=["independent", "ot"],
-                        help="noise-data pairing in a minibatch: independent or exact OT")
-    parser.add_argument("--bpd", type=int, default=0, metavar="N",
-                        help="images: also report the log-likelihood of N held-out examples in bits/dim")
-    args = common.parse_args(parser, argv, "cfm", model_flags=("sigma_min", "coupling"))
-    if args.steps < 1:
+    # flags: the shared ones (common.add_args; per-data budgets in common.DATA_DEFAULTS), then CFM's
+    parser = common.add_args(argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                                     epilog="see the module docstring for the math"))
+    own = parser.add_argument_group("cfm")
+    own.add_argument("--sigma-min", type=common.finite, help="conditional path width at t = 1, in [0, 1) (default 0)")
+    own.add_argument("--coupling", choices=["independent", "ot"], help="minibatch pairing: independent (default) or OT")
+    own.add_argument("--steps", type=int, help="ODE solver steps for sampling and --bpd (default 10)")
+    own.add_argument("--solver", choices=list(STAGES), help="ODE solver (default midpoint)")
+    own.add_argument("--bpd", type=int, metavar="N", help="images: also bits/dim of N held-out examples (default 0)")
+    args, ckpt = common.parse_args(parser, argv, "cfm", model_flags=("sigma_min", "coupling"), defaults=dict(
+        sigma_min=0.0, coupling="independent", steps=10, solver="midpoint", bpd=0))
+    flow = common.construct(parser, CFM, args.sigma_min, args.coupling)  # the method: path, coupling, loss, sampler
+    if args.steps < 1:  # sampler and evaluation flags, checked here once
         parser.error(f"--steps must be at least 1, got {args.steps}")
-    if not 0.0 <= args.sigma_min < 1.0:
-        parser.error(f"--sigma-min must be in [0, 1), got {args.sigma_min}")
-    if args.bpd < 0:
-        parser.error(f"--bpd must be 0 or positive, got {args.bpd}")
-    if args.bpd and args.data in common.TOY_SETS:
-        parser.error("--bpd is for images (quantised pixels); 2-D points have no bins")
-    cfm = CFM(args.sigma_min, args.coupling)
-
-    def sample_fn(net, shape, y, generator):
-        return cfm.sample(net, shape, args.steps, args.solver, y=y, cfg_scale=args.cfg_scale, generator=generator)
-
-    q = common.run(args, "cfm", cfm.loss, sample_fn, two_times=False, time_scale=1000.0)
-    if q is not None and args.bpd:
-        net, data = args._net.eval(), args._data  # the EMA network that run() trained or loaded
-        device = next(net.parameters()).device
-        x, y = data.x_test[:args.bpd].to(device), None if args.uncond else data.y_test[:args.bpd].to(device)
-        g = torch.Generator(device).manual_seed(args.seed + 2)
-        x_deq = dequantize(x, data.levels, g)
-        ll = torch.cat([cfm.log_likelihood(net, xb, args.steps, None if y is None else y[i:i + 256], args.solver,
-                                           generator=g).cpu() for i, xb in zip(range(0, len(x), 256), x_deq.split(256))])
-        q["bits_per_dim"] = float(bits_per_dim(ll, x[0].numel(), data.levels).mean())
-        what = "log p(x)" if y is None else "log p(x | y)"
-        common.log(f"cfm on {args.data}: held-out {what} {q['bits_per_dim']:.3f} bits/dim (n={len(x)}, "
-                   f"uniform dequantization, {args.solver} x {args.steps} steps, Hutchinson probes)")
-    return q
+    if args.bpd < 0 or (args.bpd and args.data in common.TOY_SETS):
+        parser.error(f"--bpd N takes N >= 0 held-out images (got {args.bpd} on {args.data}); 2-D points have no bins")
+    with common.session(args) as device:
+        data = common.load_data(args.data, args.data_root, args.download)
+        num_classes = 0 if args.uncond else data.num_classes
+        v_theta = common.make_net(args.arch, data.shape, args.width, num_classes, time_scale=1000.0).to(device)
+        if args.sample_only:
+            v_theta = common.load_ema(ckpt, v_theta)
+        else:
+            v_theta = common.train(v_theta, flow.loss, data, args, ckpt)  # L_CFM; returns the EMA network
+        if not common.is_main():
+            return None
+        q = {}
+        if args.n_eval:
+            y = common.class_labels(args.n_eval, num_classes, device)
+            g = torch.Generator(device).manual_seed(args.seed + 1)
+            t0 = time.time()
+            with common.autocast(device, args.amp):  # dx/dt = v_theta(x, t) from noise at t = 0 to data at t = 1
+                x1 = flow.sample(v_theta, (args.n_eval, *data.shape), args.steps, args.solver, y, args.cfg_scale,
+                                 generator=g)
+            q = common.report(x1, data, args, sample_seconds=time.time() - t0)
+        if args.bpd:  # the exact likelihood of the same EMA network (instantaneous change of variables)
+            q.update(held_out_bits_per_dim(flow, v_theta, data, args.bpd, num_classes > 0, args.seed + 2,
+                                           args.steps, args.solver))
+        return q or None
 
 
 if __name__ == "__main__":

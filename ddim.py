@@ -1,7 +1,9 @@
-"""DDIM: Denoising Diffusion Implicit Models (Song, Meng & Ermon, 2021).
+"""DDIM: Denoising Diffusion Implicit Models (Song, Meng & Ermon, 2021; arXiv 2010.02502).
 
-Same training as DDPM (and a ddpm.py checkpoint loads); a new sampler. In the lecture's notation
-(integer t in 1..T, x_0 the data, a_t := alpha_bar_t, t' < t the next time the sampler visits):
+Same training as DDPM (Ho, Jain & Abbeel, 2020; arXiv 2006.11239), so a ddpm.py checkpoint loads;
+a new sampler. Notation of "Advanced Generative Models: From VAE to Diffusion and Flow Matching"
+(NICE Lab, Zhejiang University, 2026): integer t in 1..T, x_0 the data, a_t := alpha_bar_t, and
+t' < t the next time the sampler visits.
 
   diffusion kernel    q(x_t | x_0) = N(x_t; sqrt(a_t) x_0, (1 - a_t) I)            (all training sees)
   generalized step    q_sigma(x_t' | x_t, x_0) = N(sqrt(a_t') x_0 + sqrt(1 - a_t' - sigma_t^2)
@@ -18,13 +20,17 @@ Same training as DDPM (and a ddpm.py checkpoint loads); a new sampler. In the le
   inversion           the eta = 0 step run upward, x_t' -> x_t, slope eps_theta(x_t', t), optionally refined
                       by fixed-point iterations x_t <- step(x_t', eps_theta(x_t, t)) (exact inverse)
   guidance            eps = eps_theta(x_t, t, None) + w (eps_theta(x_t, t, y) - eps_theta(x_t, t, None))
+                      (classifier-free guidance, Ho & Salimans, 2022; arXiv 2207.12598)
 
-The lecture writes the step for t' = t - 1; the same formula holds for any t' < t, which is what
-makes skipping steps legal, and its table's DDPM sigma_t = sqrt((1 - a_{t-1}) / (1 - a_t) beta_t)
-is eta = 1 here. Why the step keeps the marginals: with x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps
-and eps_theta = eps, x0_hat = x_0 and x_t' = sqrt(a_t') x_0 + sqrt(1 - a_t' - sigma_t^2) eps
-+ sigma_t z, whose variance is 1 - a_t'. tests/test_ddim.py proves this exactly, and that eta = 1
-on consecutive steps is DDPM's posterior.
+Why the step keeps the marginals (the key step): with x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps and
+eps_theta = eps, x0_hat = x_0 exactly, so x_t' = sqrt(a_t') x_0 + sqrt(1 - a_t' - sigma_t^2) eps
++ sigma_t z with eps, z independent N(0, I): mean sqrt(a_t') x_0, variance (1 - a_t' - sigma_t^2)
++ sigma_t^2 = 1 - a_t', which is q(x_t' | x_0). Nothing in this used t' = t - 1.
+
+The NICE Lab lecture writes the step for t' = t - 1 only; the same formula holds for any t' < t,
+which is what makes skipping steps legal. Its table's DDPM variance
+sigma_t = sqrt((1 - a_{t-1}) / (1 - a_t) beta_t) is eta = 1 here. tests/test_ddim.py proves the
+marginals exactly, and that eta = 1 on consecutive steps is DDPM's posterior.
 
 Run:
   python ddim.py                                        # train the eps model on digits, sample with 50 DDIM steps
@@ -36,6 +42,7 @@ Run:
 """
 import argparse
 import math
+import time
 
 import torch
 
@@ -43,10 +50,12 @@ import common
 
 
 # -----------------------------------------------------------------------------
-# the method: schedule (as in ddpm.py), loss, generalized step, visited times, sampler, inversion
+# the method: schedule (as in ddpm.py), loss, guidance, generalized step, visited times, sampler, inversion
 
 class DDIM:
     def __init__(self, T=1000, schedule="linear"):
+        if not (isinstance(T, int) and T >= 1):
+            raise ValueError(f"--T must be at least 1 (the number of diffusion steps T), got {T}")
         if schedule == "linear":  # beta from 1e-4 to 0.02 (Ho et al.)
             beta = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
         elif schedule == "cosine":  # a_t = f(t) / f(0), f(t) = cos^2(((t/T + s)/(1 + s)) pi/2) (Nichol & Dhariwal)
@@ -62,13 +71,13 @@ class DDIM:
 
     def loss(self, net, x0, y=None):
         """DDPM's simple loss E || eps - eps_theta(sqrt(a_t) x_0 + sqrt(1 - a_t) eps, t) ||^2."""
-        t = torch.randint(1, self.T + 1, (x0.shape[0],))  # t ~ U{1..T}, drawn on the CPU
-        a_t = self.alpha_bar[t].to(device=x0.device, dtype=x0.dtype).view(-1, *[1] * (x0.dim() - 1))
+        t = torch.randint(1, self.T + 1, (x0.shape[0],))  # t ~ U{1..T}, drawn on the CPU: no device sync
+        a_t = common.bcast(self.alpha_bar[t], x0)
         eps = torch.randn_like(x0)
         x_t = a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps  # x_t ~ q(x_t | x_0)
         return (eps - net(x_t, t.to(x0.device), y)).pow(2).mean()
 
-    def eps(self, net, x_t, t, y, cfg_scale):
+    def guided(self, net, x_t, t, y=None, cfg_scale=1.0):
         """eps_theta, with classifier-free guidance when w != 1 (two network calls)."""
         if y is None or cfg_scale == 1.0:
             return net(x_t, t, y)
@@ -80,23 +89,19 @@ class DDIM:
         eta = 0 it also runs upward (t_prev > t), which is what invert() does."""
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {eta}")
-        a_t = self.alpha_bar[t.cpu()]  # (B,) float64, as is every coefficient until col()
+        a_t = self.alpha_bar[t.cpu()]  # (B,) float64, as is every coefficient until bcast
         a_p = self.alpha_bar[t_prev.cpu()]
         if eta > 0:  # sigma_t = eta sqrt((1 - a_t') / (1 - a_t)) sqrt(1 - a_t / a_t')
             sigma = eta * ((1 - a_p) / (1 - a_t)).sqrt() * (1 - a_t / a_p).sqrt()
         else:
             sigma = torch.zeros_like(a_t)
-
-        def col(v):  # (B,) float64 -> (B, 1, ..., 1) in the data's dtype and device
-            return v.to(device=x_t.device, dtype=x_t.dtype).view(-1, *[1] * (x_t.dim() - 1))
-
-        x0_hat = (x_t - col((1 - a_t).sqrt()) * eps) / col(a_t.sqrt())  # predicted x_0, (B, *shape)
-        direction = col((1 - a_p - sigma ** 2).clamp(min=0).sqrt()) * eps  # direction pointing to x_t
-        x_prev = col(a_p.sqrt()) * x0_hat + direction
+        x0_hat = (x_t - common.bcast((1 - a_t).sqrt(), x_t) * eps) / common.bcast(a_t.sqrt(), x_t)  # predicted x_0
+        direction = common.bcast((1 - a_p - sigma ** 2).clamp(min=0).sqrt(), x_t) * eps  # direction pointing to x_t
+        x_prev = common.bcast(a_p.sqrt(), x_t) * x0_hat + direction
         if eta > 0:
             if noise is None:
                 noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
-            x_prev = x_prev + col(sigma) * noise  # + sigma_t z
+            x_prev = x_prev + common.bcast(sigma, x_t) * noise  # + sigma_t z
         return x_prev
 
     def timesteps(self, steps, spacing="uniform"):
@@ -114,12 +119,11 @@ class DDIM:
     def sample(self, net, shape, steps=50, eta=0.0, y=None, cfg_scale=1.0, generator=None, noise=None,
                spacing="uniform"):
         """x_T ~ N(0, I), then `steps` generalized updates through timesteps(steps) down to x_0."""
-        device = noise.device if noise is not None else (generator.device if generator is not None else "cpu")
-        x = noise if noise is not None else torch.randn(shape, generator=generator, device=device)
+        x = common.start_noise(shape, generator, noise)  # x_T ~ N(0, I)
         times = self.timesteps(steps, spacing).tolist()
         for t, t_prev in zip(times, times[1:] + [0]):
             tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-            e = self.eps(net, x, tt, y, cfg_scale).to(x.dtype)
+            e = self.guided(net, x, tt, y, cfg_scale).to(x.dtype)
             z = None
             if eta > 0 and t_prev > 0:  # sigma_t = 0 on the last step (a_0 = 1): no draw
                 z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -138,38 +142,52 @@ class DDIM:
         for t_from, t_to in zip([0] + times[:-1], times):
             tt = torch.full((x.shape[0],), t_to, dtype=torch.long, device=x.device)
             tf = torch.full_like(tt, t_from)
-            x_up = self.step(x, self.eps(net, x, tt, y, cfg_scale).to(x.dtype), tf, tt)
+            x_up = self.step(x, self.guided(net, x, tt, y, cfg_scale).to(x.dtype), tf, tt)
             for _ in range(refine):
-                x_up = self.step(x, self.eps(net, x_up, tt, y, cfg_scale).to(x.dtype), tf, tt)
+                x_up = self.step(x, self.guided(net, x_up, tt, y, cfg_scale).to(x.dtype), tf, tt)
             x = x_up
         return x
 
 
 # -----------------------------------------------------------------------------
-# command line
+# the training script: DDPM's training, DDIM's sampler
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="see the module docstring for the math")
-    common.add_args(parser)
-    parser.add_argument("--T", type=int, default=1000, help="number of diffusion steps (training)")
-    parser.add_argument("--schedule", default="linear", choices=["linear", "cosine"], help="beta schedule")
-    parser.add_argument("--steps", type=int, default=50, help="sampler steps (network calls), at most T")
-    parser.add_argument("--eta", type=float, default=0.0, help="noise of each step: 0 deterministic DDIM, 1 DDPM-like")
-    parser.add_argument("--spacing", default="uniform", choices=["uniform", "quadratic"], help="visited times")
-    args = common.parse_args(parser, argv, "ddim", accept=("ddim", "ddpm"), model_flags=("T", "schedule"))
-    if args.T < 1:
-        parser.error(f"--T must be at least 1, got {args.T}")
-    if not 1 <= args.steps <= args.T:
+    # flags: the shared ones (common.add_args; per-data budgets in common.DATA_DEFAULTS), then DDIM's
+    parser = common.add_args(argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                                     epilog="see the module docstring for the math"))
+    own = parser.add_argument_group("ddim")
+    own.add_argument("--T", type=int, help="number of diffusion steps of training (default 1000; a checkpoint's own)")
+    own.add_argument("--schedule", choices=["linear", "cosine"], help="beta schedule (default linear)")
+    own.add_argument("--steps", type=int, help="sampler steps = network calls, in 1..T (default 50)")
+    own.add_argument("--eta", type=common.finite,
+                     help="noise of each step, in [0, 1]: 0 deterministic DDIM (default), 1 DDPM-like")
+    own.add_argument("--spacing", choices=["uniform", "quadratic"], help="the visited times (default uniform)")
+    args, ckpt = common.parse_args(parser, argv, "ddim",
+                                   defaults=dict(T=1000, schedule="linear", steps=50, eta=0.0, spacing="uniform"),
+                                   model_flags=("T", "schedule"), accept=("ddim", "ddpm"))
+    ddim = common.construct(parser, DDIM, args.T, args.schedule)  # the method: schedule, loss, sampler
+    if not 1 <= args.steps <= args.T:  # sampler flags, checked here once (T may come from a checkpoint)
         parser.error(f"--steps must be in 1..T = 1..{args.T}, got {args.steps}")
     if not 0.0 <= args.eta <= 1.0:
         parser.error(f"--eta must be in [0, 1], got {args.eta}")
-    ddim = DDIM(args.T, args.schedule)
-
-    def sample_fn(net, shape, y, generator):
-        return ddim.sample(net, shape, steps=args.steps, eta=args.eta, y=y, cfg_scale=args.cfg_scale,
-                           generator=generator, spacing=args.spacing)
-
-    return common.run(args, "ddim", ddim.loss, sample_fn)
+    with common.session(args) as device:
+        data = common.load_data(args.data, args.data_root, args.download)
+        num_classes = 0 if args.uncond else data.num_classes
+        eps_theta = common.make_net(args.arch, data.shape, args.width, num_classes).to(device)  # eps_theta(x_t, t, y)
+        if args.sample_only:
+            eps_theta = common.load_ema(ckpt, eps_theta)  # a ddim.py or ddpm.py checkpoint
+        else:
+            eps_theta = common.train(eps_theta, ddim.loss, data, args, ckpt)  # DDPM's loss; returns the EMA network
+        if args.n_eval == 0 or not common.is_main():
+            return None
+        y = common.class_labels(args.n_eval, num_classes, device)
+        g = torch.Generator(device).manual_seed(args.seed + 1)
+        t0 = time.time()
+        with common.autocast(device, args.amp):
+            x0 = ddim.sample(eps_theta, (args.n_eval, *data.shape), args.steps, args.eta, y, args.cfg_scale,
+                             generator=g, spacing=args.spacing)
+        return common.report(x0, data, args, sample_seconds=time.time() - t0)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ likelihood of the data, not of the data given its label, and OT pairs the whole 
   bits/dim: the 500 held-out digits, uniform dequantization (cfm.bits_per_dim), rk4 with 20 steps,
   one Rademacher probe per image (Hutchinson).
 
-Run (about 10-12 minutes on one idle core; 33 minutes measured with the 2 cores shared by ~8 processes):
+Run (on one core; the measured times are in benchmarks/results/cfm.md):
   OMP_NUM_THREADS=1 python benchmarks/cfm.py            # writes benchmarks/results/cfm.{json,md}
   OMP_NUM_THREADS=1 python benchmarks/cfm.py --quick --work /tmp/cfm-bench   # smoke test, tiny budgets
 """

@@ -178,7 +178,7 @@ def test_fm_and_cfm_losses_differ_by_a_network_independent_constant(sigma_min):
     const = float(((u_cond.pow(2).sum(1) - u_marg.pow(2).sum(1)) / 2).mean())
     assert gaps[0] == pytest.approx(const, rel=1e-9)
     assert const > 0.05  # the gap is a real, positive constant (not a trivially equal pair of losses)
-    # the seeds' gradient identity on the MLPs' parameters
+    # the gradient identity of the lecture "Generative Modeling" (T.-W. Ke, 2026) on the MLPs' parameters
     mlp = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)).double()
     net = lambda x, s, y: mlp(torch.cat([x, s[:, None]], 1))  # noqa: E731
     g_cfm = torch.autograd.grad(flow.loss(net, x1, x0=x0, t=t), list(mlp.parameters()))
@@ -234,6 +234,26 @@ def test_guidance_gives_the_extrapolated_gaussian(method):
     net.calls = 0
     CFM().sample(net, noise.shape, 3, method, y=y, noise=noise)  # w = 1: one call per stage
     assert net.calls == 3 * cfm.STAGES[method]
+
+
+def test_guided_at_w2_is_uncond_plus_w_times_cond_minus_uncond():
+    """w = 2, outside {0, 1}: guided = uncond + w (cond - uncond), with a net whose two velocities
+    are known, against numbers worked out here. y None or w = 1: one call, the plain network."""
+    uncond, cond = torch.tensor([0.5, -1.0, 2.0]), torch.tensor([-1.5, 1.0, 2.5])
+    net = Counter(lambda x, t, y: (uncond if y is None else cond).expand_as(x))
+    x, t, y = torch.zeros(4, 3), torch.full((4,), 0.3), torch.tensor([0, 1, 0, 1])
+    # 0.5 + 2 (-1.5 - 0.5) = -3.5,  -1 + 2 (1 - (-1)) = 3,  2 + 2 (2.5 - 2) = 3
+    torch.testing.assert_close(CFM().guided(net, x, t, y, cfg_scale=2.0), torch.tensor([[-3.5, 3.0, 3.0]] * 4),
+                               atol=0, rtol=0)
+    assert net.calls == 2
+    net.calls = 0
+    assert torch.equal(CFM().guided(net, x, t, y, cfg_scale=1.0), cond.expand(4, 3)) and net.calls == 1
+    net.calls = 0
+    assert torch.equal(CFM().guided(net, x, t, None, cfg_scale=2.0), uncond.expand(4, 3)) and net.calls == 1
+    # and through the sampler: one Euler step of h = 1 from the noise x_0 gives x_0 + v~
+    x0 = torch.randn(4, 3)
+    torch.testing.assert_close(CFM().sample(net, x0.shape, 1, "euler", y=y, cfg_scale=2.0, noise=x0),
+                               x0 + torch.tensor([-3.5, 3.0, 3.0]))
 
 
 @pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
@@ -378,11 +398,16 @@ def test_cli_train_then_sample_only(tmp_path):
 
 
 def test_cli_bits_per_dim_on_digits(tmp_path, monkeypatch):
-    # the Frechet distance needs the feature classifier (about 15 s of training): not what this tests
-    monkeypatch.setattr(common, "quality", lambda data, samples, root=None: {"metric": "FD", "value": 0.0, "floor": 0.0, "n": len(samples)})
+    # the Frechet distance needs the feature classifier (trained once, slow): not what this tests
+    monkeypatch.setattr(common, "quality", lambda data, samples, root=None: {"metric": "FD", "value": 0.0, "floor": 0.0,
+                                                                             "floor_sd": 0.0, "n": len(samples)})
     out = tmp_path / "digits"
     q = cfm.main(["--iters", "3", "--batch-size", "16", "--width", "8", "--n-eval", "10", "--uncond",
                   "--bpd", "6", "--steps", "2", "--solver", "euler", "--out", str(out), "--device", "cpu"])
     assert (out / "ckpt.pt").exists() and (out / "samples.png").exists()
     # 3 steps barely move the net from the identity flow: about the N(0, I) density's bits/dim (~3 + 1.4)
-    assert 3.5 < q["bits_per_dim"] < 5.5
+    assert 3.5 < q["bits_per_dim"] < 5.5 and q["bpd_n"] == 6
+    # the checkpoint's EMA network, without sampling, gives the same figure (same seed, same draws)
+    q2 = cfm.main(["--ckpt", str(out / "ckpt.pt"), "--n-eval", "0", "--bpd", "6", "--steps", "2", "--solver", "euler",
+                   "--device", "cpu"])
+    assert "metric" not in q2 and q2["bits_per_dim"] == q["bits_per_dim"]

@@ -212,6 +212,31 @@ def test_classifier_free_guidance_combines_the_two_eps():
                        d.sample(lambda x, t, _: net(x, t, y), noise.shape, 20, noise=noise))
 
 
+def test_guided_at_w2_is_uncond_plus_w_times_cond_minus_uncond():
+    """w = 2, outside {0, 1}: guided = uncond + w (cond - uncond), with a net whose two outputs are
+    known, against numbers worked out here. y None or w = 1: one call, the plain network."""
+    uncond, cond = torch.tensor([1.0, -2.0]), torch.tensor([4.0, 0.5])
+    calls = []
+
+    def net(x, t, y):
+        calls.append(y)
+        return (uncond if y is None else cond).expand_as(x)
+    x, t, y = torch.zeros(3, 2), torch.full((3,), 10), torch.tensor([0, 1, 2])
+    d = ddim.DDIM(T)
+    # 1 + 2 (4 - 1) = 7,  -2 + 2 (0.5 - (-2)) = 3
+    assert torch.equal(d.guided(net, x, t, y, cfg_scale=2.0), torch.tensor([[7.0, 3.0]] * 3))
+    assert len(calls) == 2 and any(c is None for c in calls)
+    calls.clear()
+    assert torch.equal(d.guided(net, x, t, y, cfg_scale=1.0), cond.expand(3, 2)) and len(calls) == 1
+    calls.clear()
+    assert torch.equal(d.guided(net, x, t, None, cfg_scale=2.0), uncond.expand(3, 2)) and len(calls) == 1
+    # and through the sampler: one eta = 0 step from T = 1 lands on x0_hat = (x_1 - sqrt(1 - a_1) eps~) / sqrt(a_1)
+    one = ddim.DDIM(1)
+    x1, a1 = torch.randn(3, 2), float(one.alpha_bar[1])
+    want = (x1 - math.sqrt(1 - a1) * torch.tensor([7.0, 3.0])) / math.sqrt(a1)
+    assert torch.allclose(one.sample(net, x1.shape, steps=1, y=y, cfg_scale=2.0, noise=x1), want, atol=1e-5)
+
+
 def test_invert_then_sample_reconstructs_the_data():
     d = ddim.DDIM(T)
     net = gaussian_eps_net(d.alpha_bar, M[None], S)
