@@ -1,15 +1,20 @@
 """AR: an autoregressive transformer over pixel tokens, with exact likelihood and any-order generation.
 
-The math, in the lecture's notation (the chain rule "condition on data partitions"; pixels are
-tokens x_1..x_n in {0..V-1}, read in raster order, n = C H W, V grey levels):
+The math, in the notation of the lecture "Generative Modeling" (T.-W. Ke, 2026): autoregressive models
+"condition on data partitions" by the chain rule, in any order (any partition). Pixels are tokens
+x_1..x_n in {0..V-1}, read in raster order, n = C H W, V grey levels:
 
   chain rule        p(x_1, ..., x_n) = p_theta(x_1) p_theta(x_2 | x_1) ... p_theta(x_n | x_1, ..., x_{n-1})
+                    (p(a, b) = p(a) p(b | a), applied n - 1 times; as in PixelRNN / PixelCNN, van den
+                    Oord et al., arXiv 1601.06759, with a transformer, Vaswani et al., arXiv 1706.03762)
   in any order      p_sigma(x) = prod_{i=1..n} p_theta(x_{sigma_i} | x_{sigma_1}, ..., x_{sigma_{i-1}}),
                     sigma a permutation of 1..n (raster: sigma_i = i); each p_sigma sums to 1 on its own
+                    (sum out x_{sigma_n}, then x_{sigma_{n-1}}, ...: each conditional sums to 1)
   network input     h_1 = s(y) + q(sigma_1),   h_i = e(x_{sigma_{i-1}}) + r(sigma_{i-1}) + q(sigma_i)
                     s: start token (label table, null class = num_classes for y=None), e: token,
                     r: position just read, q: position to predict next ("two-stream" light, as in
-                    XLNet / sigma-GPT: without q a random-order model would not know what it predicts)
+                    XLNet, arXiv 1906.08237, and sigma-GPT, arXiv 2404.09562: without q a random-order
+                    model would not know which position it predicts)
   causal attention  A_ij = softmax_j(q_i . k_j / sqrt(d) + M_ij),  M_ij = 0 if j <= i else -inf
   conditional       p_theta(x_{sigma_i} = v | x_{sigma_<i}, y) = softmax(W LN(T(h_1..h_i)_i))_v
   likelihood        log p_sigma(x) in nats (log_softmax, summed); bits/dim = -log p_sigma(x) / (n ln 2)
@@ -17,7 +22,8 @@ tokens x_1..x_n in {0..V-1}, read in raster order, n = C H W, V grey levels):
   sampling          for i = 1..n: x_{sigma_i} ~ softmax(logits_i / tau), restricted to the top k;
                     drawn by inverse CDF from u_i ~ U[0, 1) (noise=), with a key-value cache: step i
                     runs one position and reuses the keys and values of steps < i
-  guidance          logits = l(x, None) + w (l(x, y) - l(x, None))
+  guidance          logits = l(x, None) + w (l(x, y) - l(x, None))   (AR.guided; classifier-free
+                    guidance, Ho & Salimans, arXiv 2207.12598, on the logits of every step)
 
 A random-order model samples with a fresh sigma per sequence, i.e. from the mixture
 p(x) = E_sigma p_sigma(x). Its NLL is at most the average E_sigma[-log p_sigma(x)] (Jensen), so the
@@ -26,7 +32,7 @@ an upper bound for the sampled model. Digits have 17 grey levels natively; MNIST
 quantized to --levels (default 16), so its bits/dim are not comparable with 256-level figures.
 
 Run:
-  python ar.py                                 # digits 8x8, raster order, 1000 steps, ~3 min on a 2-core CPU
+  python ar.py                                 # digits 8x8, raster order, on a CPU
   python ar.py --order random --out runs/ar-digits-random   # any-order training and sampling
   python ar.py --temperature 0.8 --top-k 8 --ckpt runs/ar-digits/ckpt.pt   # sample a trained model
   python ar.py --no-cache --ckpt runs/ar-digits/ckpt.pt     # the same samples, without the KV cache
@@ -34,7 +40,9 @@ Run:
   python ar.py --resume                        # continue runs/ar-digits/ckpt.pt up to --iters
 """
 import argparse
+import dataclasses
 import math
+import time
 
 import torch
 import torch.nn as nn
@@ -86,7 +94,12 @@ class Block(nn.Module):
 
 
 # -----------------------------------------------------------------------------
-# the model: embeddings, likelihood, loss, sampler
+# the model: embeddings, likelihood, loss, guidance, sampler
+
+def cfg(cond, uncond, cfg_scale):
+    """Classifier-free guidance: uncond + w (cond - uncond); w = 1 is cond, w = 0 uncond."""
+    return uncond + cfg_scale * (cond - uncond)
+
 
 class AR(nn.Module):
     """p_sigma(x | y) over token sequences (B, length) in [0, vocab). order: "raster" or "random",
@@ -95,10 +108,16 @@ class AR(nn.Module):
     def __init__(self, vocab, length, num_classes=0, dim=64, depth=2, heads=4, order="raster", dropout=0.0):
         super().__init__()
         if order not in ("raster", "random"):
-            raise ValueError(f"unknown order {order!r}: use 'raster' or 'random'")
-        if vocab < 2 or length < 1 or dim % heads:
-            raise ValueError(f"need vocab >= 2, length >= 1 and heads dividing dim; "
-                             f"got {vocab}, {length}, {dim}/{heads}")
+            raise ValueError(f"unknown --order {order!r}: use 'raster' or 'random'")
+        if vocab < 2:
+            raise ValueError(f"--levels must be at least 2 (the vocabulary: grey levels per pixel), got {vocab}")
+        if length < 1:
+            raise ValueError(f"the sequence length must be at least 1, got {length}")
+        if depth < 1 or heads < 1 or dim % heads:
+            raise ValueError(f"need --depth >= 1 and --heads dividing the width dim = {dim} (4 x --width); "
+                             f"got --depth {depth}, --heads {heads}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"--dropout must be in [0, 1), got {dropout}")
         self.vocab, self.length, self.num_classes, self.order = vocab, length, num_classes, order
         self.start = nn.Embedding(num_classes + 1, dim)  # s(y); index num_classes: no label
         self.tok = nn.Embedding(vocab, dim)  # e(x)
@@ -164,6 +183,14 @@ class AR(nn.Module):
         """Mean negative log-likelihood in nats per token, in the training order."""
         return -self.log_prob(tokens, y, self.order).mean() / self.length
 
+    def guided(self, tokens, y=None, cfg_scale=1.0, order=None):
+        """Classifier-free guidance on the logits (B, length, vocab): l(x, None) + w (l(x, y) - l(x, None)),
+        a single call when y is None or w == 1. sample() applies the same combination (cfg) to the
+        logits of each step, from one batch holding both branches."""
+        if y is None or cfg_scale == 1.0:
+            return self(tokens, y, order)
+        return cfg(self(tokens, y, order), self(tokens, None, order), cfg_scale)
+
     @staticmethod
     def draw(logits, temperature, top_k, u):
         """One token per row of logits (B, V) from softmax(logits / tau) on the top k, by inverse CDF."""
@@ -190,10 +217,10 @@ class AR(nn.Module):
         if noise is None:  # the uniforms u of the inverse CDF, one per token
             noise = torch.rand(n, self.length, generator=generator, device=device, dtype=acc)
         u = noise.to(device, acc)
-        guided = y is not None and cfg_scale != 1.0
-        copies = 2 if guided else 1  # guidance: the batch twice, with y and with the null class
+        guide = y is not None and cfg_scale != 1.0
+        copies = 2 if guide else 1  # guidance: the batch twice, with y and with the null class
         labels = self.labels(y, n, device)
-        labels = torch.cat([labels, self.labels(None, n, device)]) if guided else labels
+        labels = torch.cat([labels, self.labels(None, n, device)]) if guide else labels
         sigma2 = sigma.repeat(copies, 1)
         caches = [dict() for _ in self.blocks] if cache else None
         tokens = torch.zeros(n, self.length, dtype=torch.long, device=device)
@@ -206,9 +233,8 @@ class AR(nn.Module):
                 seen.append(h)
                 logits = self.body(torch.stack(seen, 1))[:, -1]  # the whole prefix again
             logits = logits.to(acc)
-            if guided:
-                l_cond, l_uncond = logits.chunk(2)
-                logits = l_uncond + cfg_scale * (l_cond - l_uncond)
+            if guide:  # as self.guided, for this step: the batch holds both branches
+                logits = cfg(*logits.chunk(2), cfg_scale)
             x_i = self.draw(logits, temperature, top_k, u[:, i])  # x_{sigma_i}, (n,)
             tokens.scatter_(1, sigma[:, i:i + 1], x_i[:, None])
             h = self.tok(x_i.repeat(copies)) + self.pos_read(sigma2[:, i])
@@ -235,56 +261,49 @@ def to_images(tokens, shape, levels):
 # -----------------------------------------------------------------------------
 # command line
 
-# ar.py's own budget where it differs from common.DATA_DEFAULTS: a transformer over 64 tokens costs
-# more per step than the 8x8 UNet, and 1297 training digits overfit after ~1000 steps (dropout helps)
-BUDGETS = {"digits": dict(iters=1000, dropout=0.1)}
-
-
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="see the module docstring for the math")
-    common.add_args(parser)
-    a = parser.add_argument
-    a("--order", default="raster", choices=["raster", "random"], help="training (and sampling) order")
-    a("--depth", type=int, default=2, help="transformer blocks (the width is 4 x --width; --arch does not apply)")
-    a("--heads", type=int, default=4, help="attention heads")
-    a("--levels", type=int, default=0, help="grey levels per pixel (0: digits' own 17, 16 for mnist/cifar10)")
-    a("--temperature", type=float, default=1.0, help="sampling temperature tau")
-    a("--top-k", type=int, default=0, help="sample only among the k most likely levels (0: off)")
-    a("--no-cache", action="store_true", help="sample without the key-value cache (slower, same samples)")
-    a("--dropout", type=float, default=0.0, help="dropout on the residual branches while training")
-    parser.set_defaults(**BUDGETS.get(parser.parse_known_args(argv)[0].data, {}))
-    args = common.parse_args(parser, argv, "ar", model_flags=("order", "depth", "heads", "levels"))
-    args.arch = "transformer"  # for the log and the checkpoint: ar.py brings its own network
+    # flags: the shared ones (common.add_args), then the AR's; the network is the AR module itself
+    parser = common.add_args(argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                                     epilog="see the module docstring for the math"))
+    own = parser.add_argument_group("ar (a transformer of width 4 x --width; --arch does not apply)")
+    own.add_argument("--order", choices=["raster", "random"], help="training (and sampling) order (default raster)")
+    own.add_argument("--depth", type=int, help="transformer blocks (default 2)")
+    own.add_argument("--heads", type=int, help="attention heads (default 4)")
+    own.add_argument("--levels", type=int, help="grey levels per pixel, the vocabulary (default 17 for digits, else 16)")
+    own.add_argument("--dropout", type=common.finite, help="residual-branch dropout (default 0.1 for digits, else 0)")
+    own.add_argument("--temperature", type=common.finite, help="sampling temperature tau (default 1)")
+    own.add_argument("--top-k", type=int, help="sample only among the k most likely levels (default 0: off)")
+    own.add_argument("--no-cache", action="store_true", default=None,
+                     help="sample without the key-value cache (slower, the same samples)")
+    defaults = dict(order="raster", depth=2, heads=4, levels=16, dropout=0.0, temperature=1.0, top_k=0, no_cache=False)
+    budgets = {"digits": dict(iters=1000, levels=17, dropout=0.1)}  # 1297 digits overfit a transformer quickly
+    args, ckpt = common.parse_args(parser, argv, "ar", defaults=defaults, budgets=budgets,
+                                   model_flags=("order", "depth", "heads", "levels"))
     if args.data in common.TOY_SETS:
-        parser.error(f"ar.py models pixels as tokens; {args.data} is a set of 2-D points, not pixels: "
-                     "use --data digits or --data mnist")
-    if args.depth < 1 or args.heads < 1 or (4 * args.width) % args.heads:
-        parser.error(f"need --depth >= 1 and --heads dividing 4 x --width = {4 * args.width}")
-    if args.levels and not 2 <= args.levels <= 256:
-        parser.error(f"--levels must be in [2, 256] (0: default), got {args.levels}")
-    if not args.temperature > 0:
-        parser.error(f"--temperature must be positive, got {args.temperature}")
-    if not 0 <= args.dropout < 1:
-        parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
-    if args.top_k < 0:
-        parser.error(f"--top-k must be >= 0 (0: off), got {args.top_k}")
-    levels = args.levels or (17 if args.data == "digits" else 16)  # digits: their own 17; else quantized
-    if args.top_k > levels:
-        parser.error(f"--top-k {args.top_k} exceeds the {levels} levels: use at most {levels}")
-
-    def make_model(data):
-        return AR(levels, math.prod(data.shape), 0 if args.uncond else data.num_classes, dim=4 * args.width,
-                  depth=args.depth, heads=args.heads, order=args.order, dropout=args.dropout)
-
-    def loss_fn(net, x, y):
-        return net.loss(to_tokens(x, levels), y)
-
-    def sample_fn(net, shape, y, generator):
-        tokens = net.sample(shape[0], y, args.temperature, generator, top_k=args.top_k,
-                            cfg_scale=args.cfg_scale, cache=not args.no_cache)
-        return to_images(tokens, shape[1:], levels)
-
-    return common.run(args, "ar", loss_fn, sample_fn, make_model=make_model)
+        parser.error(f"ar.py models pixels as tokens; {args.data} is a set of 2-D points, not pixels: use --data digits")
+    if not args.temperature > 0 or not 0 <= args.top_k <= args.levels:
+        parser.error(f"need --temperature > 0 and --top-k in [0, {args.levels}] (0: off), "
+                     f"got {args.temperature} and {args.top_k}")
+    with common.session(args) as device:
+        data = common.load_data(args.data, args.data_root, args.download)
+        tokens = dataclasses.replace(data, x_train=to_tokens(data.x_train, args.levels),  # pixels -> tokens (B, n)
+                                     x_test=to_tokens(data.x_test, args.levels))
+        num_classes = 0 if args.uncond else data.num_classes
+        ar = common.construct(parser, AR, args.levels, tokens.shape[0], num_classes, 4 * args.width, args.depth,
+                              args.heads, args.order, args.dropout).to(device)  # p_theta(x_i | x_<i, y): the network
+        if args.sample_only:
+            ar = common.load_ema(ckpt, ar)
+        else:
+            ar = common.train(ar, AR.loss, tokens, args, ckpt)  # -log p_sigma(x | y) / n; returns the EMA model
+        if args.n_eval == 0 or not common.is_main():
+            return None
+        y = common.class_labels(args.n_eval, num_classes, device)
+        g = torch.Generator(device).manual_seed(args.seed + 1)
+        t0 = time.time()
+        with common.autocast(device, args.amp):  # x_{sigma_i} ~ p_theta(. | x_{sigma_<i}, y) for i = 1..n
+            x = to_images(ar.sample(args.n_eval, y, args.temperature, g, top_k=args.top_k, cfg_scale=args.cfg_scale,
+                                    cache=not args.no_cache), data.shape, args.levels)
+        return common.report(x, data, args, sample_seconds=time.time() - t0)
 
 
 if __name__ == "__main__":

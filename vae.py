@@ -1,6 +1,8 @@
-"""VAE: Variational Autoencoder (Kingma & Welling, 2014), with likelihoods that are probabilities.
+"""VAE: Variational Autoencoder (Kingma & Welling, arXiv 1312.6114), with likelihoods that are probabilities.
 
-The math, in the lecture's notation (x the data with D dimensions, z the latent with d):
+The math, in the notation of the lectures "Generative Modeling" (T.-W. Ke, 2026) and "Advanced
+Generative Models: From VAE to Diffusion and Flow Matching" (NICE Lab, Zhejiang University, 2026)
+(x the data with D dimensions, z the latent with d):
 
   prior            p(z) = N(0, I_d)
   encoder          q_phi(z|x) = N(z; mu_phi(x), diag sigma_phi^2(x)); the network returns (mu, log sigma^2)
@@ -9,34 +11,41 @@ The math, in the lecture's notation (x the data with D dimensions, z the latent 
                    a categorical over the L grey levels of pixel i (L = 17 for digits, 256 for MNIST):
                    a probability, so -log p(x) is a code length (nats; bits/dim = nats / (D ln 2))
   decoder, points  p_theta(x|z) = N(x; m_theta(z), diag s_theta^2(z)) with learned variance: a density
-  ELBO             log p(x) >= ELBO(x) = E_q[log p_theta(x|z)] - KL(q_phi(z|x) || p(z))
+  ELBO             log p(x) = ELBO(x) + KL(q_phi(z|x) || p(z|x)) >= ELBO(x),
+                   ELBO(x) = E_q[log p_theta(x|z)] - KL(q_phi(z|x) || p(z))
+                   (p(x) = p(x, z) / p(z|x) for every z, so log p(x) = E_q[log p(x, z) / q(z|x)]
+                   + E_q[log q(z|x) / p(z|x)]; then split p(x, z) = p(x|z) p(z))
   analytic KL      KL(N(mu, diag sigma^2) || N(0, I)) = 1/2 sum_j (sigma_j^2 + mu_j^2 - 1 - log sigma_j^2)
+                   (E_q[log q - log p] per coordinate: -1/2 log sigma^2 - 1/2 + 1/2 (sigma^2 + mu^2))
   loss             L(x) = -ELBO(x) with one z per x, summed over the D dimensions (never averaged), nats
   IWAE             L_k(x) = E log (1/k sum_i w_i),  w_i = p_theta(x|z_i) p(z_i) / q_phi(z_i|x),  z_i ~ q_phi(z|x):
                    ELBO = L_1 <= L_k <= L_k' <= log p(x) for k <= k', computed as logsumexp_i log w_i - log k
+                   (Burda, Grosse & Salakhutdinov, arXiv 1509.00519; E w_i = p(x), and Jensen)
 
-Two slips of the lecture, fixed here: its reconstruction term -||x - f(z)||^2 / (2 sigma_dec^2) drops the
-Gaussian's normaliser -D/2 log(2 pi sigma_dec^2), so it is a loss that looks like a log-likelihood but
-is none (and 17-level pixels have no density at all); its isotropic KL reads "- 2 log sigma" where
-"- 2 d log sigma" is meant. tests/test_vae.py checks the KL against torch.distributions and a Monte Carlo
-estimate, and the bound ladder against the exact log p(x) of probabilistic PCA.
+Two slips of the NICE Lab lecture, corrected here: its reconstruction term -||x - f(z)||^2 / (2 sigma_dec^2)
+drops the Gaussian's normaliser -D/2 log(2 pi sigma_dec^2), so it is a loss that looks like a
+log-likelihood but is none (and 17-level pixels have no density at all); its isotropic KL reads
+"- 2 log sigma" where "- 2 d log sigma" is meant. tests/test_vae.py checks the KL against
+torch.distributions and a Monte Carlo estimate, and the bound ladder against the exact log p(x) of
+probabilistic PCA.
 
 The categorical head is factorised, l(z)_i = U h_i(z) + c_i: a bias c_i (L logits) per pixel and
-features h_i of size --head-dim (4) mapped to logits by one matrix U shared by all pixels. How each
-pixel's level distribution moves with z is thus low-rank; with 1297 training digits a full head
-(16 free logits per pixel) overfits badly (held-out NLL 186 nats against 85; see
-benchmarks/results/vae.md), and for MNIST's 256 levels it keeps the output layer small. Samples
-for the quality figure draw z ~ N(0, I) and then every pixel's level from p_theta(x|z) (the model's
-own samples); --pixels mean shows the decoder's mean image sum_k softmax(l)_k v_k instead (v_k the
-value of level k), smoother but blurrier and farther from the data in Frechet distance.
+features h_i of size --head-dim mapped to logits by one matrix U shared by all pixels. How each
+pixel's level distribution moves with z is thus low-rank; with the 1297 training digits a full head
+(16 free logits per pixel) overfits (benchmarks/vae.py measures both), and for MNIST's 256 levels
+it keeps the output layer small. Samples for the quality figure draw z ~ N(0, I) and then every
+pixel's level from p_theta(x|z) (the model's own samples); --pixels mean shows the decoder's mean
+image sum_k softmax(l)_k v_k instead (v_k the value of level k), smoother but blurrier and farther
+from the data in Frechet distance.
 
-The model is unconditional (labels are ignored). After training, OUT holds samples.png, recon.png
-(rows of test digits, each followed by its reconstruction: the decoder mean at z = mu_phi(x)) and
-interp.png (decoder means along straight lines between the encodings mu_phi of two test digits), and
-the held-out -ELBO and IWAE NLL are printed and appended to OUT/metrics.jsonl.
+The model is unconditional: its loss ignores labels, and main() trains it with --uncond on. After
+training, OUT holds samples.png, recon.png (rows of test digits, each followed by its
+reconstruction: the decoder mean at z = mu_phi(x)) and interp.png (decoder means along straight
+lines between the encodings mu_phi of two test digits), and the held-out -ELBO and IWAE NLL are
+printed and appended to OUT/metrics.jsonl.
 
 Run:
-  python vae.py                          # digits 8x8, ~1.5 min on a 2-core CPU: samples, recon, interp, NLL
+  python vae.py                          # digits 8x8 on a CPU: samples, recon, interp, NLL
   python vae.py --data moons             # 2-D points, Gaussian decoder (NLL is a continuous density there)
   python vae.py --data mnist --download --hidden 512 --latent-dim 32   # 28x28, 256-level categorical
   python vae.py --ckpt runs/vae-digits/ckpt.pt --iwae-k 5000   # re-evaluate a trained model
@@ -45,6 +54,7 @@ Run:
 import argparse
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -117,6 +127,9 @@ class VAE(nn.Module):
     def __init__(self, shape, latent_dim=16, hidden=128, levels=None, head_dim=4, min_logvar=-9.0,
                  init_logvar=-5.0, encoder=None, decoder=None):
         super().__init__()
+        for name, value in (("latent_dim", latent_dim), ("hidden", hidden), ("head_dim", head_dim)):
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer ({name}), got {value}")
         self.shape, self.latent_dim, self.min_logvar = tuple(shape), latent_dim, min_logvar
         self.is_image = len(self.shape) == 3
         self.levels = (256 if self.is_image else 0) if levels is None else levels
@@ -165,8 +178,9 @@ class VAE(nn.Module):
         z = reparameterize(mu, logvar, eps)
         return -self.log_px_given_z(x, self.decode(z)) + gaussian_kl(mu, logvar)
 
-    def loss(self, x):
-        """Negative ELBO per example, averaged over the batch (nats)."""
+    def loss(self, x, y=None):
+        """Negative ELBO per example, averaged over the batch (nats). The model is unconditional:
+        y is accepted (the shared training loop's loss(net, x, y)) and ignored."""
         return self.neg_elbo(x).mean()
 
     @torch.no_grad()
@@ -255,65 +269,63 @@ def held_out_nll(model, x, k=1000, seed=0, batch=100):
     return out
 
 
+def report_likelihood(nll, data, args):
+    """Print the held-out figures of held_out_nll in one line and append them to OUT/metrics.jsonl."""
+    k = nll["k"]
+    unit = "nats/image" if data.is_image else "nats/point (a continuous density)"
+    bpd = f" = {nll['neg_elbo_bpd']:.4f} / {nll[f'iwae{k}_nll_bpd']:.4f} bits/dim" if data.is_image else ""
+    common.log(f"held-out {data.name} (n={nll['n']}): -ELBO {nll['neg_elbo_nats']:.3f}, "
+               f"IWAE k={k} NLL {nll[f'iwae{k}_nll_nats']:.3f} {unit}{bpd}")
+    with open(Path(args.out) / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"likelihood": nll}) + "\n")
+
+
 # -----------------------------------------------------------------------------
 # command line
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     epilog="see the module docstring for the math")
-    common.add_args(parser)
-    a = parser.add_argument
-    a("--latent-dim", type=int, default=None, help="latent size d (default 16 for images, 2 for points)")
-    a("--hidden", type=int, default=None,
-      help="width of the encoder and decoder MLPs (default 128 for images, 256 for points; --arch, --width: unused)")
-    a("--head-dim", type=int, default=4, help="rank of the categorical head's z-dependence (images)")
-    a("--pixels", default="sample", choices=["sample", "mean"],
-      help="samples: a draw of every pixel's level, or the decoder's mean image")
-    a("--iwae-k", type=int, default=1000, help="importance samples for the held-out log p(x) (0: skip)")
-    a("--n-nll", type=int, default=500, help="held-out examples for the NLL figures")
-    args = common.parse_args(parser, argv, "vae", model_flags=("latent_dim", "hidden", "head_dim"))
-    points = args.data in common.TOY_SETS
-    if args.latent_dim is None:
-        args.latent_dim = 2 if points else 16
-    if args.hidden is None:  # 128 on moons collapses onto the prior for some seeds; 256 did for none of 4
-        args.hidden = 256 if points else 128
-    for flag in ("latent_dim", "hidden", "head_dim", "n_nll"):
-        if getattr(args, flag) <= 0:
-            parser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
-    if args.iwae_k < 0:
-        parser.error(f"--iwae-k must be >= 0, got {args.iwae_k}")
+    # flags: the shared ones (common.add_args), then the VAE's; uncond: the model ignores labels
+    parser = common.add_args(argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                                     epilog="see the module docstring for the math"))
+    own = parser.add_argument_group("vae (its own MLPs: --arch and --width do not apply)")
+    own.add_argument("--latent-dim", type=int, help="latent size d (default 16 for images, 2 for points)")
+    own.add_argument("--hidden", type=int, help="width of the encoder and decoder MLPs (default 128; 256 for points)")
+    own.add_argument("--head-dim", type=int, help="rank of the categorical head's z-dependence, images (default 4)")
+    own.add_argument("--pixels", choices=["sample", "mean"],
+                     help="samples: a draw of every pixel's level (default), or the decoder's mean image")
+    own.add_argument("--iwae-k", type=int, help="importance samples for the held-out log p(x) (default 1000; 0: skip)")
+    own.add_argument("--n-nll", type=int, help="held-out examples for the NLL figures (default 500)")
+    defaults = dict(latent_dim=16, hidden=128, head_dim=4, pixels="sample", iwae_k=1000, n_nll=500, uncond=True)
+    budgets = {"toy": dict(latent_dim=2, hidden=256)}  # points: with hidden 128 moons collapsed onto the prior
+    args, ckpt = common.parse_args(parser, argv, "vae", defaults=defaults, budgets=budgets,
+                                   model_flags=("latent_dim", "hidden", "head_dim"))
     if args.cfg_scale != 1.0:
         parser.error("vae.py trains an unconditional model: --cfg-scale does not apply")
-    args.uncond = True  # the VAE ignores labels
-    def make_model(data):
-        return VAE(data.shape, latent_dim=args.latent_dim, hidden=args.hidden, levels=data.levels,
-                   head_dim=args.head_dim)
-
-    def sample_fn(net, shape, y, generator):
-        return net.sample(shape[0], generator=generator, pixels=args.pixels)
-
-    q = common.run(args, "vae", lambda net, x, y: net.loss(x), sample_fn, make_model=make_model)
-    if q is None:  # not the main process, or --n-eval 0 (no sampling, hence no held-out figures)
-        return None
-    model, data = args._net.eval(), args._data  # the EMA network that run() trained or loaded
-    device = next(model.parameters()).device
-    out = Path(args.out)
-    x_test = data.x_test[:args.n_nll].to(device)
-    if data.is_image:
-        reconstruction_grid(model, x_test[:50], out / "recon.png")
-        ends = data.x_test[50:66].to(device)  # 8 pairs of test digits, whatever --n-nll is
-        interpolation_grid(model, ends[:8], ends[8:], out / "interp.png")
-    if args.iwae_k:
-        nll = held_out_nll(model, x_test, k=args.iwae_k, seed=args.seed)
-        q["likelihood"] = nll
-        unit = "nats/image" if data.is_image else "nats/point (a continuous density)"
-        bpd = (f" = {nll['neg_elbo_bpd']:.4f} / {nll[f'iwae{args.iwae_k}_nll_bpd']:.4f} bits/dim"
-               if data.is_image else "")
-        common.log(f"held-out {data.name} (n={nll['n']}): -ELBO {nll['neg_elbo_nats']:.3f}, "
-                   f"IWAE k={args.iwae_k} NLL {nll[f'iwae{args.iwae_k}_nll_nats']:.3f} {unit}{bpd}")
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"likelihood": nll}) + "\n")
-    return q
+    if args.iwae_k < 0 or args.n_nll < 1:
+        parser.error(f"--iwae-k must be >= 0 and --n-nll positive, got {args.iwae_k} and {args.n_nll}")
+    with common.session(args) as device:
+        data = common.load_data(args.data, args.data_root, args.download)
+        vae = common.construct(parser, VAE, data.shape, args.latent_dim, args.hidden, data.levels,
+                               args.head_dim).to(device)  # encoder q_phi(z|x), decoder p_theta(x|z)
+        if args.sample_only:
+            vae = common.load_ema(ckpt, vae)
+        else:
+            vae = common.train(vae, VAE.loss, data, args, ckpt)  # maximises the ELBO; returns the EMA model
+        if args.n_eval == 0 or not common.is_main():
+            return None
+        g = torch.Generator(device).manual_seed(args.seed + 1)
+        t0 = time.time()
+        with common.autocast(device, args.amp):
+            x = vae.sample(args.n_eval, generator=g, pixels=args.pixels)  # z ~ N(0, I), then x ~ p_theta(x|z)
+        q = common.report(x, data, args, sample_seconds=time.time() - t0)
+        x_test, out = data.x_test.to(device), Path(args.out)
+        if data.is_image:  # reconstructions of 50 test digits; interpolations between 8 pairs
+            reconstruction_grid(vae, x_test[:50], out / "recon.png")
+            interpolation_grid(vae, x_test[50:58], x_test[58:66], out / "interp.png")
+        if args.iwae_k:  # held-out -ELBO and IWAE bound
+            q["likelihood"] = held_out_nll(vae, x_test[:args.n_nll], k=args.iwae_k, seed=args.seed)
+            report_likelihood(q["likelihood"], data, args)
+        return q
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ weights:
     label, and with the null label (y = None: the unconditional model learnt through label
     dropout); the random-order model scored under one random order per image, averaged over 5
     draws, and under the raster order;
-  - n = 500 samples (balanced labels, generator seed 1 as common.run's evaluation) with and
+  - n = 500 samples (balanced labels, generator seed 1 as ar.py's evaluation) with and
     without the KV cache: CPU and wall seconds, the same samples both ways, Frechet distance in
     the feature classifier's space with its floor (real vs real, n = 500);
   - the cache at MNIST's length (784 tokens of 16 levels, width 128 as ar.py --data mnist; an
@@ -30,7 +30,6 @@ import re
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -55,22 +54,21 @@ def train(out, order, iters=None):
 
 
 def load_ema(path, data):
+    """The checkpoint's EMA model, built as ar.main builds it."""
     ckpt = common.load_checkpoint(path, ("ar",))
     a = ckpt["args"]
-    levels = a["levels"] or (17 if data.name == "digits" else 16)  # as ar.main
+    levels = a["levels"] or (17 if data.name == "digits" else 16)  # 0: a checkpoint of an earlier ar.py
     model = ar.AR(levels, math.prod(data.shape), 0 if a["uncond"] else data.num_classes,
                   dim=4 * a["width"], depth=a["depth"], heads=a["heads"], order=a["order"])
-    ema = common.make_ema(model, a["ema_decay"])
-    ema.load_state_dict(ckpt["ema"])
-    return ema.module.eval(), a
+    return common.load_ema(ckpt, model), a
 
 
 def timed_samples(model, data, n, cache, seed=1):
-    """common.generate with ar.py's sample_fn (balanced labels, generator seeded as common.run)."""
-    def sample_fn(net, shape, y, generator):
-        return ar.to_images(net.sample(shape[0], y, generator=generator, cache=cache), shape[1:], model.vocab)
+    """Samples as ar.main draws them: balanced labels, a generator seeded with seed (ar.main: --seed + 1)."""
+    y = common.class_labels(n, model.num_classes, "cpu")
     t0, c0 = time.time(), time.process_time()
-    x = common.generate(sample_fn, model, data, n, SimpleNamespace(uncond=False, amp="none"), torch.device("cpu"), seed)
+    tokens = model.sample(n, y, generator=torch.Generator().manual_seed(seed), cache=cache)
+    x = ar.to_images(tokens, data.shape, model.vocab)
     return x, time.time() - t0, time.process_time() - c0
 
 

@@ -1,7 +1,8 @@
 """vae.py against independent references: torch.distributions for the KL, closed-form gradients
 for the reparameterization trick, probabilistic PCA (a linear Gaussian VAE whose log p(x) and true
 posterior are exact) for the ELBO <= IWAE_k <= IWAE_k' <= log p(x) ladder and the sampler, brute
-force enumeration for the categorical decoder's normalisation, and short runs of the command line."""
+force enumeration for the categorical decoder's normalisation, the mean image computed by hand from
+the decoder's logits, and short runs of the command line."""
 import itertools
 import math
 
@@ -152,8 +153,33 @@ def test_sampler_is_seeded_and_takes_noise():
     assert a.shape == (5, 1, 8, 8) and torch.equal(a, b)
     levels = (a + 1) / 2 * 16
     assert torch.allclose(levels, levels.round(), atol=1e-5)  # drawn pixels sit on the 17 levels
-    z = torch.randn(3, 4)
-    torch.testing.assert_close(model.sample(3, noise=z, pixels="mean"), model.decode_x(z, "mean"))
+
+
+def test_mean_pixels_are_the_expected_level_under_the_decoder():
+    """sample(pixels="mean") is E[x|z] = sum_k p_k(z) v_k: p the decoder's categorical, here exp(l) / sum exp(l)
+    of the logits l = decode(z), v_k = -1 + 2 k / 16 the value of level k of 17; z given as noise=, or
+    the first draw of the generator."""
+    torch.manual_seed(0)
+    model = vae.VAE((1, 8, 8), latent_dim=4, hidden=16, levels=17).double()
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        logits = model.decode(z)  # (3, 1, 8, 8, 17)
+    p = logits.exp() / logits.exp().sum(-1, keepdim=True)
+    v = torch.tensor([-1 + 2 * k / 16 for k in range(17)], dtype=torch.float64)
+    expected = (p * v).sum(-1)
+    assert expected.shape == (3, 1, 8, 8) and expected.std() > 0.01  # not a constant image
+    torch.testing.assert_close(model.sample(3, noise=z, pixels="mean"), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(model.sample(3, generator=torch.Generator().manual_seed(5), pixels="mean"), expected,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_mean_points_are_the_gaussian_decoders_mean():
+    """For points the mean is m(z): in probabilistic PCA, W z + b."""
+    model, p_x, _ = ppca()
+    W, b = model.decoder.weight[:3].detach(), model.decoder.bias[:3].detach()
+    z = torch.randn(5, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    torch.testing.assert_close(model.sample(5, noise=z, pixels="mean"), z @ W.T + b, rtol=1e-12, atol=1e-12)
 
 
 # -----------------------------------------------------------------------------
