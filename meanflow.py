@@ -1,6 +1,9 @@
-"""MeanFlow: one-step generation from the average velocity (Geng, Deng, Bai, Kolter & He, 2025).
+"""MeanFlow: one-step generation from the average velocity (Geng, Deng, Bai, Kolter & He, 2025,
+arXiv:2505.13447).
 
-The math, in the lecture's notation and the project's time convention (t = 0 noise, t = 1 data):
+The math, in the notation of the lecture "Advanced Generative Models: From VAE to Diffusion and Flow
+Matching" (NICE Lab, Zhejiang University, 2026), which states the definition, the identity, the JVP
+and the loss, and in the time convention of its flow-matching slides (t = 0 noise, t = 1 data):
 
   path               z_t = (1 - t) x0 + t x1,  x0 ~ N(0, I) noise, x1 data;   v(z_t, t) = dz_t/dt = x1 - x0
   average velocity   u(z_t, r, t) = 1/(t - r) int_r^t v(z_s, s) ds,  so  z_r = z_t - (t - r) u(z_t, r, t)
@@ -14,6 +17,7 @@ The math, in the lecture's notation and the project's time convention (t = 0 noi
                      1 - ratio of the pairs (those are plain flow matching: u_tgt = v when r = t)
   sampling           1 step:  x1 = z0 - (0 - 1) u(z0, 1, 0) = z0 + u(z0, 1, 0)
                      2 steps: z_1/2 = z0 + 1/2 u(z0, 1/2, 0),  x1 = z_1/2 + 1/2 u(z_1/2, 1, 1/2)
+  guidance           u = u(z, r, t | null) + w (u(z, r, t | y) - u(z, r, t | null))   (two calls per step)
   guidance, folded   train on v~ = omega v + kappa u_theta(z_t, t, t | c) + (1 - omega - kappa) u_theta(z_t, t, t | null)
   into the target    (no-grad network calls) in place of v, both in u_tgt and as the JVP tangent; examples whose
                      label was dropped keep v~ = v. The fixed point at r = t is
@@ -26,10 +30,10 @@ in the integral gives u(z, r, t) = -u_p(z, 1 - r, 1 - t); the identity and the t
 paper's t_p > r_p becomes our t < r, and its logit-normal(-0.4, 1) time sampler is logit-normal(+0.4, 1) here.
 
 Time features: the network embeds r and t with sinusoids of frequencies up to --time-scale (rad per unit
-time), and the target contains d_t u, which grows with that scale. At the flows' usual 1000 the rarely
-sampled corner (t, r) = (0, 1) that a 1-step sample needs is learned badly; the default 10 fixes that at no
-cost to 2-step samples. 1-step W2 on 8gaussians 0.97 -> 0.27 (benchmarks/meanflow.py), 1-step FD on digits
-45 -> 29 (the benchmark's budget, run once by hand with --time-scale 1000).
+time), and the target contains d_t u, which through those features grows with that scale (d/dt sin(s t) =
+s cos(s t)). At the flows' usual 1000 the rarely sampled corner (t, r) = (0, 1) that a 1-step sample needs
+is learned badly; the default 10 gives features that are smooth over [0, 1] and markedly better 1-step
+samples at no cost to 2-step samples (benchmarks/meanflow.py measures both scales on a 2-D set).
 
 Forward-mode AD: the fused attention kernel has no JVP; common.attention falls back to plain matmuls under
 torch.func.jvp, so the UNet and DiT of common.py work. torch.func.jvp cannot run a DDP wrapper's forward:
@@ -38,7 +42,7 @@ from the wrapper itself so that DDP still all-reduces the gradients (common.py's
 the network, so this is a defensive path).
 
 Run:
-  python meanflow.py                          # digits 8x8 (800 iters), 1-step samples, ~4 min on a 2-core CPU
+  python meanflow.py                          # digits 8x8 (800 iters), 1-step samples
   python meanflow.py --data 8gaussians        # 2-D points; W2 against held-out points
   python meanflow.py --device cuda --data mnist --download --arch dit
   python meanflow.py --ckpt runs/meanflow-digits/ckpt.pt --steps 2      # 2-step samples of a trained model
@@ -46,6 +50,7 @@ Run:
   python meanflow.py --resume                 # continue runs/meanflow-digits/ckpt.pt up to --iters
 """
 import argparse
+import time
 
 import torch
 
@@ -53,7 +58,7 @@ import common
 
 
 # -----------------------------------------------------------------------------
-# the method: time pairs, JVP target, guided velocity, loss, sampler
+# the method: time pairs, JVP target, folded guidance, loss, guided sampler
 
 class MeanFlow:
     """Defaults are the paper's ablation winners: 25% of pairs with r != t, logit-normal(-0.4, 1) times
@@ -63,11 +68,12 @@ class MeanFlow:
     def __init__(self, ratio=0.25, time_mu=0.4, time_sigma=1.0, adaptive_p=1.0, adaptive_c=1e-3,
                  cfg_omega=1.0, cfg_kappa=0.0, null_class=None):
         if not 0 <= ratio <= 1:
-            raise ValueError(f"ratio (fraction of pairs with r != t) must be in [0, 1], got {ratio}")
+            raise ValueError(f"--ratio (the fraction of pairs with r != t) must be in [0, 1], got {ratio}")
         if time_sigma <= 0:
-            raise ValueError(f"time_sigma must be positive, got {time_sigma}")
+            raise ValueError(f"--time-sigma (the logit-normal standard deviation) must be positive, got {time_sigma}")
         if not 0 <= cfg_kappa < 1 or cfg_omega <= 0:
-            raise ValueError(f"need cfg_omega > 0 and 0 <= cfg_kappa < 1, got {cfg_omega}, {cfg_kappa}")
+            raise ValueError(f"folded guidance needs --cfg-omega > 0 and 0 <= --cfg-kappa < 1 "
+                             f"(1 and 0: none), got {cfg_omega} and {cfg_kappa}")
         self.ratio, self.time_mu, self.time_sigma = ratio, time_mu, time_sigma
         self.adaptive_p, self.adaptive_c = adaptive_p, adaptive_c
         self.cfg_omega, self.cfg_kappa, self.null_class = cfg_omega, cfg_kappa, null_class
@@ -98,12 +104,11 @@ class MeanFlow:
 
     def _u_and_target(self, net, z, r, t, v, y):
         u, dudt = self.u_and_dudt(net, z, r, t, v, y)
-        gap = (t - r).view(-1, *[1] * (z.dim() - 1))  # (B, 1, ...)
-        u_tgt = v - gap * dudt  # MeanFlow identity
+        u_tgt = v - common.bcast(t - r, z) * dudt  # MeanFlow identity
         return u, u_tgt.detach()
 
     @torch.no_grad()
-    def guided_velocity(self, net, z, t, v, y):
+    def folded_velocity(self, net, z, t, v, y):
         """v~ = omega v + kappa u(z, t, t | y) + (1 - omega - kappa) u(z, t, t | null), with v~ = v
         where the label is already the null class (dropped for guidance) or when nothing is folded."""
         if not self.folds_guidance or y is None:
@@ -112,19 +117,17 @@ class MeanFlow:
             raise ValueError("folding guidance into the target needs null_class (the dropped-label index)")
         module = getattr(net, "module", net)
         u_null = module(z, t, t, None)
-        v_guided = self.cfg_omega * v + (1 - self.cfg_omega - self.cfg_kappa) * u_null
+        v_folded = self.cfg_omega * v + (1 - self.cfg_omega - self.cfg_kappa) * u_null
         if self.cfg_kappa:
-            v_guided = v_guided + self.cfg_kappa * module(z, t, t, y)
-        dropped = (y == self.null_class).view(-1, *[1] * (z.dim() - 1))
-        return torch.where(dropped, v, v_guided)
+            v_folded = v_folded + self.cfg_kappa * module(z, t, t, y)
+        return torch.where(common.bcast(y == self.null_class, z).bool(), v, v_folded)  # dropped labels keep v
 
     def loss(self, net, x1, y=None):
         B = x1.shape[0]
         r, t = self.sample_times(B, x1.device)
         x0 = torch.randn_like(x1)
-        tb = t.to(x1.dtype).view(-1, *[1] * (x1.dim() - 1))
-        z = (1 - tb) * x0 + tb * x1  # z_t = (1 - t) x0 + t x1
-        v = self.guided_velocity(net, z, t, x1 - x0, y)  # v = x1 - x0, or the guided v~
+        z = (1 - common.bcast(t, x1)) * x0 + common.bcast(t, x1) * x1  # z_t = (1 - t) x0 + t x1
+        v = self.folded_velocity(net, z, t, x1 - x0, y)  # v = x1 - x0, or the folded v~
         u, u_tgt = self._u_and_target(net, z, r, t, v, y)
         if getattr(net, "module", net) is not net:  # DDP wrapper: the gradient-carrying u comes from its forward
             u = net(z, r, t, y)
@@ -132,77 +135,75 @@ class MeanFlow:
         w = (err.detach() + self.adaptive_c).pow(-self.adaptive_p)  # adaptive weight, sg
         return (w * err).mean()
 
-    def u(self, net, z, r, t, y, cfg_scale):
-        """The network's average velocity; plain classifier-free guidance on u when cfg_scale != 1."""
+    def guided(self, net, z, r, t, y=None, cfg_scale=1.0):
+        """The network's average velocity u(z, r, t), with classifier-free guidance when w != 1 (two
+        network calls)."""
         if y is None or cfg_scale == 1.0:
             return net(z, r, t, y)
-        u_null = net(z, r, t, None)
-        return u_null + cfg_scale * (net(z, r, t, y) - u_null)
+        u_uncond = net(z, r, t, None)
+        return u_uncond + cfg_scale * (net(z, r, t, y) - u_uncond)
 
     @torch.no_grad()
     def sample(self, net, shape, steps=1, y=None, cfg_scale=1.0, generator=None, noise=None):
         """`steps` jumps z_r = z_t - (t - r) u(z_t, r, t) over t = 0, 1/steps, ..., 1: `steps` network calls."""
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
-        device = noise.device if noise is not None else (generator.device if generator is not None else "cpu")
-        z = noise if noise is not None else torch.randn(shape, generator=generator, device=device)
+        z = common.start_noise(shape, generator, noise)  # z_0 ~ N(0, I)
         times = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
         for i in range(steps):
             t, r = float(times[i]), float(times[i + 1])
             tt = torch.full((z.shape[0],), t, dtype=z.dtype, device=z.device)
             rr = torch.full((z.shape[0],), r, dtype=z.dtype, device=z.device)
-            z = z - (t - r) * self.u(net, z, rr, tt, y, cfg_scale).to(z.dtype)
+            z = z - (t - r) * self.guided(net, z, rr, tt, y, cfg_scale).to(z.dtype)
         return z
 
 
 # -----------------------------------------------------------------------------
-# command line
+# the training script
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="see the module docstring for the math")
-    common.add_args(parser)
-    a = parser.add_argument
-    a("--steps", type=int, default=1, help="sampler steps (network calls per sample): 1 or 2 as in the paper")
-    a("--ratio", type=float, default=0.25, help="fraction of training pairs with r != t")
-    a("--time-mu", type=float, default=0.4, help="logit-normal mean of the times (the paper's -0.4, mirrored)")
-    a("--time-sigma", type=float, default=1.0, help="logit-normal standard deviation of the times")
-    a("--adaptive-p", type=float, default=1.0, help="power p of the adaptive loss weight 1/(||err||^2 + c)^p (0: plain L2)")
-    a("--cfg-omega", type=float, default=1.0, help="guidance omega folded into the training target (1: none)")
-    a("--cfg-kappa", type=float, default=0.0, help="kappa: mixes the conditional u into the folded target")
-    a("--time-scale", type=float, default=10.0, help="r and t are multiplied by this before the network's "
-      "sinusoidal features; d_t u grows with it (1000, the flows' usual, spoils 1-step samples: see docstring)")
-    pre, _ = parser.parse_known_args(argv)
-    if pre.data == "digits" and pre.iters is None:
-        parser.set_defaults(iters=800)  # a MeanFlow step costs ~3 flow-matching steps: stay within ~4 min
-    args = common.parse_args(parser, argv, "meanflow", model_flags=(
-        "ratio", "time_mu", "time_sigma", "adaptive_p", "cfg_omega", "cfg_kappa", "time_scale"))
-    if args.steps < 1:
-        parser.error(f"--steps must be at least 1, got {args.steps}")
-    if not 0 <= args.ratio <= 1:
-        parser.error(f"--ratio must be in [0, 1], got {args.ratio}")
-    if args.time_scale <= 0:
-        parser.error(f"--time-scale must be positive, got {args.time_scale}")
-    if args.time_sigma <= 0:
-        parser.error(f"--time-sigma must be positive, got {args.time_sigma}")
-    if args.cfg_omega <= 0 or not 0 <= args.cfg_kappa < 1:
-        parser.error(f"need --cfg-omega > 0 and 0 <= --cfg-kappa < 1, got {args.cfg_omega}, {args.cfg_kappa}")
-    folds = args.cfg_omega != 1 or args.cfg_kappa != 0
-    if folds and (args.uncond or args.p_uncond <= 0):
+    parser = common.add_args(argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                                     epilog="see the module docstring for the math"))
+    g = parser.add_argument_group("meanflow")
+    g.add_argument("--steps", type=int, help="network calls per sample: 1 or 2 as in the paper (default 1)")
+    g.add_argument("--ratio", type=common.finite, help="fraction of training pairs with r != t (default 0.25)")
+    g.add_argument("--time-mu", type=common.finite, help="logit-normal mean (default 0.4: the paper's -0.4, mirrored)")
+    g.add_argument("--time-sigma", type=common.finite, help="logit-normal standard deviation of the times (default 1)")
+    g.add_argument("--adaptive-p", type=common.finite, help="power p of the weight 1/(||e||^2 + c)^p (default 1; 0: L2)")
+    g.add_argument("--cfg-omega", type=common.finite, help="guidance omega folded into the target (default 1: none)")
+    g.add_argument("--cfg-kappa", type=common.finite, help="the conditional u's share of the folded target (default 0)")
+    g.add_argument("--time-scale", type=common.finite, help="r and t are scaled by this before the sinusoidal features "
+                   "(default 10; the flows' usual 1000 spoils 1-step samples: see the docstring)")
+    args, ckpt = common.parse_args(
+        parser, argv, "meanflow", defaults=dict(steps=1, ratio=0.25, time_mu=0.4, time_sigma=1.0, adaptive_p=1.0,
+                                                cfg_omega=1.0, cfg_kappa=0.0, time_scale=10.0),
+        budgets={"digits": dict(iters=800)},  # a step costs a forward JVP and a backward pass: fewer of them
+        model_flags=("ratio", "time_mu", "time_sigma", "adaptive_p", "cfg_omega", "cfg_kappa", "time_scale"))
+    if args.steps < 1 or args.time_scale <= 0:
+        parser.error(f"--steps must be at least 1 and --time-scale positive, got {args.steps} and {args.time_scale}")
+    meanflow = common.construct(parser, MeanFlow, args.ratio, args.time_mu, args.time_sigma, args.adaptive_p,
+                                cfg_omega=args.cfg_omega, cfg_kappa=args.cfg_kappa)
+    if meanflow.folds_guidance and (args.uncond or args.p_uncond <= 0):
         parser.error("--cfg-omega/--cfg-kappa fold guidance into training: they need labels and a trained null "
                      "class, so drop --uncond and keep --p-uncond > 0")
-    null_class = None
-    if folds:  # the dropped-label index is the data set's number of classes
-        try:
-            null_class = common.load_data(args.data, args.data_root, args.download).num_classes
-        except common.UserError as e:
-            common.fail("meanflow.py", e)
-    method = MeanFlow(args.ratio, args.time_mu, args.time_sigma, args.adaptive_p,
-                      cfg_omega=args.cfg_omega, cfg_kappa=args.cfg_kappa, null_class=null_class)
-
-    def sample_fn(net, shape, y, generator):
-        return method.sample(net, shape, steps=args.steps, y=y, cfg_scale=args.cfg_scale, generator=generator)
-
-    return common.run(args, "meanflow", method.loss, sample_fn, two_times=True, time_scale=args.time_scale)
+    with common.session(args) as device:
+        data = common.load_data(args.data, args.data_root, args.download)
+        meanflow.null_class = data.num_classes  # the label common.train gives a dropped label
+        num_classes = 0 if args.uncond else data.num_classes
+        u_theta = common.make_net(args.arch, data.shape, args.width, num_classes, two_times=True,
+                                  time_scale=args.time_scale).to(device)  # u_theta(z, r, t, y)
+        if args.sample_only:
+            u_theta = common.load_ema(ckpt, u_theta)
+        else:
+            u_theta = common.train(u_theta, meanflow.loss, data, args, ckpt)  # returns the EMA network
+        if args.n_eval == 0 or not common.is_main():
+            return None
+        y = common.class_labels(args.n_eval, num_classes, device)
+        g = torch.Generator(device).manual_seed(args.seed + 1)
+        t0 = time.time()
+        with common.autocast(device, args.amp):
+            x1 = meanflow.sample(u_theta, (args.n_eval, *data.shape), args.steps, y, args.cfg_scale, generator=g)
+        return common.report(x1, data, args, sample_seconds=time.time() - t0)
 
 
 if __name__ == "__main__":

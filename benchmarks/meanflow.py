@@ -1,12 +1,12 @@
 """Benchmark of meanflow.py: 1- and 2-step MeanFlow quality against plain flow matching's 100-step
 Euler quality, with the same data, network size, batch, learning rate, iterations and training loop
-(common.run: AdamW, warmup, clipping, EMA), on a 2-D set and on digits; and the training cost of one
+(common.train: AdamW, warmup, clipping, EMA), on a 2-D set and on digits; and the training cost of one
 step (loss + backward + AdamW) relative to flow matching's.
 
 The flow-matching baseline is cfm.py (independent coupling, sigma_min 0, Euler, 100 steps) when it
 runs here, else the plain loss written below (linear path, v = x1 - x0); the output names which.
 
-Run (about 12 minutes on an idle 2-core CPU, single-threaded):
+Run (single-threaded; the results record the time it took):
   OMP_NUM_THREADS=1 python benchmarks/meanflow.py
 Writes benchmarks/results/meanflow.json and benchmarks/results/meanflow.md.
 """
@@ -43,27 +43,32 @@ TIME_SCALES = {"8gaussians": (10.0, 1000.0), "digits": (10.0,)}
 # -----------------------------------------------------------------------------
 # the plain flow-matching baseline, used when cfm.py is missing or fails
 
+def fm_loss(net, x1, y=None):
+    """E || v(x_t, t) - (x1 - x0) ||^2 on the linear path x_t = (1 - t) x0 + t x1."""
+    x0 = torch.randn_like(x1)
+    t = torch.rand(x1.shape[0], device=x1.device)
+    x_t = (1 - common.bcast(t, x1)) * x0 + common.bcast(t, x1) * x1
+    return (net(x_t, t, y) - (x1 - x0)).pow(2).mean()
+
+
 def fm_main(argv):
-    parser = argparse.ArgumentParser()
-    common.add_args(parser)
-    parser.add_argument("--steps", type=int, default=FM_STEPS)
-    args = common.parse_args(parser, argv, "fm")
-
-    def loss(net, x1, y=None):
-        x0 = torch.randn_like(x1)
-        t = torch.rand(x1.shape[0], device=x1.device)
-        tb = t.view(-1, *[1] * (x1.dim() - 1))
-        return (net((1 - tb) * x0 + tb * x1, t, y) - (x1 - x0)).pow(2).mean()  # v = x1 - x0
-
-    @torch.no_grad()
-    def sample_fn(net, shape, y, generator):
-        z = torch.randn(shape, generator=generator, device=generator.device)
-        for i in range(args.steps):  # Euler: z += v(z, i/N) / N
-            t = torch.full((shape[0],), i / args.steps, device=z.device)
-            z = z + net(z, t, y) / args.steps
-        return z
-
-    return common.run(args, "fm", loss, sample_fn, two_times=False, time_scale=1000.0)
+    """Plain flow matching with common.py's loop and an Euler sampler: a model file's main, in short."""
+    parser = common.add_args(argparse.ArgumentParser())
+    parser.add_argument("--steps", type=int, help=f"Euler steps (default {FM_STEPS})")
+    args, ckpt = common.parse_args(parser, argv, "fm", defaults=dict(steps=FM_STEPS))
+    with common.session(args) as device:
+        data = common.load_data(args.data, args.data_root, args.download)
+        num_classes = 0 if args.uncond else data.num_classes
+        v = common.make_net(args.arch, data.shape, args.width, num_classes, time_scale=1000.0).to(device)
+        v = common.train(v, fm_loss, data, args, ckpt)
+        y = common.class_labels(args.n_eval, num_classes, device)
+        t0 = time.time()
+        with torch.no_grad():
+            z = torch.randn((args.n_eval, *data.shape), generator=torch.Generator(device).manual_seed(args.seed + 1),
+                            device=device)
+            for i in range(args.steps):  # Euler: z += v(z, i/N) / N
+                z = z + v(z, torch.full((len(z),), i / args.steps, device=device), y) / args.steps
+        return common.report(z, data, args, sample_seconds=time.time() - t0)
 
 
 def fm_loss_fn():
@@ -72,12 +77,7 @@ def fm_loss_fn():
         import cfm
         return cfm.CFM().loss, "cfm.py"
     except Exception:
-        def loss(net, x1, y=None):
-            x0 = torch.randn_like(x1)
-            t = torch.rand(x1.shape[0])
-            tb = t.view(-1, *[1] * (x1.dim() - 1))
-            return (net((1 - tb) * x0 + tb * x1, t, y) - (x1 - x0)).pow(2).mean()
-        return loss, "plain FM in benchmarks/meanflow.py"
+        return fm_loss, "plain FM in benchmarks/meanflow.py"
 
 
 # -----------------------------------------------------------------------------

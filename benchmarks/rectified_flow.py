@@ -1,4 +1,6 @@
-"""The small-scale analogue of the seeds' rectified-flow table (Liu et al., CIFAR-10, FID):
+"""The small-scale analogue of the rectified-flow table in the lecture "Advanced Generative Models: From
+VAE to Diffusion and Flow Matching" (NICE Lab, Zhejiang University, 2026), quoted there from Liu, Gong &
+Liu (arXiv:2209.03003; CIFAR-10, FID):
 
     model                 1 step (+distill)     many steps (RK45)
     1-rectified flow      378   (6.18)          2.58
@@ -12,7 +14,7 @@ Every model is then sampled from the same noise with 1 Euler step and with MANY 
 straightness S and the transport cost E||Z1 - Z0||^2 of its coupling are measured along the
 MANY-step Euler paths.
 
-Run (about 12 minutes single-threaded on a 2-core CPU; writes benchmarks/results/rectified_flow.{json,md}):
+Run (single-threaded; writes benchmarks/results/rectified_flow.{json,md}, with the time it took):
   OMP_NUM_THREADS=1 python benchmarks/rectified_flow.py
   python benchmarks/rectified_flow.py --rerender    # only rewrite the .md from the .json
 """
@@ -77,12 +79,12 @@ def bench(name, budget, root):
     root = root / name
     shutil.rmtree(root, ignore_errors=True)
     data = common.load_data(name)
-    common_flags = ["--n-eval", "0", "--log-every", "250", "--seed", "0"]
+    # every stage: the same network flags (a student repeats its teacher's), no evaluation of its own
+    common_flags = ["--data", name, "--uncond", "--n-eval", "0", "--log-every", "250", "--seed", "0"]
     ck = {k: str(root / k / "ckpt.pt") for k in ("rf1", "rf2", "rf1_distill", "rf2_distill")}
     pairs = ["--n-pairs", str(budget["n_pairs"]), "--pair-steps", str(budget["pair_steps"])]
     stages = {}
-    stages["rf1"] = timed_stage(["--data", name, "--uncond", "--iters", str(budget["rf1"]), "--out", str(root / "rf1")]
-                                + common_flags, {})
+    stages["rf1"] = timed_stage(["--iters", str(budget["rf1"]), "--out", str(root / "rf1")] + common_flags, {})
     stages["rf2"] = timed_stage(["--reflow-from", ck["rf1"], "--iters", str(budget["rf2"]), "--out", str(root / "rf2")]
                                 + pairs + common_flags, {})
     (root / "rf1_distill").mkdir(parents=True)  # the same pairs of 1-RF serve its distillation
