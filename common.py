@@ -1035,13 +1035,15 @@ def add_args(parser):
     return parser
 
 
-def parse_args(parser, argv, name, defaults=None, budgets=None, model_flags=(), accept=None):
+def parse_args(parser, argv, name, defaults=None, budgets=None, model_flags=(), accept=None, teacher=None):
     """Parse the command line of model file `name` and return (args, ckpt): ckpt is the loaded
     checkpoint for --resume / --ckpt / --sample-only, else None. defaults: the file's own flags'
     defaults; budgets: per data set ("digits", "mnist", "cifar10", "toy"), the file's own
     departures from DATA_DEFAULTS; model_flags: its flags that define the model (a checkpoint
-    supplies them); accept: the models whose checkpoints it loads (default: itself). Checks the
-    shared flags; a file's own hyperparameters are checked by its method's constructor."""
+    supplies them); accept: the models whose checkpoints it loads (default: itself); teacher:
+    (flags, models), flags whose value is a checkpoint of one of models that a new run copies
+    (rectified flow's --reflow-from): it supplies MODEL_FLAGS not typed. Checks the shared flags;
+    a file's own hyperparameters are checked by its method's constructor."""
     args = parser.parse_args(argv)
     args.model = name
     if args.ckpt and not args.resume:
@@ -1063,6 +1065,15 @@ def parse_args(parser, argv, name, defaults=None, budgets=None, model_flags=(), 
             if getattr(args, k) is None:
                 setattr(args, k, ckpt["args"][k])
         args.out = args.out or str(path.parent)
+    for flag in (teacher or ((), ()))[0]:
+        if getattr(args, flag) and not (args.resume or args.sample_only):
+            try:
+                saved = load_checkpoint(getattr(args, flag), teacher[1])["args"]
+            except UserError as e:
+                fail(parser.prog, e)
+            for k in MODEL_FLAGS:
+                if getattr(args, k) is None:
+                    setattr(args, k, saved[k])
     data = args.data or DEFAULTS["data"]
     if data not in DATASETS:
         parser.error(f"unknown data set {data!r}: choose from {', '.join(DATASETS)}")

@@ -208,7 +208,8 @@ def main(argv=None):
     g.add_argument("--n-pairs", type=int, help="pairs made by the teacher (default 20000 for 2-D points, 4000 for images)")
     g.add_argument("--pair-steps", type=int, help="Euler steps of the teacher's ODE when making pairs (default 100)")
     args, ckpt = common.parse_args(parser, argv, "rectified_flow", budgets={"toy": dict(n_pairs=20000)},
-                                   defaults=dict(time_sampling="uniform", n_pairs=4000, pair_steps=100))
+                                   defaults=dict(time_sampling="uniform", n_pairs=4000, pair_steps=100),
+                                   teacher=(("reflow_from", "distill_from"), TEACHERS))  # its network flags
     teacher = args.reflow_from or args.distill_from
     if args.reflow_from and args.distill_from or teacher and args.sample_only:
         parser.error("--reflow-from, --distill-from and --ckpt/--sample-only exclude each other: one stage per run")

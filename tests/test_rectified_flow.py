@@ -398,12 +398,17 @@ def test_student_must_match_the_teacher(tmp_path, capsys):
     capsys.readouterr()
     for flags, want in ((["--data", "moons", "--width", "64"], "(--width 32)"),
                         (["--data", "moons", "--width", "32", "--uncond"], "(no --uncond)"),
-                        (["--width", "32"], "(--data moons --arch mlp)")):
+                        (["--data", "digits", "--arch", "unet", "--width", "32"], "(--data moons --arch mlp)")):
         with pytest.raises(SystemExit) as e:
             rectified_flow.main(flags + ["--reflow-from", str(tmp_path / "t" / "ckpt.pt"), "--out", str(tmp_path / "s")])
         err = capsys.readouterr().err
         assert e.value.code == 2 and want in err and len(err.strip().splitlines()) == 1, err
         assert not (tmp_path / "s" / "pairs.pt").exists() and not (tmp_path / "s" / "ckpt.pt").exists()
+    # flags not typed are the teacher's
+    rectified_flow.main(["--reflow-from", str(tmp_path / "t" / "ckpt.pt"), "--n-pairs", "32", "--pair-steps", "1",
+                         "--iters", "1", "--batch-size", "16", "--n-eval", "0", "--out", str(tmp_path / "s2")])
+    saved = torch.load(tmp_path / "s2" / "ckpt.pt", weights_only=True)["args"]
+    assert (saved["data"], saved["arch"], saved["width"], saved["uncond"]) == ("moons", "mlp", 32, False)
 
 
 def test_reflow_and_distillation_train_on_the_teachers_pairs(tmp_path, monkeypatch):
