@@ -93,10 +93,15 @@ class MeanFlow:
     @staticmethod
     def u_and_dudt(net, z, r, t, v, y=None):
         """u_theta(z, r, t) and its total derivative du/dt = v d_z u + d_t u, from one forward-mode JVP
-        with tangents (v, 0, 1) on (z, r, t). The primal u keeps its autograd graph."""
+        with tangents (v, 0, 1) on (z, r, t). The primal u keeps its autograd graph. The JVP runs in
+        float32 with autocast off, as the official MeanFlow code does: under bf16 autocast torch.func.jvp
+        fails on CPU (mixed dtypes in the tangent convolution), and d_t u, scaled by (t - r), is the
+        term of the target that bf16 would round most."""
         module = getattr(net, "module", net)  # a DDP wrapper's forward cannot run under torch.func.jvp
-        return torch.func.jvp(lambda z_, r_, t_: module(z_, r_, t_, y), (z, r, t),
-                              (v, torch.zeros_like(r), torch.ones_like(t)))
+        with torch.autocast(z.device.type, enabled=False):
+            z, r, t, v = z.float(), r.float(), t.float(), v.float()
+            return torch.func.jvp(lambda z_, r_, t_: module(z_, r_, t_, y), (z, r, t),
+                                  (v, torch.zeros_like(r), torch.ones_like(t)))
 
     def target(self, net, z, r, t, v, y=None):
         """u_tgt = v - (t - r) (v d_z u + d_t u), detached (the stop-gradient)."""

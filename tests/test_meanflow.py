@@ -327,3 +327,24 @@ def test_main_budget_and_null_class(tmp_path, monkeypatch):
     assert [args.iters for _, args in seen] == [800, 5, common.DATA_DEFAULTS["toy"]["iters"]]
     assert [loss.__self__.null_class for loss, _ in seen] == [10, 10, 2]
     assert all(loss.__func__ is MeanFlow.loss and loss.__self__.cfg_omega == 2 for loss, _ in seen)
+
+
+def test_bf16_autocast_leaves_the_jvp_in_float32():
+    """Under bf16 autocast the JVP runs (it fails on CPU with autocast on) and gives the float32 target
+    and loss exactly, since autocast is off around it."""
+    torch.manual_seed(0)
+    net = common.make_net("unet", (1, 8, 8), 8, num_classes=10, two_times=True, time_scale=10.0)
+    method = MeanFlow()
+    z, v = torch.randn(6, 1, 8, 8), torch.randn(6, 1, 8, 8)
+    r, t, y = torch.rand(6), torch.rand(6) * 0.5, torch.randint(0, 10, (6,))
+    ref = method.target(net, z, r, t, v, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = method.target(net, z, r, t, v, y)
+    assert low.dtype == torch.float32 and torch.equal(low, ref)
+    x1 = torch.randn(6, 1, 8, 8)
+    torch.manual_seed(1)
+    ref_loss = method.loss(net, x1, y)
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low_loss = method.loss(net, x1, y)
+    assert torch.equal(low_loss, ref_loss)
