@@ -1,0 +1,289 @@
+"""The GPU path in one unattended command: speed, memory and efficiency of every model file.
+
+  python benchmarks/gpu.py                        # on a GPU: about 8 minutes; writes results/gpu.json and gpu.md
+  python benchmarks/gpu.py --device cpu --quick   # the same code paths on a CPU, no compile, under a minute
+                                                  # (tests/test_gpu_benchmark.py runs it so that it never rots)
+
+What it measures, per model file (ddim.py trains exactly as ddpm.py and rectified_flow.py as cfm.py;
+they are listed for their samplers):
+  - training iterations/s and images/s, and peak memory (torch.cuda.max_memory_allocated), for fp32
+    eager (TF32 matmuls, as common.setup_precision sets), bf16 autocast, and bf16 + torch.compile, on
+    batches shaped like digits (1x8x8), MNIST (1x28x28) and CIFAR-10 (3x32x32), made in memory
+    (speed only: no download); the step is common.train's (AdamW, clipping, EMA update);
+  - sampling images/s at the file's default number of network calls (NFE);
+  - FLOPs of one training step (torch.utils.flop_counter.FlopCounterMode), the achieved FLOP/s and
+    the model FLOPs utilisation (MFU) against the device's dense peak (bf16 for bf16 rows, TF32 for
+    fp32 rows; "n/a" for devices not in PEAKS);
+  - host-device synchronisations in common.train's steps (torch.cuda.set_sync_debug_mode);
+  - MeanFlow's JVP target under bf16 autocast against fp32;
+  - `python ddpm.py --device cuda` end to end (wall time and its quality line), and
+    `torchrun --nproc_per_node 1` (NCCL on a GPU, gloo on a CPU) for ddpm.py and meanflow.py.
+Each case runs in a try block: a failure is a row saying so, not the end of the run. A time budget
+skips the remaining torch.compile cases (marked so) rather than overrun.
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import ar  # noqa: E402
+import cfm  # noqa: E402
+import common  # noqa: E402
+import ddim  # noqa: E402
+import ddpm  # noqa: E402
+import meanflow  # noqa: E402
+import rectified_flow  # noqa: E402
+import vae  # noqa: E402
+
+# dense peak FLOP/s (no sparsity) by device-name substring: (bf16, tf32); SXM figures for H100/H200
+PEAKS = {"H200": (989.4e12, 494.7e12), "H100 PCIe": (756.5e12, 378e12), "H100": (989.4e12, 494.7e12),
+         "A100": (312e12, 156e12), "L40S": (362e12, 183e12), "A10G": (70e12, 35e12), "L4": (121e12, 60e12)}
+SHAPES = {"digits": ((1, 8, 8), 17, 16), "mnist": ((1, 28, 28), 16, 32), "cifar10": ((3, 32, 32), 16, 64)}
+MODES = ("fp32", "bf16", "bf16+compile")
+
+
+def workload(name, shape, levels, width, num_classes, device, quick):
+    """(network, loss(net, x, y), sample(net, y, generator), NFE) of a model file at its defaults."""
+    def unet(two_times=False, time_scale=1.0):
+        return common.make_net("unet", shape, width, num_classes, two_times, time_scale).to(device)
+    if name in ("ddpm", "ddim"):
+        method = (ddpm.DDPM if name == "ddpm" else ddim.DDIM)(20 if quick else 1000)
+        steps = method.T if name == "ddpm" else min(50, method.T)
+        sample = ((lambda net, y, g: method.sample(net, (len(y), *shape), y, generator=g)) if name == "ddpm" else
+                  (lambda net, y, g: method.sample(net, (len(y), *shape), steps, y=y, generator=g)))
+        return unet(), method.loss, sample, steps
+    if name in ("cfm", "rectified_flow"):
+        net = unet(time_scale=1000.0)
+        if name == "cfm":
+            method, steps = cfm.CFM(), 2 if quick else 10
+            return net, method.loss, lambda net, y, g: method.sample(net, (len(y), *shape), steps, "midpoint", y,
+                                                                     generator=g), 2 * steps
+        method, steps = rectified_flow.RectifiedFlow(), 2 if quick else 100
+        return net, method.loss, lambda net, y, g: method.sample(net, (len(y), *shape), steps, y, generator=g), steps
+    if name == "meanflow":
+        method = meanflow.MeanFlow()
+        method.null_class = num_classes
+        return (unet(two_times=True, time_scale=10.0), method.loss,
+                lambda net, y, g: method.sample(net, (len(y), *shape), 1, y, generator=g), 1)
+    if name == "vae":
+        model = vae.VAE(shape, 16, 128, levels, 4).to(device)
+        return model, vae.VAE.loss, lambda net, y, g: net.sample(len(y), generator=g), 1
+    if name == "ar":
+        model = ar.AR(levels, math.prod(shape), num_classes, dim=4 * width, depth=2, heads=4).to(device)
+        return (model, lambda net, x, y: ar.AR.loss(net, ar.to_tokens(x, levels), y),
+                lambda net, y, g: net.sample(len(y), y, 1.0, g), math.prod(shape))
+    raise ValueError(name)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def batch(shape, levels, n, num_classes, device, g):
+    x = torch.randint(0, levels, (n, *shape), generator=g).float() / (levels - 1) * 2 - 1  # on the data's grid
+    return x.to(device), torch.randint(0, num_classes, (n,), generator=g).to(device)
+
+
+def measure(name, data, mode, args, device, peaks):
+    """One row: training and sampling throughput, memory, FLOPs, MFU."""
+    shape, levels, width = SHAPES[data]
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    net, loss_fn, sample, nfe = workload(name, shape, levels, width, 10, device, args.quick)
+    x, y = batch(shape, levels, args.batch, 10, device, g)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    ema = common.make_ema(net, 0.999)
+    model = common.LossModule(torch.compile(net) if mode == "bf16+compile" else net, loss_fn)
+    amp = "bf16" if mode.startswith("bf16") else "none"
+
+    def step():  # common.train's step
+        with common.autocast(device, amp):
+            loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        ema.update_parameters(net)
+        return loss
+
+    with FlopCounterMode(display=False) as counter:  # one eager step, forward and backward
+        with common.autocast(device, amp):
+            loss_fn(net, x, y).backward()
+    flops = counter.get_total_flops()
+    opt.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):  # compile happens here
+        step()
+    sync(device)
+    t_warm = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(args.iters):
+        loss = step()
+    sync(device)
+    it_s = args.iters / (time.perf_counter() - t0)
+    mem = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    ys = y[:args.n_sample]
+    gen = torch.Generator(device).manual_seed(1)
+    with torch.no_grad(), common.autocast(device, amp):
+        sample(ema.module, ys, gen)  # warm-up (cudnn autotuning, allocator)
+        sync(device)
+        t0 = time.perf_counter()
+        out = sample(ema.module, ys, gen)
+        sync(device)
+    sample_s = time.perf_counter() - t0
+    peak = peaks[0 if amp == "bf16" else 1] if peaks else None
+    return {"model": name, "data": data, "mode": mode, "batch": args.batch, "it_s": it_s, "img_s": it_s * args.batch,
+            "warmup_s": t_warm, "peak_mem_mib": mem, "flops_per_it": flops, "tflops": flops * it_s / 1e12,
+            "mfu": flops * it_s / peak if peak else None, "nfe": nfe, "sample_img_s": len(ys) / sample_s,
+            "loss_finite": bool(torch.isfinite(loss).item()), "samples_finite": bool(torch.isfinite(out.float()).all())}
+
+
+def count_syncs(device, quick):
+    """Host-device synchronisations in common.train's steps between two logs (none expected)."""
+    if device.type != "cuda":
+        return {"syncs": "n/a (CPU)"}
+    data = common.Dataset("digits-like", *batch((1, 8, 8), 17, 512, 10, torch.device("cpu"), torch.Generator().manual_seed(0)),
+                          *batch((1, 8, 8), 17, 64, 10, torch.device("cpu"), torch.Generator().manual_seed(1)), 10, 17)
+    n = 20
+    with tempfile.TemporaryDirectory() as out:
+        args = SimpleNamespace(model="ddpm", out=out, iters=n, batch_size=128, lr=1e-4, warmup=10, grad_clip=1.0,
+                               ema_decay=0.999, uncond=False, p_uncond=0.1, log_every=10 * n, ckpt_every=10 * n,
+                               seed=0, amp="bf16", compile=False)
+        net = common.make_net("unet", (1, 8, 8), 16, 10).to(device)
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(open(os.devnull, "w")):
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                common.train(net, ddpm.DDPM(1000).loss, data, args)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+    # the last step logs (one .item()) and saves a checkpoint: those are expected, once per log
+    return {"syncs": len(syncs), "steps": n, "first": syncs[:3]}
+
+
+def meanflow_jvp_precision(device):
+    """MeanFlow's JVP target under bf16 autocast (and with autocast off around the JVP) against fp32."""
+    torch.manual_seed(0)
+    net = common.make_net("unet", (1, 8, 8), 16, 10, two_times=True, time_scale=10.0).to(device)
+    z, v = torch.randn(64, 1, 8, 8, device=device), torch.randn(64, 1, 8, 8, device=device)
+    r, t = torch.rand(64, device=device), torch.rand(64, device=device) * 0.5
+    y = torch.randint(0, 10, (64,), device=device)
+    method = meanflow.MeanFlow()
+    ref = method.target(net, z, r, t, v, y)
+    try:
+        with common.autocast(device, "bf16"):
+            low = method.target(net, z, r, t, v, y)
+    except Exception as e:
+        return {"target_bf16": f"fails: {type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+    return {"target_rel_err_bf16": float((low.float() - ref).norm() / ref.norm())}
+
+
+def run_cli(argv, timeout=600):
+    t0 = time.time()
+    done = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return {"rc": done.returncode, "wall_s": time.time() - t0,
+            "line": next((l for l in reversed(lines) if " on digits: " in l or "error" in l), lines[-1] if lines else "")}
+
+
+def end_to_end(device, quick):
+    dev = "cuda" if device.type == "cuda" else "cpu"
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tiny = ["--iters", "10", "--T", "20", "--n-eval", "50", "--width", "8", "--batch-size", "32"] if quick else []
+        out["ddpm default run"] = run_cli(["ddpm.py", "--device", dev, "--out", f"{tmp}/ddpm"] + tiny)
+        for name in ("ddpm", "meanflow"):
+            flags = ["--device", dev, "--n-eval", "0", "--log-every", "2", "--out", f"{tmp}/ddp-{name}"]
+            flags += ["--iters", "4", "--width", "8", "--batch-size", "32"] if quick else ["--iters", "20"]
+            r = run_cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", f"{name}.py"] + flags)
+            losses = [json.loads(l)["loss"] for l in open(f"{tmp}/ddp-{name}/metrics.jsonl") if '"loss"' in l] \
+                if Path(f"{tmp}/ddp-{name}/metrics.jsonl").exists() else []
+            r.update(backend="nccl" if dev == "cuda" else "gloo", ckpt=Path(f"{tmp}/ddp-{name}/ckpt.pt").exists(),
+                     loss_finite=bool(losses) and all(math.isfinite(v) for v in losses))
+            out[f"torchrun {name}"] = r
+    return out
+
+
+def table(res):
+    fmt = lambda v, f: "n/a" if v is None else format(v, f)
+    lines = [f"Device: {res['device']}; torch {res['torch']}; batch {res['batch']}; "
+             f"{'quick (CPU smoke run)' if res['quick'] else 'full'} run, {res['total_s']:.0f} s.", "",
+             "| model | data | mode | train it/s | train img/s | peak MiB | GFLOP/it | TFLOP/s | MFU | NFE | sample img/s |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in res["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['data']} | {r['mode']} | {r['error']} |||||||| |")
+            continue
+        lines.append(f"| {r['model']} | {r['data']} | {r['mode']} | {r['it_s']:.1f} | {r['img_s']:.0f} | "
+                     f"{fmt(r['peak_mem_mib'], '.0f')} | {r['flops_per_it'] / 1e9:.2f} | {r['tflops']:.2f} | "
+                     f"{fmt(r['mfu'] and 100 * r['mfu'], '.1f')}{'%' if r['mfu'] else ''} | {r['nfe']} | "
+                     f"{r['sample_img_s']:.0f} |")
+    lines += ["", f"Host-device synchronisations in common.train: {res['syncs']}",
+              f"MeanFlow JVP target, bf16 autocast vs fp32: {res['meanflow_jvp']}", ""]
+    for k, v in res["end_to_end"].items():
+        lines.append(f"- {k}: rc {v['rc']}, {v['wall_s']:.1f} s wall; {v['line']}"
+                     + (f"; {v['backend']}, checkpoint {v['ckpt']}, loss finite {v['loss_finite']}" if "backend" in v else ""))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: every file on digits in fp32, one bf16 and one "
+                   "CIFAR-shaped case, no compile")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for gpu.json and gpu.md")
+    p.add_argument("--budget", type=float, default=420.0, help="seconds after which compile cases are skipped")
+    args = p.parse_args(argv)
+    device = common.get_device(args.device)
+    common.setup_precision(device)
+    args.batch, args.iters, args.warmup, args.n_sample = (8, 1, 1, 4) if args.quick else (256, 20, 5, 256)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    peaks = next((v for k, v in PEAKS.items() if k in name), None) if device.type == "cuda" else None
+    t_start = time.time()
+    models = ("ddpm", "ddim", "cfm", "rectified_flow", "meanflow", "vae", "ar")
+    cases = ([(m, "digits", "fp32") for m in models] + [("meanflow", "digits", "bf16"), ("ddpm", "cifar10", "fp32")]
+             if args.quick else
+             [(m, d, mode) for mode in MODES for d in SHAPES for m in models])
+    rows = []
+    for m, d, mode in cases:
+        if mode == "bf16+compile" and time.time() - t_start > args.budget:
+            rows.append({"model": m, "data": d, "mode": mode, "error": "skipped (time budget)"})
+            continue
+        try:
+            rows.append(measure(m, d, mode, args, device, peaks))
+        except Exception as e:  # a row saying what failed, then on with the rest
+            rows.append({"model": m, "data": d, "mode": mode, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"})
+        print(json.dumps(rows[-1]), flush=True)
+    res = {"device": name, "torch": torch.__version__, "batch": args.batch, "quick": args.quick, "rows": rows,
+           "syncs": count_syncs(device, args.quick), "meanflow_jvp": meanflow_jvp_precision(device),
+           "end_to_end": end_to_end(device, args.quick)}
+    res["total_s"] = time.time() - t_start
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu.json").write_text(json.dumps(res, indent=1))
+    (out / "gpu.md").write_text(table(res))
+    print(table(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()
