@@ -90,12 +90,12 @@ class TimeNet(nn.Module):
         super().__init__()
         self.cond = Conditioning(dim, num_classes, two_times, time_scale)
 
-    def forward(self, x, *rest):
+    def forward(self, x, *rest, **extra):
         times, y = rest[:-1], rest[-1]
         if len(times) != (2 if self.cond.two_times else 1):
             raise TypeError(f"{type(self).__name__} takes (x, {'r, t' if self.cond.two_times else 't'}, y)")
         times = [s.expand(x.shape[0]) if s.dim() == 1 and s.shape[0] == 1 else s for s in times]
-        return self.body(x, self.cond(times, y))
+        return self.body(x, self.cond(times, y), **extra)
 
 
 class MLP(TimeNet):
@@ -192,20 +192,30 @@ class UNet(TimeNet):
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
-    def body(self, x, c):  # x (B, C, H, W), c (B, 4 width)
-        c = F.silu(c)
+    def encode(self, x, c):
+        """The input convolution, the down path and the middle block: (skips, h). c is SiLU'd."""
         h = self.inp(x)
         hs = [h]
         for m in self.down:
             h = m(h, c) if isinstance(m, ResBlock) else m(h)
             hs.append(h)
-        h = self.mid2(self.mid_attn(self.mid1(h, c)), c)
+        return hs, self.mid2(self.mid_attn(self.mid1(h, c)), c)
+
+    def decode(self, hs, h, c):
+        """The up path, fed the skips in reverse, and the output convolution."""
+        hs = list(hs)
         for m in self.up:
-            if isinstance(m, ResBlock):
-                h = m(torch.cat([h, hs.pop()], 1), c)
-            else:
-                h = m(h)
+            h = m(torch.cat([h, hs.pop()], 1), c) if isinstance(m, ResBlock) else m(h)
         return self.out(h)
+
+    def body(self, x, c, residuals=None):  # x (B, C, H, W), c (B, 4 width)
+        """residuals: optional tensors added to each skip and, last, to the middle block's output
+        (ControlNet's injection); None runs the plain UNet."""
+        c = F.silu(c)
+        hs, h = self.encode(x, c)
+        if residuals is not None:
+            hs, h = [a + b for a, b in zip(hs, residuals[:-1])], h + residuals[-1]
+        return self.decode(hs, h, c)
 
 
 class DiTBlock(nn.Module):
@@ -753,9 +763,21 @@ def load_cifar10(root, download):
     return Dataset("cifar10", *split(train), *split(test), 10, levels=256)
 
 
+def load_digits32():
+    """The bundled digits resized to 32x32 (bilinear) and stored as 8-bit images (256 levels): the
+    same information at 16x the pixels, the redundancy an autoencoder removes (latent_diffusion.py)."""
+    d = load_digits()
+    def up(x):  # (N, 1, 8, 8) -> (N, 1, 32, 32) on the 256-level grid
+        x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+        return ((x + 1) / 2 * 255).round() / 255 * 2 - 1
+    return Dataset("digits32", up(d.x_train), d.y_train, up(d.x_test), d.y_test, 10, levels=256)
+
+
 def load_data(name, root=None, download=False):
     if name == "digits":
         return load_digits()
+    if name == "digits32":
+        return load_digits32()
     if name in TOY_SETS:  # fixed train and test sets, drawn from the same generator
         x, y = toy_2d(name, 60000, torch.Generator().manual_seed(0))
         return Dataset(name, x[:50000], y[:50000], x[50000:], y[50000:], 8 if name != "moons" else 2)
@@ -766,7 +788,7 @@ def load_data(name, root=None, download=False):
     raise UserError(f"unknown data set {name!r}: choose from {', '.join(DATASETS)}")
 
 
-DATASETS = ("digits",) + TOY_SETS + ("mnist", "cifar10")
+DATASETS = ("digits", "digits32") + TOY_SETS + ("mnist", "cifar10")
 
 
 
@@ -974,6 +996,7 @@ def ema_net(ckpt, data, two_times=False, time_scale=1.0):
 # per data set: the network and a training budget that finishes on a 2-core CPU in minutes
 DATA_DEFAULTS = {
     "digits": dict(arch="unet", width=16, iters=2000, batch_size=128, lr=2e-3, n_eval=500),
+    "digits32": dict(arch="unet", width=16, iters=2000, batch_size=128, lr=2e-3, n_eval=500),
     "mnist": dict(arch="unet", width=32, iters=20000, batch_size=128, lr=1e-3, n_eval=2000),
     "cifar10": dict(arch="unet", width=64, iters=50000, batch_size=128, lr=2e-4, n_eval=2000),
     "toy": dict(arch="mlp", width=256, iters=3000, batch_size=512, lr=1e-3, n_eval=1000),
@@ -1000,8 +1023,8 @@ def finite(text):
 def add_args(parser):
     """The flags every model file shares (defaults in DATA_DEFAULTS and DEFAULTS)."""
     g = parser.add_argument_group("data and network")
-    g.add_argument("--data", help="digits (bundled 8x8, the default), checkerboard, moons, 8gaussians, "
-                   "mnist or cifar10 (these two download with --download)")
+    g.add_argument("--data", help="digits (bundled 8x8, the default), digits32 (the same resized to 32x32), "
+                   "checkerboard, moons, 8gaussians, mnist or cifar10 (these two download with --download)")
     g.add_argument("--arch", choices=["mlp", "unet", "dit"], help="network: mlp for 2-D points, unet (default for images) or dit")
     g.add_argument("--width", type=int, help="network width (channels of the UNet's first level, hidden size otherwise)")
     g.add_argument("--uncond", action="store_true", default=None, help="ignore labels: train an unconditional model")

@@ -394,3 +394,27 @@ def test_mnist_and_cifar10_readers_parse_their_formats(tmp_path, monkeypatch):
     assert d.shape == (3, 32, 32) and len(d.x_train) == 10 and len(d.x_test) == 3
     assert torch.equal(d.y_train[:2], first[:, 0].long())
     assert torch.equal(((d.x_train[0] + 1) / 2 * 255).round().byte().flatten(), first[0, 1:])
+
+
+def test_unet_residual_hook_changes_nothing_unless_used():
+    """The UNet's optional residuals (ControlNet's injection): absent or all zero, the output is the plain
+    UNet's bit for bit; one non-zero residual changes it."""
+    torch.manual_seed(0)
+    net = common.make_net("unet", (1, 8, 8), 8, 10)
+    for p in net.parameters():
+        p.data.normal_(0, 0.1)
+    x, t, y = torch.randn(4, 1, 8, 8), torch.rand(4), torch.randint(0, 10, (4,))
+    c = torch.nn.functional.silu(net.cond([t], y))
+    hs, h = net.encode(x, c)
+    zeros = [torch.zeros_like(a) for a in hs] + [torch.zeros_like(h)]
+    plain = net(x, t, y)
+    assert torch.equal(net(x, t, y, residuals=zeros), plain) and torch.equal(net.decode(hs, h, c), plain)
+    zeros[-1] = zeros[-1] + 0.1
+    assert not torch.allclose(net(x, t, y, residuals=zeros), plain)
+
+
+def test_digits32_is_digits_resized_on_256_levels():
+    small, big = common.load_data("digits"), common.load_data("digits32")
+    assert big.shape == (1, 32, 32) and big.levels == 256 and torch.equal(big.y_train, small.y_train)
+    assert torch.allclose(big.x_train.mean((2, 3)), small.x_train.mean((2, 3)), atol=0.05)
+    assert torch.allclose((big.x_train + 1) / 2 * 255, ((big.x_train + 1) / 2 * 255).round(), atol=1e-4)
