@@ -1083,8 +1083,8 @@ def parse_args(parser, argv, name, defaults=None, budgets=None, model_flags=(), 
             ckpt = load_checkpoint(path, accept or (name,))
         except UserError as e:
             fail(parser.prog, e)
-        take = set(ckpt["args"]) if args.resume else set(MODEL_FLAGS) | set(model_flags)
-        for k in take & set(vars(args)) - {"resume", "sample_only", "ckpt", "out", "model"}:
+        take = set(ckpt["args"]) & (set(vars(args)) if args.resume else set(MODEL_FLAGS) | set(model_flags))
+        for k in take - {"resume", "sample_only", "ckpt", "out", "model"}:
             if getattr(args, k) is None:
                 setattr(args, k, ckpt["args"][k])
         args.out = args.out or str(path.parent)

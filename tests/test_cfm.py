@@ -121,6 +121,37 @@ def test_ot_couple_with_labels_stays_within_each_label(n, seed):
         assert got == pytest.approx(brute_force_cost(x0[idx], x1[idx]), rel=1e-9, abs=1e-12)
 
 
+def test_ot_under_ddp_is_optimal_per_process_slice_not_globally():
+    """What holds under torchrun: common.train gives rank r the rows [r B / N, (r + 1) B / N) of the
+    global batch, and the loss couples that slice alone. Each slice's coupling is a permutation of
+    the slice's own noise and optimal for the slice (brute force); the union is a valid pairing of
+    the global batch whose cost is at least the global optimum, and for some batches above it: the
+    coupling depends on the number of processes N (as cfm.py's docstring states)."""
+    B, strictly_worse = 6, 0
+    flow = CFM(coupling="ot")
+    for seed in range(8):
+        g = torch.Generator().manual_seed(seed)
+        x0, x1 = (torch.randn(B, 2, generator=g, dtype=torch.float64) for _ in range(2))
+        for world in (1, 2, 3):
+            pieces = []
+            for rank in range(world):
+                local = slice(rank * B // world, (rank + 1) * B // world)  # as in common.train
+                x0_new, x1_new = flow.couple(x0[local], x1[local])
+                assert torch.equal(x1_new, x1[local])
+                source_rows(x0_new, x0[local])  # a permutation of this process's noise only
+                cost = float((x0_new - x1[local]).pow(2).sum())
+                assert cost == pytest.approx(brute_force_cost(x0[local], x1[local]), rel=1e-9, abs=1e-12)
+                pieces.append(x0_new)
+            union = torch.cat(pieces)
+            source_rows(union, x0)  # together: a permutation of the global batch's noise
+            cost, best = float((union - x1).pow(2).sum()), brute_force_cost(x0, x1)
+            assert cost >= best - 1e-9
+            if world == 1:
+                assert cost == pytest.approx(best, rel=1e-9)
+            strictly_worse += cost > best + 1e-9
+    assert strictly_worse > 0  # the per-slice coupling really differs from the global one
+
+
 def test_loss_keeps_labels_with_their_data_under_ot():
     g = torch.Generator().manual_seed(0)
     x1, x0 = torch.randn(12, 2, generator=g), torch.randn(12, 2, generator=g)
@@ -137,6 +168,50 @@ def test_loss_keeps_labels_with_their_data_under_ot():
     assert torch.equal(seen["y"], y) and torch.equal(seen["t"], t)
     torch.testing.assert_close(seen["x_t"], (1 - 0.9 * t[:, None]) * x0_new + t[:, None] * x1)
     torch.testing.assert_close(loss, (x1 - 0.9 * x0_new).pow(2).mean())
+
+
+class Recorder:
+    """A zero velocity field that records what it is shown."""
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, x_t, t, y=None):
+        self.seen.append((x_t.detach().clone(), t.detach().clone()))
+        return torch.zeros_like(x_t)
+
+
+@pytest.mark.parametrize("levels", [2, 17, 256])
+def test_loss_trains_on_dequantized_data(levels):
+    """With dequantize_levels = L the network sees x_t built from x1 + Delta (u - 1/2), Delta =
+    2 / (L - 1), u ~ U[0, 1)^D drawn from the loss's generator, fresh every batch; without it the
+    grid values themselves."""
+    g = torch.Generator().manual_seed(levels)
+    k = torch.randint(0, levels, (4000, 1, 2, 2), generator=g)
+    x1 = (k.double() / (levels - 1) * 2 - 1)
+    x0 = torch.randn(x1.shape, generator=g, dtype=torch.float64)
+    t = torch.rand(len(x1), generator=g, dtype=torch.float64) * 0.5 + 0.5  # away from t = 0: x1 is recoverable
+    width = 2 / (levels - 1)
+    net, flow = Recorder(), CFM(dequantize_levels=levels)
+    loss = flow.loss(net, x1, x0=x0, t=t, generator=torch.Generator().manual_seed(7))
+    x_t = net.seen[0][0]
+    tt = t.view(-1, 1, 1, 1)
+    seen = (x_t - (1 - tt) * x0) / tt  # the data point the net's input was built from
+    u = (seen - x1) / width + 0.5
+    # exactly the uniforms of the generator, in order: x~ = x + Delta (u - 1/2)
+    expected_u = torch.rand(x1.shape, generator=torch.Generator().manual_seed(7)).double()
+    torch.testing.assert_close(u, expected_u, atol=1e-9, rtol=0)
+    assert float(u.min()) >= -1e-9 and float(u.max()) < 1 + 1e-9  # inside its own bin
+    assert abs(float(u.mean()) - 0.5) < 0.02 and abs(float(u.var()) - 1 / 12) < 0.01  # U[0, 1)
+    assert torch.equal(torch.round((seen + 1) / width).long(), k)  # rounds back to the grid value
+    torch.testing.assert_close(loss, (seen - x0).pow(2).mean())  # the target is x~ - x0
+    flow.loss(net, x1, x0=x0, t=t)  # the next batch (global RNG): fresh u
+    assert not torch.allclose(net.seen[1][0], x_t)
+    plain = Recorder()
+    CFM().loss(plain, x1, x0=x0, t=t)  # off: the grid values
+    torch.testing.assert_close(plain.seen[0][0], (1 - tt) * x0 + tt * x1, atol=1e-12, rtol=0)
+    for bad in (1, -2, 2.5):
+        with pytest.raises(ValueError, match="--dequantize"):
+            CFM(dequantize_levels=bad)
 
 
 # -----------------------------------------------------------------------------
@@ -287,6 +362,85 @@ def test_log_likelihood_matches_the_gaussian_density(method, steps, tol, sigma_m
     torch.testing.assert_close(ll, target.log_prob(x), atol=tol, rtol=0)
 
 
+@pytest.mark.parametrize("sigma_min", [0.0, 0.1])
+def test_rk4_log_likelihood_converges_in_steps(sigma_min):
+    """RK4 on Gaussian data: doubling the steps changes log p by less than 1e-6 nats from 40 steps
+    on, the change falls about 2^4-fold per doubling, and the figure is the exact log density."""
+    m, S = gaussian_problem(3, seed=2)
+    cov = S + sigma_min ** 2 * torch.eye(3, dtype=torch.float64)
+    target = torch.distributions.MultivariateNormal(m, cov)
+    torch.manual_seed(0)
+    x = target.sample((16,))
+    net, flow = gaussian_field(m, S, sigma_min), CFM(sigma_min)
+    ll = {s: flow.log_likelihood(net, x, s, method="rk4") for s in (10, 20, 40, 80)}
+    changes = [float((ll[2 * s] - ll[s]).abs().max()) for s in (10, 20, 40)]
+    assert changes[2] < 1e-6, changes
+    assert 8 < changes[0] / changes[1] < 32, changes  # fourth order
+    torch.testing.assert_close(ll[80], target.log_prob(x), atol=1e-7, rtol=0)
+
+
+class FieldNet(torch.nn.Module):
+    """A closed-form field on images (B, C, H, W), flattened for f(x, t); a parameter for its device."""
+    def __init__(self, f):
+        super().__init__()
+        self.f, self.anchor = f, torch.nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+    def forward(self, x, t, y=None):
+        return self.f(x.flatten(1), t).view_as(x)
+
+
+def gaussian_images(m, S, shape, n=40, levels=17, seed=0):
+    """A data set of n grid images on `levels` levels, with the exact field of N(m, S) as the model."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, levels, (n, *shape), generator=g).double() / (levels - 1) * 2 - 1
+    y = torch.zeros(n, dtype=torch.long)
+    return common.Dataset("gauss", x, y, x, y, 0, levels=levels), FieldNet(gaussian_field(m, S))
+
+
+def test_held_out_bits_per_dim_is_converged_and_exact_on_gaussian_images(capsys):
+    """--bpd's figure on data whose density is known: p = N(m, S) over 2x2 images (exact
+    divergence), RK4 at S and 2S; the reported figure is the exact bits/dim of the same
+    dequantized points, and the line says converged."""
+    m, S = gaussian_problem(4, seed=3)
+    data, net = gaussian_images(m, S, (1, 2, 2))
+    r = cfm.held_out_bits_per_dim(CFM(), net, data, 30, False, seed=5, steps=20, dequantized=True)
+    x_deq = cfm.dequantize(data.x_test[:30], 17, torch.Generator().manual_seed(5))
+    exact = cfm.bits_per_dim(torch.distributions.MultivariateNormal(m, S).log_prob(x_deq.flatten(1)), 4, 17)
+    assert r["bits_per_dim"] == pytest.approx(float(exact.mean()), abs=1e-6)
+    assert abs(r["bits_per_dim"] - r["bits_per_dim_half_steps"]) < 1e-4 and r["bpd_converged"]
+    assert r["bpd_steps"] == 40 and r["bpd_half_steps"] == 20 and r["bpd_solver"] == "rk4" and r["bpd_n"] == 30
+    assert r["bpd_divergence"] == "exact" and r["bits_per_dim_stderr"] > 0
+    line = capsys.readouterr().out
+    assert "converged" in line and "NOT" not in line and "rk4 x 40" in line and "dequantized" in line
+
+
+def test_held_out_bits_per_dim_reports_a_coarse_solver_as_not_converged(capsys):
+    """Data concentrated near its mean (S = 0.02 I): the field is stiff near t = 1, RK4 with 1 and
+    2 steps differ by far more than 0.01 bits/dim, and the line says NOT converged."""
+    m = torch.zeros(4, dtype=torch.float64)
+    data, net = gaussian_images(m, 0.02 * torch.eye(4, dtype=torch.float64), (1, 2, 2))
+    r = cfm.held_out_bits_per_dim(CFM(), net, data, 20, False, seed=0, steps=1)
+    assert abs(r["bpd_step_change"]) >= 0.01 and not r["bpd_converged"]
+    assert r["bpd_step_change"] == pytest.approx(r["bits_per_dim"] - r["bits_per_dim_half_steps"])
+    assert "NOT converged" in capsys.readouterr().out
+    r = cfm.held_out_bits_per_dim(CFM(), net, data, 20, False, seed=0, steps=64)  # enough steps: converged
+    assert r["bpd_converged"] and "NOT" not in capsys.readouterr().out
+
+
+def test_held_out_bits_per_dim_uses_the_same_probes_for_both_step_counts():
+    """D = 20 > 16: Hutchinson, one probe per image. Its noise is large per image, but S and 2S see
+    the same points, dequantization and probes, so on a smooth field their difference is the
+    solver's alone (tiny); and the figure is the exact one within the stated standard error."""
+    m, S = gaussian_problem(20, seed=4)
+    data, net = gaussian_images(m, S, (1, 4, 5), n=200)
+    r = cfm.held_out_bits_per_dim(CFM(), net, data, 200, False, seed=1, steps=8)
+    assert r["bpd_divergence"] == "hutchinson" and r["bpd_probes"] == 1
+    assert abs(r["bpd_step_change"]) < 1e-4, r
+    x_deq = cfm.dequantize(data.x_test, 17, torch.Generator().manual_seed(1))
+    exact = cfm.bits_per_dim(torch.distributions.MultivariateNormal(m, S).log_prob(x_deq.flatten(1)), 20, 17)
+    assert abs(r["bits_per_dim"] - float(exact.mean())) < 4 * r["bits_per_dim_stderr"], (r, float(exact.mean()))
+
+
 def test_hutchinson_is_unbiased_and_exact_divergence_is_exact():
     d = 20  # above the "auto" threshold: Hutchinson
     m, S = gaussian_problem(d, seed=5)
@@ -378,7 +532,8 @@ def test_cli_help_and_bad_flags(capsys):
         cfm.main(["--help"])
     assert e.value.code == 0 and "--coupling" in capsys.readouterr().out
     for bad in (["--steps", "0"], ["--solver", "heun"], ["--sigma-min", "1.5"], ["--coupling", "sinkhorn"],
-                ["--data", "moons", "--bpd", "10"], ["--bpd", "-1"]):
+                ["--data", "moons", "--bpd", "10"], ["--bpd", "-1"], ["--bpd-steps", "0"],
+                ["--data", "moons", "--dequantize"]):
         with pytest.raises(SystemExit) as e:
             cfm.main(bad)
         assert e.value.code == 2, bad
@@ -390,6 +545,7 @@ def test_cli_train_then_sample_only(tmp_path):
             "--log-every", "10", "--out", str(out), "--coupling", "ot", "--steps", "2", "--device", "cpu"]
     q = cfm.main(args)
     assert (out / "ckpt.pt").exists() and (out / "samples.png").exists() and q["metric"] == "W2"
+    assert torch.load(out / "ckpt.pt", weights_only=True)["args"]["dequantize"] is False  # off without --bpd
     q2 = cfm.main(["--ckpt", str(out / "ckpt.pt"), "--solver", "rk4", "--steps", "1", "--n-eval", "50", "--device", "cpu"])
     assert q2["metric"] == "W2" and math.isfinite(q2["value"])
     with pytest.raises(SystemExit) as e:  # a checkpoint that is not there
@@ -397,17 +553,26 @@ def test_cli_train_then_sample_only(tmp_path):
     assert e.value.code == 2
 
 
-def test_cli_bits_per_dim_on_digits(tmp_path, monkeypatch):
+def test_cli_bits_per_dim_on_digits(tmp_path, monkeypatch, capsys):
     # the Frechet distance needs the feature classifier (trained once, slow): not what this tests
     monkeypatch.setattr(common, "quality", lambda data, samples, root=None: {"metric": "FD", "value": 0.0, "floor": 0.0,
                                                                              "floor_sd": 0.0, "n": len(samples)})
     out = tmp_path / "digits"
     q = cfm.main(["--iters", "3", "--batch-size", "16", "--width", "8", "--n-eval", "10", "--uncond",
-                  "--bpd", "6", "--steps", "2", "--solver", "euler", "--out", str(out), "--device", "cpu"])
+                  "--bpd", "6", "--bpd-steps", "1", "--out", str(out), "--device", "cpu"])
     assert (out / "ckpt.pt").exists() and (out / "samples.png").exists()
+    # --bpd trains on dequantized data by default, and the checkpoint says so
+    assert torch.load(out / "ckpt.pt", weights_only=True)["args"]["dequantize"] is True
     # 3 steps barely move the net from the identity flow: about the N(0, I) density's bits/dim (~3 + 1.4)
     assert 3.5 < q["bits_per_dim"] < 5.5 and q["bpd_n"] == 6
+    assert q["bpd_steps"] == 2 and q["bpd_half_steps"] == 1 and q["bpd_dequantized_training"] is True
+    assert "trained on dequantized data" in capsys.readouterr().out
     # the checkpoint's EMA network, without sampling, gives the same figure (same seed, same draws)
-    q2 = cfm.main(["--ckpt", str(out / "ckpt.pt"), "--n-eval", "0", "--bpd", "6", "--steps", "2", "--solver", "euler",
+    q2 = cfm.main(["--ckpt", str(out / "ckpt.pt"), "--n-eval", "0", "--bpd", "6", "--bpd-steps", "1",
                    "--device", "cpu"])
-    assert "metric" not in q2 and q2["bits_per_dim"] == q["bits_per_dim"]
+    assert "metric" not in q2 and q2["bits_per_dim"] == q["bits_per_dim"] and q2["bpd_dequantized_training"]
+    # --no-dequantize trains on the grid values
+    cfm.main(["--iters", "2", "--batch-size", "16", "--width", "8", "--n-eval", "0", "--uncond", "--bpd", "2",
+              "--bpd-steps", "1", "--no-dequantize", "--out", str(tmp_path / "grid"), "--device", "cpu"])
+    assert torch.load(tmp_path / "grid" / "ckpt.pt", weights_only=True)["args"]["dequantize"] is False
+    assert "trained on the grid values" in capsys.readouterr().out
