@@ -1,0 +1,134 @@
+"""One likelihood table for four families on one footing: the same 500 held-out digits, the same
+17-level bins, in bits/dim, each row saying whether it is exact, a bound or an estimate.
+
+  OMP_NUM_THREADS=1 python benchmarks/likelihood.py          # trains each unconditional model at its
+                                                             # file's default budget, then the table
+  python benchmarks/likelihood.py --table                    # only rewrite the table from the JSON
+Writes benchmarks/results/likelihood.json and likelihood.md.
+
+Rows: ar.py (exact chain rule, raster and random order), vae.py (IWAE k = 1000: a stochastic lower
+bound on log p, so an upper bound on the NLL in expectation), cfm.py (the instantaneous change of
+variables, RK4 converged, trained on dequantized data: an upper bound on the discrete NLL in
+expectation over the dequantization, with a Hutchinson probe), ddpm.py (the variational bound),
+and two baselines: uniform pixels (log2 17, exact) and independent per-pixel categoricals fitted
+on the training digits (exact). "+-" is the standard error over the 500 images.
+"""
+import argparse
+import contextlib
+import io
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import ar  # noqa: E402
+import cfm  # noqa: E402
+import common  # noqa: E402
+import ddpm  # noqa: E402
+import vae  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+N = 500
+
+
+def baselines(data):
+    """Uniform pixels and independent per-pixel categoricals (add-one smoothing), bits/dim per image."""
+    L = data.levels
+    k_tr = ((data.x_train + 1) / 2 * (L - 1)).round().long().flatten(1)  # (N, D) levels
+    k_te = ((data.x_test[:N] + 1) / 2 * (L - 1)).round().long().flatten(1)
+    D = k_tr.shape[1]
+    counts = torch.zeros(D, L).scatter_add_(1, k_tr.T, torch.ones(k_tr.T.shape))
+    logp = ((counts + 1) / (counts + 1).sum(1, keepdim=True)).log()  # (D, L)
+    per_image = -logp.gather(1, k_te.T).sum(0) / (D * math.log(2))
+    return [row("uniform pixels", "baseline", torch.full((N,), math.log2(L)), "exact", "log2 17"),
+            row("independent pixels", "baseline", per_image, "exact", "per-pixel categoricals, add-one smoothing")]
+
+
+def row(model, file, per_image, kind, how):
+    per_image = torch.as_tensor(per_image, dtype=torch.float64)
+    return {"model": model, "file": file, "bpd": float(per_image.mean()),
+            "stderr": float(per_image.std() / math.sqrt(len(per_image))) if len(per_image) > 1 else None,
+            "kind": kind, "how": how}
+
+
+def run(module, argv):
+    t0, cpu0 = time.time(), time.process_time()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        q = module.main(argv)
+    print(out.getvalue().strip().splitlines()[-1], flush=True)
+    return q, time.time() - t0, time.process_time() - cpu0
+
+
+def measure(work):
+    data = common.load_data("digits")
+    rows = baselines(data)
+    x = data.x_test[:N]
+    # ar.py: exact, raster and random order
+    for order in ("raster", "random"):
+        q, wall, cpu = run(ar, ["--uncond", "--order", order, "--n-eval", "100", "--out", str(work / f"ar-{order}")])
+        r = row(f"autoregressive, {order} order", "ar.py", [q["bits_per_dim"]], "exact",
+                "chain rule" + (", one random order per image" if order == "random" else ""))
+        r.update(stderr=q.get("bits_per_dim_stderr"), train_cpu_s=cpu)
+        rows.append(r)
+    # vae.py: IWAE k = 1000, per image from the trained checkpoint
+    q, wall, cpu = run(vae, ["--iwae-k", "0", "--n-eval", "100", "--out", str(work / "vae")])
+    ckpt = common.load_checkpoint(work / "vae" / "ckpt.pt", ("vae",))
+    a = ckpt["args"]
+    model = common.load_ema(ckpt, vae.VAE(data.shape, a["latent_dim"], a["hidden"], data.levels, a["head_dim"]))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        ll = torch.cat([model.log_likelihood(b, k=1000, generator=g) for b in x.split(50)])
+    r = row("VAE", "vae.py", -ll / (64 * math.log(2)), "bound (estimate)", "IWAE k = 1000, categorical decoder")
+    r["train_cpu_s"] = cpu
+    rows.append(r)
+    # cfm.py: converged RK4, dequantized training
+    q, wall, cpu = run(cfm, ["--uncond", "--bpd", str(N), "--n-eval", "100", "--out", str(work / "cfm")])
+    r = row("flow matching", "cfm.py", [q["bits_per_dim"]], "bound", f"change of variables, RK4 x {q['bpd_steps']} "
+            f"(x {q['bpd_half_steps']}: {q['bits_per_dim_half_steps']:.4f}), Hutchinson, dequantized training")
+    r.update(stderr=q["bits_per_dim_stderr"], train_cpu_s=cpu)
+    rows.append(r)
+    # ddpm.py: the variational bound, all T terms
+    q, wall, cpu = run(ddpm, ["--uncond", "--bpd", str(N), "--n-eval", "100", "--out", str(work / "ddpm")])
+    r = row("diffusion", "ddpm.py", [q["bits_per_dim"]], "bound",
+            f"variational bound, all 1000 terms, reverse variance {q['bpd_variance']} "
+            f"({', '.join(f'{k} {v:.3f}' for k, v in q['bits_per_dim_by_variance'].items())})")
+    r.update(stderr=q["bits_per_dim_stderr"], train_cpu_s=cpu)
+    rows.append(r)
+    return rows
+
+
+def table(res):
+    lines = [f"Held-out digits (the first {N} of the fixed split), 17 levels, bits/dim; unconditional models "
+             f"at their files' default budgets, seed 0; {res['machine']}.", "",
+             "| model | file | bits/dim | kind | how |", "|---|---|---:|---|---|"]
+    for r in sorted(res["rows"], key=lambda r: r["bpd"]):
+        err = f" +- {r['stderr']:.3f}" if r.get("stderr") else ""
+        lines.append(f"| {r['model']} | {r['file']} | {r['bpd']:.3f}{err} | {r['kind']} | {r['how']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--work", default=str(ROOT / "benchmarks" / "work" / "likelihood"), help="checkpoints go here")
+    p.add_argument("--table", action="store_true", help="only rewrite the table from results/likelihood.json")
+    args = p.parse_args(argv)
+    path = RESULTS / "likelihood.json"
+    if not args.table:
+        rows = measure(Path(args.work))
+        res = {"machine": f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}",
+               "rows": rows}
+        path.write_text(json.dumps(res, indent=1))
+    res = json.loads(path.read_text())
+    (RESULTS / "likelihood.md").write_text(table(res))
+    print(table(res))
+
+
+if __name__ == "__main__":
+    main()
