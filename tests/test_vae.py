@@ -274,10 +274,13 @@ def test_help_exits_zero(capsys):
     assert e.value.code == 0 and "--latent-dim" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("flags", [["--latent-dim", "0"], ["--hidden", "-3"], ["--iwae-k", "-1"],
-                                   ["--cfg-scale", "2"], ["--data", "nope"], ["--pixels", "mode"],
-                                   ["--ckpt", "/nonexistent/ckpt.pt"]])
-def test_bad_flags_exit_with_status_2(flags, tmp_path):
+@pytest.mark.parametrize("flags, words", [
+    (["--latent-dim", "0"], "--latent-dim must be a positive integer"), (["--hidden", "-3"], "--hidden must be"),
+    (["--iwae-k", "-1"], "--iwae-k must be >= 0"), (["--cfg-scale", "2"], "--cfg-scale does not apply"),
+    (["--data", "nope"], "unknown data set 'nope'"), (["--pixels", "mode"], "invalid choice: 'mode'"),
+    (["--ckpt", "/nonexistent/ckpt.pt"], "/nonexistent/ckpt.pt not found")])
+def test_bad_flags_exit_with_status_2(flags, words, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         vae.main(flags + ["--out", str(tmp_path)])
-    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and words in err and len(err.strip().splitlines()) == 1, err
