@@ -24,18 +24,27 @@ x_1..x_n in {0..V-1}, read in raster order, n = C H W, V grey levels:
                     runs one position and reuses the keys and values of steps < i
   guidance          logits = l(x, None) + w (l(x, y) - l(x, None))   (AR.guided; classifier-free
                     guidance, Ho & Salimans, arXiv 2207.12598, on the logits of every step)
+  marginal          a class-conditional model defines p_sigma(x) = sum_y p(y) p_sigma(x | y) over its K classes,
+                    p(y) the training label frequencies; exactly (AR.log_prob_marginal, K passes, float64)
+                    log p_sigma(x) = logsumexp_y (log p(y) + log p_sigma(x | y)), a normalised model of x
+                    alone, the one to set beside unconditional models. Keeping one term and bounding the sum,
+                    log p(y) + log p(x | y) <= log p(x) <= max_y log p(x | y): -log p(x) exceeds the
+                    conditional -log p(x | y) by at most -log p(y) (log2 K / n bits/dim for balanced classes).
+                    The null label's p(x | y = None), learnt through label dropout, is another such model.
 
 A random-order model samples with a fresh sigma per sequence, i.e. from the mixture
 p(x) = E_sigma p_sigma(x). Its NLL is at most the average E_sigma[-log p_sigma(x)] (Jensen), so the
-random-order number we report (each sequence scored exactly under the one order drawn for it) is
-an upper bound for the sampled model. Digits have 17 grey levels natively; MNIST's 256 are
-quantized to --levels (default 16), so its bits/dim are not comparable with 256-level figures.
+random-order number we report (each sequence scored exactly under the one order drawn for it, the
+same order for every label y) is an upper bound for the sampled model. Digits have 17 grey levels
+natively; MNIST's 256 are quantized to --levels (default 16), so its bits/dim are not comparable
+with 256-level figures.
 
 Run:
   python ar.py                                 # digits 8x8, raster order, on a CPU
   python ar.py --order random --out runs/ar-digits-random   # any-order training and sampling
   python ar.py --temperature 0.8 --top-k 8 --ckpt runs/ar-digits/ckpt.pt   # sample a trained model
   python ar.py --no-cache --ckpt runs/ar-digits/ckpt.pt     # the same samples, without the KV cache
+  python ar.py --n-eval 0 --ckpt runs/ar-digits/ckpt.pt    # only the held-out bits/dim (--bpd N images)
   python ar.py --data mnist --download --levels 16 --device cuda   # 28x28, 784 tokens of 16 levels
   python ar.py --resume                        # continue runs/ar-digits/ckpt.pt up to --iters
 """
@@ -176,6 +185,23 @@ class AR(nn.Module):
         logp = F.log_softmax(self(tokens, y, order).float(), dim=-1)  # (B, n, V)
         return logp.gather(2, tokens[..., None]).squeeze(2).sum(1)
 
+    def log_prob_marginal(self, tokens, log_prior, order=None, generator=None):
+        """log p_sigma(tokens) = logsumexp_y (log p(y) + log p_sigma(tokens | y)) per sequence in nats,
+        float64, exact: one batch of K B sequences (the tokens repeated for each class y = 0..K-1), the
+        same order sigma for every y. log_prior (K,): log p(y), normalised (the training label
+        frequencies give the model p(x) = sum_y p(y) p(x | y) of the data's own mixture)."""
+        K, B = self.num_classes, len(tokens)
+        if K == 0:
+            raise ValueError("this AR was built with num_classes=0: it is unconditional, use log_prob")
+        log_prior = torch.as_tensor(log_prior, dtype=torch.float64, device=tokens.device)
+        if log_prior.shape != (K,) or abs(torch.logsumexp(log_prior, 0).item()) > 1e-6:
+            raise ValueError(f"log_prior must be (num_classes,) = ({K},) log-probabilities summing to 1 "
+                             f"in probability, got shape {tuple(log_prior.shape)}")
+        sigma = self.orders(order, B, tokens.device, generator)  # drawn once: one order per sequence
+        y = torch.arange(K, device=tokens.device).repeat_interleave(B)  # class-major: y = 0 (B times), 1, ...
+        by_class = self.log_prob(tokens.repeat(K, 1), y, sigma.repeat(K, 1)).double().view(K, B)
+        return torch.logsumexp(log_prior[:, None] + by_class, 0)  # (B,)
+
     def bits_per_dim(self, tokens, y=None, order=None):
         return -self.log_prob(tokens, y, order) / (self.length * math.log(2))  # nats / (n ln 2)
 
@@ -259,6 +285,44 @@ def to_images(tokens, shape, levels):
 
 
 # -----------------------------------------------------------------------------
+# held-out likelihood, exact
+
+@torch.no_grad()
+def held_out_likelihood(ar, tokens, n, seed, name):
+    """Exact held-out bits/dim on the first n test sequences of tokens (a Dataset of tokens), in the
+    training order (random: one order per sequence drawn from seed, the same for every label).
+    Unconditional: -log p(x). Conditional: -log p(x) with p(x) = sum_y p(y) p(x | y), p(y) the
+    training label frequencies; -log p(x | y) with the true label; -log p(x | y = None), the null label.
+    Prints one line and returns the figures."""
+    device, K = ar.head.weight.device, ar.num_classes
+    x, y = tokens.x_test[:n].to(device), tokens.y_test[:n].to(device)
+    sigma = ar.orders(ar.order, len(x), device, torch.Generator(device).manual_seed(seed))  # (n, length)
+    log_prior = torch.bincount(tokens.y_train, minlength=K).double().div(len(tokens.y_train)).log()  # log p(y)
+    per = max(1, 2 ** 25 // (ar.length ** 2 * (K + 1)))  # sequences per batch: attention memory ~ K B n^2
+    nats = {}
+    for i in range(0, len(x), per):
+        xs, ys, ss = x[i:i + per], y[i:i + per], sigma[i:i + per]
+        if K:
+            part = {"bits_per_dim": ar.log_prob_marginal(xs, log_prior, ss),  # logsumexp_y log p(y) p(x | y)
+                    "bits_per_dim_conditional": ar.log_prob(xs, ys, ss),
+                    "bits_per_dim_null": ar.log_prob(xs, None, ss)}
+        else:  # unconditional: the one figure
+            part = {"bits_per_dim": ar.log_prob(xs, None, ss)}
+        for k, v in part.items():
+            nats[k] = nats.get(k, 0.0) + v.double().sum().item()
+    q = {k: -v / (len(x) * ar.length * math.log(2)) for k, v in nats.items()}  # nats -> bits per dimension
+    order = "raster order" if ar.order == "raster" else f"random order, one per image (seed {seed})"
+    q.update(bpd_order=order, bpd_n=len(x))
+    text = f"-log p(x) {q['bits_per_dim']:.4f}"
+    if K:
+        text += (f" with p(x) = sum_y p(y) p(x | y), p(y) the training label frequencies; "
+                 f"-log p(x | y) {q['bits_per_dim_conditional']:.4f} (true label); "
+                 f"-log p(x | null label) {q['bits_per_dim_null']:.4f}")
+    common.log(f"ar on {name}: held-out bits/dim, exact, {order}: {text} ({ar.vocab} levels, n={len(x)})")
+    return q
+
+
+# -----------------------------------------------------------------------------
 # command line
 
 def main(argv=None):
@@ -275,15 +339,18 @@ def main(argv=None):
     own.add_argument("--top-k", type=int, help="sample only among the k most likely levels (default 0: off)")
     own.add_argument("--no-cache", action="store_true", default=None,
                      help="sample without the key-value cache (slower, the same samples)")
-    defaults = dict(order="raster", depth=2, heads=4, levels=16, dropout=0.0, temperature=1.0, top_k=0, no_cache=False)
+    own.add_argument("--bpd", type=int, metavar="N", help="report the exact bits/dim of the first N held-out "
+                     "images, conditional models also -log p(x) = -log sum_y p(y) p(x | y) (default 500; 0: skip)")
+    defaults = dict(order="raster", depth=2, heads=4, levels=16, dropout=0.0, temperature=1.0, top_k=0, no_cache=False,
+                    bpd=500)
     budgets = {"digits": dict(iters=1000, levels=17, dropout=0.1)}  # 1297 digits overfit a transformer quickly
     args, ckpt = common.parse_args(parser, argv, "ar", defaults=defaults, budgets=budgets,
                                    model_flags=("order", "depth", "heads", "levels"))
     if args.data in common.TOY_SETS:
         parser.error(f"ar.py models pixels as tokens; {args.data} is a set of 2-D points, not pixels: use --data digits")
-    if not args.temperature > 0 or not 0 <= args.top_k <= args.levels:
-        parser.error(f"need --temperature > 0 and --top-k in [0, {args.levels}] (0: off), "
-                     f"got {args.temperature} and {args.top_k}")
+    if not args.temperature > 0 or not 0 <= args.top_k <= args.levels or args.bpd < 0:
+        parser.error(f"need --temperature > 0, --top-k in [0, {args.levels}] (0: off) and --bpd >= 0, "
+                     f"got {args.temperature}, {args.top_k} and {args.bpd}")
     with common.session(args) as device:
         data = common.load_data(args.data, args.data_root, args.download)
         tokens = dataclasses.replace(data, x_train=to_tokens(data.x_train, args.levels),  # pixels -> tokens (B, n)
@@ -295,15 +362,20 @@ def main(argv=None):
             ar = common.load_ema(ckpt, ar)
         else:
             ar = common.train(ar, AR.loss, tokens, args, ckpt)  # -log p_sigma(x | y) / n; returns the EMA model
-        if args.n_eval == 0 or not common.is_main():
+        if not common.is_main():
             return None
-        y = common.class_labels(args.n_eval, num_classes, device)
-        g = torch.Generator(device).manual_seed(args.seed + 1)
-        t0 = time.time()
-        with common.autocast(device, args.amp):  # x_{sigma_i} ~ p_theta(. | x_{sigma_<i}, y) for i = 1..n
-            x = to_images(ar.sample(args.n_eval, y, args.temperature, g, top_k=args.top_k, cfg_scale=args.cfg_scale,
-                                    cache=not args.no_cache), data.shape, args.levels)
-        return common.report(x, data, args, sample_seconds=time.time() - t0)
+        q = {}
+        if args.n_eval:
+            y = common.class_labels(args.n_eval, num_classes, device)
+            g = torch.Generator(device).manual_seed(args.seed + 1)
+            t0 = time.time()
+            with common.autocast(device, args.amp):  # x_{sigma_i} ~ p_theta(. | x_{sigma_<i}, y) for i = 1..n
+                x = to_images(ar.sample(args.n_eval, y, args.temperature, g, top_k=args.top_k,
+                                        cfg_scale=args.cfg_scale, cache=not args.no_cache), data.shape, args.levels)
+            q = common.report(x, data, args, sample_seconds=time.time() - t0)
+        if args.bpd:  # exact -log p(x | y) and -log p(x) = -logsumexp_y (log p(y) + log p(x | y)), full precision
+            q.update(held_out_likelihood(ar, tokens, args.bpd, args.seed + 2, data.name))
+        return q or None
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@ depth 2, 4 heads, dropout 0.1, 1000 iters, batch 128, lr 2e-3, seed 0, 10 classe
 dropout 0.1), one in raster order and one in random order (--order random). From their EMA
 weights:
   - held-out NLL of the 500 test digits in bits/dim, exact: -log p_sigma(x | y) / (64 ln 2) with the
-    label, and with the null label (y = None: the unconditional model learnt through label
-    dropout); the random-order model scored under one random order per image, averaged over 5
-    draws, and under the raster order;
+    label; -log p_sigma(x) with p(x) = sum_y p(y) p(x | y), p(y) the training label frequencies
+    (AR.log_prob_marginal: the conditional model's own likelihood of x alone, the figure to set
+    beside unconditional models); and with the null label (y = None: the unconditional model
+    learnt through label dropout); the random-order model scored under one random order per image
+    (the same for every label), averaged over 5 draws, and under the raster order;
   - n = 500 samples (balanced labels, generator seed 1 as ar.py's evaluation) with and
     without the KV cache: CPU and wall seconds, the same samples both ways, Frechet distance in
     the feature classifier's space with its floor (real vs real, n = 500);
@@ -72,11 +74,15 @@ def timed_samples(model, data, n, cache, seed=1):
     return x, time.time() - t0, time.process_time() - c0
 
 
-def nll(model, x, y, order, draws=1):
-    """Held-out bits/dim, averaged over images (and over `draws` random orders per image)."""
-    g = torch.Generator().manual_seed(0)
+def nll(model, x, y, order, draws=1, log_prior=None):
+    """Held-out bits/dim, averaged over images (and over `draws` random orders per image); with
+    log_prior, of the marginal p(x) = sum_y p(y) p(x | y) (y is then not used)."""
+    g, vals = torch.Generator().manual_seed(0), []
     with torch.no_grad():
-        vals = [model.bits_per_dim(x, y, model.orders(order, len(x), "cpu", g)).mean().item() for _ in range(draws)]
+        for _ in range(draws):
+            sigma = model.orders(order, len(x), "cpu", g)
+            lp = model.log_prob(x, y, sigma) if log_prior is None else model.log_prob_marginal(x, log_prior, sigma)
+            vals.append(-lp.double().mean().item() / (model.length * math.log(2)))
     return sum(vals) / len(vals)
 
 
@@ -87,16 +93,19 @@ def main(argv=None):
     n, iters = (50, 50) if args.quick else (500, None)
     data = common.load_data("digits")
     xte, yte = ar.to_tokens(data.x_test, 17), data.y_test
+    log_prior = (torch.bincount(data.y_train, minlength=data.num_classes).double() / len(data.y_train)).log()  # p(y)
     models = {}
     for order in ("raster", "random"):
         out = ROOT / "runs" / "benchmarks" / f"ar-{order}"
         wall, cpu = train(out, order, iters)
         model, saved = load_ema(out / "ckpt.pt", data)
         row = dict(order=order, iters=saved["iters"], train_wall_s=wall, main_cpu_s=cpu,
-                   bpd_raster_y=nll(model, xte, yte, "raster"), bpd_raster_null=nll(model, xte, None, "raster"))
+                   bpd_raster_y=nll(model, xte, yte, "raster"), bpd_raster_null=nll(model, xte, None, "raster"),
+                   bpd_raster_marginal=nll(model, xte, None, "raster", log_prior=log_prior))
         if order == "random":
             row.update(bpd_random_y=nll(model, xte, yte, "random", 5),
-                       bpd_random_null=nll(model, xte, None, "random", 5))
+                       bpd_random_null=nll(model, xte, None, "random", 5),
+                       bpd_random_marginal=nll(model, xte, None, "random", 5, log_prior))
         for cache in ((True, False) if order == "raster" else (True,)):
             x, w, c = timed_samples(model, data, n, cache)
             q = common.quality(data, x)
@@ -146,14 +155,18 @@ def markdown(r):
              f"Machine: {m['processor']}, {m['cores']} cores (shared), torch {m['torch']}, {m['threads']} thread(s) "
              f"(OMP_NUM_THREADS={m['omp_num_threads']}). Uniform over 17 levels = {math.log2(17):.3f} bits/dim. "
              "Every NLL is exact for the order used; the random-order rows average 5 random orders per image. "
+             "p(y): the training label frequencies; p(x) is the conditional model's likelihood of x alone, "
+             "the figure comparable with unconditional models. "
              "Training CPU s: the whole ar.main call (1000 steps and a 10-sample check).",
              "",
-             "| training order | held-out bits/dim, p(x given y) | bits/dim, p(x) (null label) | "
-             "FD (floor), cached sampling | training: CPU s (wall s) |",
-             "|---|---|---|---|---|",
-             f"| raster | {ra['bpd_raster_y']:.3f} (raster) | {ra['bpd_raster_null']:.3f} (raster) | "
+             "| training order | held-out bits/dim, p(x given y) | bits/dim, p(x) = sum_y p(y) p(x given y) | "
+             "bits/dim, p(x given null label) | FD (floor), cached sampling | training: CPU s (wall s) |",
+             "|---|---|---|---|---|---|",
+             f"| raster | {ra['bpd_raster_y']:.3f} (raster) | {ra['bpd_raster_marginal']:.3f} (raster) | "
+             f"{ra['bpd_raster_null']:.3f} (raster) | "
              f"{ra['fd_cache']:.3g} ({ra['floor']:.3g}) | {ra['main_cpu_s']:.0f} ({ra['train_wall_s']:.0f}) |",
              f"| random | {rr['bpd_random_y']:.3f} (random), {rr['bpd_raster_y']:.3f} (raster) | "
+             f"{rr['bpd_random_marginal']:.3f} (random), {rr['bpd_raster_marginal']:.3f} (raster) | "
              f"{rr['bpd_random_null']:.3f} (random), {rr['bpd_raster_null']:.3f} (raster) | "
              f"{rr['fd_cache']:.3g} ({rr['floor']:.3g}) | {rr['main_cpu_s']:.0f} ({rr['train_wall_s']:.0f}) |",
              "",

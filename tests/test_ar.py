@@ -1,6 +1,7 @@
 """Tests of ar.py: causality (perturbation and Jacobian), normalisation by enumeration, the sampler
 against the model's own probabilities, guidance at w = 2 against separate calls, the KV cache, a
 closed-form model, learning beyond independent pixels, command line."""
+import dataclasses
 import itertools
 import math
 
@@ -143,6 +144,81 @@ def test_closed_form_iid_model():
 
 
 # -----------------------------------------------------------------------------
+# the marginal of a conditional model: log p(x) = logsumexp_y (log p(y) + log p(x | y))
+
+PRIOR = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)  # p(y), not uniform
+
+
+@pytest.mark.parametrize("order", ["raster", "tensor", "random"])
+def test_log_prob_marginal_equals_brute_force(order):
+    """log_prob_marginal (one batch of K B sequences) = log sum_y p(y) exp(log p(x | y)), each class a
+    separate log_prob call here, summed in probability; the same order for every y (random: drawn
+    from equally seeded generators). And p(x) sums to 1 over all V^n sequences."""
+    model = make(3, 4, num_classes=3, order="random", seed=6)
+    seqs, g = all_sequences(3, 4), torch.Generator().manual_seed(3)
+    x = seqs[torch.randperm(len(seqs), generator=g)[:20]]
+    arg = {"raster": "raster", "tensor": model.orders("random", 20, "cpu", g), "random": "random"}[order]
+    with torch.no_grad():
+        sigma = model.orders(arg, 20, "cpu", torch.Generator().manual_seed(5))
+        ref = sum(PRIOR[y] * model.log_prob(x, torch.full((20,), y), sigma).double().exp() for y in range(3)).log()
+        got = model.log_prob_marginal(x, PRIOR.log(), arg, generator=torch.Generator().manual_seed(5))
+        total = model.log_prob_marginal(seqs, PRIOR.log()).exp().sum()
+    assert got.dtype == torch.float64 and got.shape == (20,)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-9)
+    assert abs(total.item() - 1) < 1e-6
+
+
+@pytest.mark.parametrize("order", ["raster", "random"])
+def test_log_prob_marginal_bounds(order):
+    """log p(y) + log p(x | y) <= log p(x) <= max_y log p(x | y) for every x and y (one term of the
+    sum; a weighted mean of the p(x | y)), on a model whose label matters (the upper bound strict)."""
+    model = make(5, 6, num_classes=3, seed=12)
+    x = torch.randint(0, 5, (16, 6), generator=torch.Generator().manual_seed(4))
+    sigma = model.orders(order, 16, "cpu", torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        marginal = model.log_prob_marginal(x, PRIOR.log(), sigma)
+        by_class = torch.stack([model.log_prob(x, torch.full((16,), y), sigma).double() for y in range(3)])
+    assert (by_class.max(0).values - by_class.min(0).values).min() > 0.1  # the label matters
+    assert (PRIOR.log()[:, None] + by_class <= marginal + 1e-9).all()
+    assert (marginal <= by_class.max(0).values + 1e-9).all()
+    assert (marginal < by_class.max(0).values - 1e-3).all()  # strict: the other classes fit worse
+
+
+def test_log_prob_marginal_of_a_label_blind_model():
+    """A model whose output ignores y (every start embedding the same): p(x) = sum_y p(y) p(x | y)
+    = p(x | y) for every y, the null label included, since sum_y p(y) = 1."""
+    model = make(4, 5, num_classes=3, seed=7)
+    with torch.no_grad():
+        model.start.weight.copy_(model.start.weight[:1].expand_as(model.start.weight))
+        x = torch.randint(0, 4, (12, 5), generator=torch.Generator().manual_seed(0))
+        marginal = model.log_prob_marginal(x, PRIOR.log())
+        for y in [None, 0, 1, 2]:
+            lp = model.log_prob(x, None if y is None else torch.full((12,), y)).double()
+            torch.testing.assert_close(marginal, lp, rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="summing to 1"):
+        model.log_prob_marginal(x, torch.zeros(3))  # not normalised: p(y) = 1 each
+    with pytest.raises(ValueError, match="num_classes"):
+        model.log_prob_marginal(x, PRIOR[:2].log())
+    with pytest.raises(ValueError, match="unconditional"):
+        make(4, 5).log_prob_marginal(x, PRIOR.log())
+
+
+@pytest.mark.parametrize("uncond", [False, True])
+def test_held_out_likelihood_of_the_uniform_model(uncond):
+    """A fresh AR is uniform over the 17 levels: every figure is log2(17) bits/dim exactly, the
+    marginal too (sum_y p(y) = 1); an unconditional model reports the one figure."""
+    data = common.load_digits()
+    tokens = dataclasses.replace(data, x_train=ar.to_tokens(data.x_train, 17), x_test=ar.to_tokens(data.x_test, 17))
+    model = ar.AR(17, 64, 0 if uncond else 10, dim=16, depth=1, heads=2, order="random")
+    q = ar.held_out_likelihood(model, tokens, 40, 0, "digits")
+    keys = {"bits_per_dim"} | (set() if uncond else {"bits_per_dim_conditional", "bits_per_dim_null"})
+    assert {k for k in q if k.startswith("bits")} == keys and q["bpd_n"] == 40
+    assert q["bpd_order"] == "random order, one per image (seed 0)"
+    for k in keys:
+        assert abs(q[k] - math.log2(17)) < 1e-5, (k, q[k])
+
+
+# -----------------------------------------------------------------------------
 # the sampler draws from the model's own distribution
 
 @pytest.mark.parametrize("case", ["plain", "label", "temperature_topk", "guided", "random_order"])
@@ -273,16 +349,26 @@ def test_cli(tmp_path, capsys):
     out = tmp_path / "run"
     tiny = ["--iters", "20", "--batch-size", "32", "--width", "8", "--depth", "1", "--n-eval", "20",
             "--log-every", "10", "--warmup", "5"]
-    q = ar.main(tiny + ["--out", str(out), "--order", "random"])
+    q = ar.main(tiny + ["--out", str(out), "--order", "random", "--bpd", "50"])
     assert (out / "ckpt.pt").is_file() and (out / "samples.png").is_file()
     assert q["metric"] == "FD" and math.isfinite(q["value"])
+    # held-out likelihood: -log p(x) <= -log p(x | y) - log p(y), image by image, so on average
+    data = common.load_digits()
+    minus_log2_prior = -(torch.bincount(data.y_train).double() / len(data.y_train)).log2()
+    slack = minus_log2_prior[data.y_test[:50]].mean().item() / 64
+    assert q["bpd_n"] == 50 and q["bpd_order"] == "random order, one per image (seed 2)"
+    assert q["bits_per_dim"] <= q["bits_per_dim_conditional"] + slack
+    keys = ("bits_per_dim", "bits_per_dim_conditional", "bits_per_dim_null")
+    assert all(1 < q[k] < math.log2(17) + 0.5 for k in keys)
+    assert "held-out bits/dim, exact, random order" in capsys.readouterr().out
     q2 = ar.main(["--ckpt", str(out / "ckpt.pt"), "--n-eval", "20", "--out", str(tmp_path / "s"), "--no-cache",
                   "--temperature", "0.9", "--top-k", "5", "--cfg-scale", "2"])
     assert math.isfinite(q2["value"]) and (tmp_path / "s" / "samples.png").is_file()
 
 
 @pytest.mark.parametrize("bad", [["--data", "moons"], ["--temperature", "0"], ["--levels", "1"],
-                                 ["--order", "zigzag"], ["--top-k", "40"], ["--heads", "3"]])
+                                 ["--order", "zigzag"], ["--top-k", "40"], ["--heads", "3"],
+                                 ["--bpd", "-1"]])
 def test_cli_bad_flags(bad, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         ar.main(bad + ["--iters", "1", "--out", str(tmp_path)])
