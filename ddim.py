@@ -21,6 +21,9 @@ t' < t the next time the sampler visits.
                       by fixed-point iterations x_t <- step(x_t', eps_theta(x_t, t)) (exact inverse)
   guidance            eps = eps_theta(x_t, t, None) + w (eps_theta(x_t, t, y) - eps_theta(x_t, t, None))
                       (classifier-free guidance, Ho & Salimans, 2022; arXiv 2207.12598)
+  classifier guidance eps~ = eps_theta(x_t, t) - s sqrt(1 - a_t) grad_{x_t} log p_phi(y | x_t, t) at every visited t
+                      (Dhariwal & Nichol, arXiv 2105.05233, Algorithm 2): eps = -sqrt(1 - a_t) grad log p(x_t),
+                      so at s = 1 with exact eps_theta and p_phi this is the eps of p(x_t | y); see ddpm.py
 
 Why the step keeps the marginals (the key step): with x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps and
 eps_theta = eps, x0_hat = x_0 exactly, so x_t' = sqrt(a_t') x_0 + sqrt(1 - a_t' - sigma_t^2) eps
@@ -117,13 +120,21 @@ class DDIM:
 
     @torch.no_grad()
     def sample(self, net, shape, steps=50, eta=0.0, y=None, cfg_scale=1.0, generator=None, noise=None,
-               spacing="uniform"):
-        """x_T ~ N(0, I), then `steps` generalized updates through timesteps(steps) down to x_0."""
+               spacing="uniform", classifier=None, classifier_scale=0.0):
+        """x_T ~ N(0, I), then `steps` generalized updates through timesteps(steps) down to x_0. With a
+        noisy classifier (classifier(x_t, t) -> logits (B, num_classes)) and labels y, classifier
+        guidance: eps~ = eps - s sqrt(1 - a_t) grad_{x_t} log p_phi(y | x_t, t), s = classifier_scale."""
+        guide = classifier is not None and classifier_scale != 0  # s = 0: not one operation more
+        if guide and y is None:
+            raise ValueError("classifier guidance needs the labels y to guide towards")
         x = common.start_noise(shape, generator, noise)  # x_T ~ N(0, I)
         times = self.timesteps(steps, spacing).tolist()
         for t, t_prev in zip(times, times[1:] + [0]):
             tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
             e = self.guided(net, x, tt, y, cfg_scale).to(x.dtype)
+            if guide:
+                a_t = float(self.alpha_bar[t])
+                e = e - classifier_scale * math.sqrt(1 - a_t) * classifier_score(classifier, x, tt, y).to(x.dtype)
             z = None
             if eta > 0 and t_prev > 0:  # sigma_t = 0 on the last step (a_0 = 1): no draw
                 z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -147,6 +158,17 @@ class DDIM:
                 x_up = self.step(x, self.guided(net, x_up, tt, y, cfg_scale).to(x.dtype), tf, tt)
             x = x_up
         return x
+
+
+def classifier_score(classifier, x_t, t, y):
+    """grad_{x_t} log p_phi(y | x_t, t), with respect to x_t only (as ddpm.classifier_score): x_t is
+    detached and the one input of autograd.grad, so nothing accumulates in the classifier's .grad."""
+    with torch.enable_grad():
+        x = x_t.detach().requires_grad_(True)
+        logits = classifier(x, t)  # log-softmax in at least float32 (bf16 logits under autocast)
+        log_p = torch.log_softmax(logits, 1, dtype=torch.promote_types(logits.dtype, torch.float32))
+        log_p = log_p.gather(1, y[:, None]).sum()
+        return torch.autograd.grad(log_p, x)[0]
 
 
 # -----------------------------------------------------------------------------

@@ -255,6 +255,67 @@ def test_invert_then_sample_reconstructs_the_data():
 
 
 # -----------------------------------------------------------------------------
+# classifier guidance, exact on a mixture of two Gaussians: x_t | y ~ N(sqrt(a_t) mu_y, v_y I),
+# v_y = a_t s_y^2 + 1 - a_t; eps*_y = sqrt(1 - a_t) (x_t - sqrt(a_t) mu_y) / v_y; eps* = sum_y p(y | x_t) eps*_y
+
+MU2 = torch.tensor([[-1.0, 0.3], [1.0, -0.2]], dtype=torch.float64)
+SD2 = torch.tensor([0.5, 0.8], dtype=torch.float64)
+PI2 = torch.tensor([0.3, 0.7], dtype=torch.float64)
+
+
+def mixture(alpha_bar):
+    """(exact p(y | x_t) as logits, the class-conditional eps*_y net, the unconditional eps* net)."""
+    def parts(x, t):
+        a = alpha_bar[t.cpu()].view(-1, 1)
+        v = a * SD2 ** 2 + 1 - a  # (B, 2)
+        r = x[:, None] - a.sqrt()[:, :, None] * MU2  # (B, 2, D)
+        logits = PI2.log() - 0.5 * (r ** 2).sum(-1) / v - torch.log(v)  # D = 2: -(D/2) log(2 pi v) up to a constant
+        return logits, (1 - a).sqrt()[:, :, None] * r / v[:, :, None]
+    def cond(x, t, y):
+        return parts(x, t)[1][torch.arange(len(x)), y]
+    def uncond(x, t, y):
+        logits, e = parts(x, t)
+        return (torch.softmax(logits, 1)[:, :, None] * e).sum(1)
+    return (lambda x, t: parts(x, t)[0]), cond, uncond
+
+
+@pytest.mark.parametrize("eta, steps", [(0.0, 20), (1.0, 50)])
+def test_classifier_guidance_with_the_exact_classifier_is_the_class_conditional_sampler(eta, steps):
+    """s = 1: eps* - sqrt(1 - a_t) grad log p(y | x_t) = eps*_y at every visited t, so the guided path
+    is the class-conditional one for the same draws; s = 0 is the unguided path bit for bit."""
+    d = ddim.DDIM(T)
+    clf, cond, uncond = mixture(d.alpha_bar)
+    y = torch.arange(32) % 2
+    noise = torch.randn(32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    def run(net, **kw):
+        return d.sample(net, noise.shape, steps, eta, y, generator=torch.Generator().manual_seed(1), noise=noise, **kw)
+    assert torch.allclose(run(uncond, classifier=clf, classifier_scale=1.0), run(cond), atol=1e-8)
+    assert torch.equal(run(uncond, classifier=clf, classifier_scale=0.0), run(uncond))
+    assert not torch.allclose(run(uncond, classifier=clf, classifier_scale=-1.0), run(cond), atol=1e-2)
+
+
+def test_classifier_guidance_at_s2_one_step_and_the_gradient_is_wrt_x_t_only():
+    """T = 1, one eta = 0 step: x_0 = (x_1 - sqrt(1 - a_1) eps~) / sqrt(a_1), eps~ = eps - s sqrt(1 - a_1)
+    (W_y - sum_c p_c W_c) for logits x W^T + b, computed here; the classifier's parameters keep no gradient."""
+    one = ddim.DDIM(1)
+    W, b = torch.tensor([[1.0, -2.0], [0.5, 3.0], [-1.0, 0.0]]), torch.tensor([0.1, -0.2, 0.3])
+    lin = torch.nn.Linear(2, 3)
+    with torch.no_grad():
+        lin.weight.copy_(W)
+        lin.bias.copy_(b)
+    x1, y, s, e = torch.randn(4, 2), torch.tensor([0, 1, 2, 1]), 2.0, torch.tensor([0.3, -0.7])
+    a1 = float(one.alpha_bar[1])
+    grad = W[y] - torch.softmax(x1 @ W.T + b, 1) @ W
+    want = (x1 - math.sqrt(1 - a1) * (e - s * math.sqrt(1 - a1) * grad)) / math.sqrt(a1)
+    got = one.sample(lambda x, t, _: e.expand_as(x), x1.shape, 1, y=y, noise=x1,
+                     classifier=lambda x, t: lin(x), classifier_scale=s)
+    assert torch.allclose(got, want, atol=1e-5) and not got.requires_grad
+    assert lin.weight.grad is None and lin.bias.grad is None
+    with pytest.raises(ValueError, match="labels"):
+        one.sample(lambda x, t, _: x, x1.shape, 1, noise=x1, classifier=lambda x, t: lin(x), classifier_scale=1.0)
+
+
+# -----------------------------------------------------------------------------
 # command line
 
 def test_help():

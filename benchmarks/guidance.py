@@ -1,0 +1,174 @@
+"""Benchmark of issue 15: a diffusion model is a classifier, and a classifier guides a diffusion model.
+
+1. Zero-shot classification (Li et al., arXiv 2303.16203) with ddpm.DDPM.classify: one conditional
+   digits model trained by ddpm.py at its defaults (unet width 16, T = 1000, linear schedule, label
+   dropout 0.1, seed 0); the accuracy on the 500 held-out digits against n_samples, the (t, eps) draws
+   per image (10 classes x n_samples network calls per image), for the "simple" weighting and the
+   bound's ("elbo"), with its CPU and wall seconds, beside the feature classifier's test accuracy.
+2. Guidance, fidelity against diversity (the lecture "Advanced Generative Models: From VAE to Diffusion
+   and Flow Matching", NICE Lab, Zhejiang University, 2026): n = 500 samples with balanced labels
+   (common.class_labels), DDPM ancestral sampling (T network calls), generator seed 1 for every row.
+   Classifier guidance (Dhariwal & Nichol, arXiv 2105.05233): an --uncond model and its noisy classifier
+   p_phi(y | x_t, t), both trained by `ddpm.py --uncond --classifier-scale 1` (same budget), at
+   s in {0, 1, 2, 4}. Classifier-free guidance (Ho & Salimans, arXiv 2207.12598): the conditional model
+   of part 1 at w in {1, 2, 4}. For each: the class accuracy of the samples (the share the feature
+   classifier assigns to the label asked for; s = 0 ignores the label: chance, 0.1) and the Frechet
+   distance in the feature classifier's space with its floor (real vs real), and a grid picture.
+
+Run (single-threaded, CPU; or --device cuda):
+  OMP_NUM_THREADS=1 python benchmarks/guidance.py            # writes benchmarks/results/guidance.{json,md}
+  OMP_NUM_THREADS=1 python benchmarks/guidance.py --quick    # smoke test (minutes): T = 100, tiny budgets,
+                                                             # results to OUT only
+Checkpoints go to runs/benchmarks/guidance (not tracked); grids to benchmarks/results/img/guidance-*.png.
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import common  # noqa: E402
+import ddpm  # noqa: E402
+
+N_SAMPLES = (10, 30, 100, 300)  # zero-shot (t, eps) draws per image; the "elbo" weighting up to 100
+SCALES = (0.0, 1.0, 2.0, 4.0)  # classifier guidance s
+CFG = (1.0, 2.0, 4.0)  # classifier-free guidance w
+
+
+def timed(fn):
+    t0, c0 = time.time(), time.process_time()
+    out = fn()
+    return out, time.time() - t0, time.process_time() - c0
+
+
+def load(out, device, data):
+    """The EMA networks in OUT: eps_theta (ckpt.pt) and, if there is one, the noisy classifier."""
+    ckpt = common.load_checkpoint(out / "ckpt.pt", ("ddpm",))
+    method = ddpm.DDPM(ckpt["args"]["T"], ckpt["args"]["schedule"])
+    eps_theta = common.ema_net(ckpt, data).to(device)
+    path = out / "classifier" / "ckpt.pt"
+    if not path.exists():
+        return method, eps_theta, None
+    a = common.load_checkpoint(path, ("ddpm-classifier",))["args"]
+    trunk = common.make_net(a["arch"], data.shape, a["width"])
+    clf = ddpm.NoisyClassifier(trunk, math.prod(data.shape), data.num_classes).to(device)
+    return method, eps_theta, common.load_ema(common.load_checkpoint(path, ("ddpm-classifier",)), clf)
+
+
+def zero_shot(method, eps_theta, data, n_images, n_list, device):
+    x, y = data.x_test[:n_images].to(device), data.y_test[:n_images]
+    counts = torch.bincount(data.y_train, minlength=data.num_classes).double()
+    rows = []
+    for weighting in ("simple", "elbo"):
+        for n in n_list:
+            if weighting == "elbo" and n > 100:
+                continue
+            g = torch.Generator(device).manual_seed(3)
+            pred, wall, cpu = timed(lambda: torch.cat([
+                method.classify(eps_theta, xb, data.num_classes, n, g, (counts / counts.sum()).log(), weighting)
+                .argmax(1) for xb in x.split(100)]).cpu())
+            rows.append(dict(weighting=weighting, n_samples=n, accuracy=float((pred == y).double().mean()),
+                             nfe_per_image=data.num_classes * n, wall_s=wall, cpu_s=cpu))
+            print(f"zero-shot {weighting} n_samples={n}: accuracy {rows[-1]['accuracy']:.3f}, "
+                  f"{wall:.1f}s wall, {cpu:.1f}s CPU", flush=True)
+    return rows
+
+
+def guided_row(kind, scale, sample, data, n, device, img):
+    """n samples with balanced labels from sample(shape, y, g); their class accuracy and FD."""
+    y = common.class_labels(n, data.num_classes, device)
+    g = torch.Generator(device).manual_seed(1)
+    x, wall, cpu = timed(lambda: sample((n, *data.shape), y, g))
+    feature, _ = common.feature_net(data)
+    with torch.no_grad():
+        pred = feature(common.quantize(x.float().cpu(), data.levels)).argmax(1)
+    q = common.quality(data, x)
+    name = f"guidance-{kind}-{scale:g}.png"
+    if img is not None:
+        common.save_grid(x[:100].cpu(), img / name)
+    row = dict(guidance=kind, scale=scale, class_accuracy=float((pred == y.cpu()).double().mean()), fd=q["value"],
+               floor=q["floor"], floor_sd=q["floor_sd"], sample_wall_s=wall, sample_cpu_s=cpu, grid=name)
+    print(f"{kind} {scale:g}: class accuracy {row['class_accuracy']:.3f}, FD {q['value']:.3g} "
+          f"(floor {q['floor']:.3g}), {wall:.1f}s wall, {cpu:.1f}s CPU", flush=True)
+    return row
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=str(ROOT / "runs" / "benchmarks" / "guidance"), help="checkpoint folder")
+    parser.add_argument("--reuse", action="store_true", help="reuse the checkpoints in OUT (no training time)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="default cpu")
+    parser.add_argument("--quick", action="store_true", help="smoke test: T = 100, tiny budgets, results to OUT")
+    args = parser.parse_args(argv)
+    out = Path(args.out + ("-quick" if args.quick else ""))
+    budget = ["--T", "100", "--iters", "150", "--log-every", "50"] if args.quick else []
+    n_images, n_list, n = (40, (2, 5), 50) if args.quick else (500, N_SAMPLES, 500)
+    common_flags = ["--n-eval", "0", "--seed", "0", "--device", args.device] + budget
+    train_s = {}
+    for name, flags in (("conditional", []), ("unconditional", ["--uncond", "--classifier-scale", "1"])):
+        if not (args.reuse and (out / name / "ckpt.pt").exists()):
+            _, wall, cpu = timed(lambda: ddpm.main(common_flags + flags + ["--out", str(out / name)]))
+            train_s[name] = dict(wall_s=wall, cpu_s=cpu)
+    device = common.get_device(args.device)
+    data = common.load_data("digits")
+    res = ROOT / "benchmarks" / "results"
+    img = out if args.quick else res / "img"
+    img.mkdir(parents=True, exist_ok=True)
+
+    method, cond, _ = load(out / "conditional", device, data)
+    zs = zero_shot(method, cond, data, n_images, n_list, device)
+    rows = [guided_row("cfg", w, lambda shape, y, g: method.sample(cond, shape, y, w, generator=g),
+                       data, n, device, img) for w in CFG]
+    method_u, uncond, clf = load(out / "unconditional", device, data)
+    rows += [guided_row("classifier", s, lambda shape, y, g: method_u.sample(
+        uncond, shape, y, generator=g, classifier=clf, classifier_scale=s), data, n, device, img) for s in SCALES]
+
+    machine = dict(processor=platform.processor() or platform.machine(), cores=os.cpu_count(),
+                   torch=torch.__version__, threads=torch.get_num_threads(), device=str(device),
+                   gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                   omp_num_threads=os.environ.get("OMP_NUM_THREADS"))
+    result = dict(config=dict(data="digits", model="ddpm.py defaults" + (" (quick: T 100, 150 iters)" if args.quick
+                              else " (unet width 16, T 1000, linear, 2000 iters, batch 128)") + ", seed 0",
+                              n_classify=n_images, n_samples=n, seed=1),
+                  feature_classifier_acc=common.feature_net(data)[1], machine=machine, train=train_s,
+                  zero_shot=zs, guidance=rows)
+    md = markdown(result)
+    print(md)
+    dest = out if args.quick else res
+    (dest / "guidance.json").write_text(json.dumps(result, indent=2) + "\n")
+    (dest / "guidance.md").write_text(md)
+    return result
+
+
+def markdown(r):
+    m, c = r["machine"], r["config"]
+    where = f"{m['gpu']}" if m["gpu"] else f"{m['processor']}, {m['cores']} cores, {m['threads']} thread(s)"
+    lines = [f"Zero-shot classification and guidance on digits ({c['model']}). Machine: {where}, torch {m['torch']} "
+             f"(OMP_NUM_THREADS={m['omp_num_threads']}).", "",
+             f"Zero-shot accuracy on {c['n_classify']} held-out digits (Bayes' rule, p(y) the training label "
+             f"frequencies); the feature classifier's test accuracy is {r['feature_classifier_acc']:.3f}.", "",
+             "| weighting | n_samples | network calls per image | accuracy | s CPU (wall) |", "|---|---|---|---|---|"]
+    for z in r["zero_shot"]:
+        lines.append(f"| {z['weighting']} | {z['n_samples']} | {z['nfe_per_image']} | {z['accuracy']:.3f} | "
+                     f"{z['cpu_s']:.1f} ({z['wall_s']:.1f}) |")
+    lines += ["", f"Guidance: n = {c['n_samples']} samples, balanced labels, DDPM ancestral sampling. Class accuracy: "
+              "the share of samples the feature classifier assigns to the label asked for.", "",
+              "| guidance | scale | class accuracy | FD (floor +- sd) | sampling s CPU (wall) | grid |",
+              "|---|---|---|---|---|---|"]
+    for g in r["guidance"]:
+        kind = "classifier (s)" if g["guidance"] == "classifier" else "classifier-free (w)"
+        lines.append(f"| {kind} | {g['scale']:g} | {g['class_accuracy']:.3f} | {g['fd']:.3g} ({g['floor']:.3g} +- "
+                     f"{g['floor_sd']:.2g}) | {g['sample_cpu_s']:.1f} ({g['sample_wall_s']:.1f}) | "
+                     f"![](img/{g['grid']}) |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
