@@ -1,8 +1,8 @@
-"""CFM: (conditional) flow matching (Lipman et al., 2023; arXiv 2210.02747) with exact minibatch
-optimal-transport coupling (Tong et al., 2023; arXiv 2302.00482), Euler / midpoint / RK4 sampling
-and exact likelihoods.
+"""CFM: (conditional) flow matching (Lipman et al., 2023; arXiv 2210.02747) on the straight (OT),
+variance-preserving (VP) or variance-exploding (VE) path, with exact minibatch optimal-transport
+coupling (Tong et al., 2023; arXiv 2302.00482), Euler / midpoint / RK4 sampling and exact likelihoods.
 
-The math, in the notation of "Generative Modeling" (T.-W. Ke, 2026): t = 0 is the prior N(0, I),
+The math, in the notation of "Generative Modeling" (T.-W. Ke, 2026): t = 0 is the prior N(0, I) (VE: N(0, sigma_max^2 I)),
 t = 1 the data q(x_1); u is the target field, v_theta the network.
 
   flow              d/dt phi_t(x) = u_t(phi_t(x));  the density path obeys the continuity equation
@@ -12,6 +12,50 @@ t = 1 the data q(x_1); u is the target field, v_theta the network.
   conditional field u_t(x | x_1) = (x_1 - (1 - sigma_min) x) / sigma_t,  so along the path
                     u_t(x_t | x_1) = d/dt psi_t(x_0) = x_1 - (1 - sigma_min) x_0
                     (sigma_min = 0: x_t = (1 - t) x_0 + t x_1 and the target x_1 - x_0 of both lectures)
+  diffusion paths   (--path vp | ve; Lipman et al., Example I, Eqs. 16-19, in this time convention.) Every
+                    path here is x_t = psi_t(x_0) = a_t x_1 + b_t x_0, x_0 ~ N(0, I), so p_t(x | x_1) =
+                    N(a_t x_1, b_t^2 I), d/dt psi_t = a'_t x_1 + b'_t x_0, and substituting
+                    x_0 = (x - a_t x_1) / b_t gives the conditional field (Lipman et al.'s Theorem 3)
+                    u_t(x | x_1) = b'_t / b_t (x - a_t x_1) + a'_t x_1.
+    vp              a_t = alpha_s, b_t = sqrt(1 - alpha_s^2), s = 1 - t, alpha_s = exp(-T(s) / 2),
+                    T(s) = int_0^s beta(r) dr = b0 s + (b1 - b0) s^2 / 2, beta linear from b0 = 0.1 to
+                    b1 = 20: the continuous limit of ddpm.py's schedule (beta_k from 1e-4 to 0.02 over
+                    K = 1000 steps, beta(k / K) = K beta_k), so alpha_s^2 = exp(-T(s)) ~ alpha_bar_{sK}
+                    and p_t(x | x_1) is ddpm.py's kernel q(x_k | x_0) at alpha_bar_k = alpha_s^2.
+                    Key step: d/dt b_t = -alpha_s (d/dt alpha_s) / b_t, hence
+                    u_t(x | x_1) = alpha'_s / (1 - alpha_s^2) (alpha_s x - x_1)      (with s = 1 - t)
+                                 = -T'(s) / 2 (e^{-T(s)} x - e^{-T(s)/2} x_1) / (1 - e^{-T(s)}),
+                    alpha'_s = dalpha/ds = -beta(s) alpha_s / 2 (d/dt alpha_{1-t} = -alpha'_s: the chain
+                    rule's minus sign turns b'/b (x - a x_1) + a' x_1 into the form above).
+                    Singularity: 1 - alpha_s^2 -> 0 as s -> 0 (t -> 1, the data end), where u ~ 1/(2 s)
+                    and E||d/dt psi||^2 ~ int ds / (4 s) diverges. So s runs over [s_min, 1] instead:
+                    s = 1 - (1 - s_min) t, T(s_min) = -log(1 - sigma_min^2), i.e. the path keeps noise
+                    of std sigma_min at t = 1 (default 0.01, s_min ~ 1e-3), and every formula above
+                    takes the factor -ds/dt = 1 - s_min. At t = 0, alpha_1 = exp(-T(1) / 2) = 0.0066:
+                    p_0(x | x_1) = N(0.0066 x_1, (1 - 0.0066^2) I), close to but not exactly the prior.
+    ve              a_t = 1, b_t = sigma_{1-t}, sigma_s = sigma_min (sigma_max / sigma_min)^s (geometric,
+                    Song et al., 2021; arXiv 2011.13456), so d/dt sigma_{1-t} = -sigma'_{1-t} and
+                    u_t(x | x_1) = -sigma'_{1-t} / sigma_{1-t} (x - x_1) = -log(sigma_max / sigma_min) (x - x_1).
+                    sigma_0 = sigma_min > 0 (default 0.01) is the floor that the lecture's sigma_0 = 0
+                    lacks (with sigma_0 = 0 the geometric sigma is not defined and the field's
+                    sigma'/sigma is infinite at t = 1). sigma_max (--sigma-max, default 10; 50 for mnist
+                    and cifar10, 40 for digits32) follows Song et al.'s rule sigma_max ~ the largest
+                    distance between training points (9.4 for digits 8x8, at most 6.5 for the 2-D toy
+                    sets): the prior at t = 0 is N(0, sigma_max^2 I), whereas p_0 = N(x_1, sigma_max^2 I).
+                    The VE field is large near t = 0 (|d/dt psi| = log(sigma_max / sigma_min) sigma_{1-t}
+                    |x_0|, 69 |x_0| at t = 0 with the defaults).
+    the lecture     "Generative Modeling" (T.-W. Ke, 2026) reproduces Example I: Eq. 17 (VE) and both
+                    forms of Eq. 19 (VP) agree with the derivation above, reading alpha'_{1-t} and
+                    sigma'_{1-t} as the derivative with respect to the argument evaluated at 1 - t (not
+                    d/dt of alpha_{1-t}, which has the opposite sign). What it leaves out: Eq. 16 writes
+                    p_t(x) where it means p_t(x | x_1); sigma_0 = 0 makes the VE field singular at the data
+                    end and the VP field has 1 / (1 - alpha_{1-t}^2) -> infinity there (floors above); and
+                    neither path starts exactly at its prior (VP: mean alpha_1 x_1; VE: mean x_1), so a
+                    sampler started at the prior carries a small mismatch (tests/test_cfm.py measures it).
+  time change       any two such paths are related by x^B_t = k_t x^A_{tau(t)}, where tau matches the
+                    signal-to-noise ratio a^A_tau / b^A_tau = a^B_t / b^B_t and k_t = b^B_t / b^A_tau; the
+                    marginal fields then obey u^B_t(x) = (k'_t / k_t) x + k_t tau'_t u^A_tau(x / k_t)
+                    (CFM.reparameterized): e.g. VP is OT run on tau_t = a_t / (a_t + b_t), scaled by a_t + b_t.
   marginal field    u_t(x) = E_{q(x_1)}[u_t(x | x_1) p_t(x | x_1) / p_t(x)]
   losses            L_FM(theta)  = E_{t, p_t(x)} || v_theta(x, t) - u_t(x) ||^2          (intractable)
                     L_CFM(theta) = E_{t, q(x_1), p(x_0)} || v_theta(x_t, t) - u_t(x_t | x_1) ||^2
@@ -28,15 +72,16 @@ t = 1 the data q(x_1); u is the target field, v_theta the network.
                     B / N rows of the global batch of B, and the assignment is solved on that slice:
                     exact per slice, but a run with N processes uses N assignments of size B / N, not
                     one of size B, so its coupling (a little less straight) depends on N.
-  sampling          x_0 ~ N(0, I), integrate dx/dt = v_theta(x, t) from t = 0 to 1 in N steps of
-                    h = 1/N: Euler (1 network call per step), midpoint (2), classic RK4 (4).
+  sampling          x_0 ~ the path's prior (N(0, I); VE: N(0, sigma_max^2 I)), integrate
+                    dx/dt = v_theta(x, t) from t = 0 to 1 in N steps of h = 1/N: Euler (1 network call
+                    per step), midpoint (2), classic RK4 (4).
                     The command line's default is midpoint x 10 steps (20 calls); benchmarks/cfm.py
                     measures quality against calls for each solver.
   guidance          v = v_theta(x, t, None) + w (v_theta(x, t, y) - v_theta(x, t, None))  (2 calls;
                     classifier-free guidance, Ho & Salimans, 2022; arXiv 2207.12598)
   likelihood        d/dt log p_t(x_t) = -div v_theta(x_t, t)   (instantaneous change of variables,
                     Chen et al., 2018; arXiv 1806.07366), so
-                    log p_1(x_1) = log N(x_0; 0, I) - int_0^1 div v_theta(x_t, t) dt,
+                    log p_1(x_1) = log p_0(x_0) - int_0^1 div v_theta(x_t, t) dt, p_0 the path's prior,
                     with x_t solved backwards from the data x_1 at t = 1 to x_0 at t = 0.
                     div v is exact (one vector-Jacobian product per dimension) for small dimensions,
                     else Hutchinson's estimate div v = E_eps[eps^T (dv/dx) eps], eps Rademacher (one
@@ -65,6 +110,7 @@ t = 0, h, .., 1 - h and end at t = 1.
 Run:
   python cfm.py                              # digits 8x8; grid + Frechet distance
   python cfm.py --coupling ot                # exact minibatch OT coupling
+  python cfm.py --path vp                    # the variance-preserving diffusion path (--path ve: exploding)
   python cfm.py --data 8gaussians --uncond --coupling ot --solver euler --steps 1
   python cfm.py --ckpt runs/cfm-digits/ckpt.pt --solver rk4 --steps 25 --cfg-scale 2
   python cfm.py --uncond --bpd 500           # trains on dequantized data; held-out bits/dim, RK4 at S and 2S
@@ -112,25 +158,118 @@ def _check_solver(steps, method):
 # -----------------------------------------------------------------------------
 # the method: path, coupling, loss, sampler, likelihood
 
+PATHS = ("ot", "vp", "ve")
+SIGMA_MIN = {"ot": 0.0, "vp": 0.01, "ve": 0.01}  # each path's default noise std at t = 1
+BETA_0, BETA_1 = 0.1, 20.0  # VP: beta(s) linear from BETA_0 to BETA_1 (ddpm.py's 1e-4..0.02 times K = 1000)
+
+
+def vp_T(s):
+    """T(s) = int_0^s beta(r) dr for the linear beta(r) = BETA_0 + (BETA_1 - BETA_0) r."""
+    return BETA_0 * s + (BETA_1 - BETA_0) * s ** 2 / 2
+
+
+def vp_T_inverse(T):
+    """The s >= 0 with vp_T(s) = T (the positive root of the quadratic)."""
+    return 2 * T / (BETA_0 + (BETA_0 ** 2 + 2 * (BETA_1 - BETA_0) * T) ** 0.5)  # the stable form of the root
+
+
 class CFM:
-    def __init__(self, sigma_min=0.0, coupling="independent", *, dequantize_levels=0):
-        """dequantize_levels: 0 trains on the data as given; L >= 2 (images on L grey levels) trains
+    def __init__(self, sigma_min=None, coupling="independent", path="ot", *, sigma_max=10.0, dequantize_levels=0):
+        """path: "ot" (straight), "vp" or "ve" (module docstring). sigma_min: the conditional path's noise
+        std at t = 1 (None: 0 for ot, 0.01 for vp and ve; ot takes [0, 1), vp and ve need > 0). sigma_max:
+        VE's noise std at t = 0 (its prior N(0, sigma_max^2 I)); unused by the other paths.
+        dequantize_levels: 0 trains on the data as given; L >= 2 (images on L grey levels) trains
         on x + Delta (u - 1/2), Delta = 2 / (L - 1), u ~ U[0, 1)^D fresh every batch (see loss)."""
-        if not 0.0 <= sigma_min < 1.0:
+        if path not in PATHS:
+            raise ValueError(f"unknown --path {path!r}: use one of {', '.join(PATHS)}")
+        sigma_min = SIGMA_MIN[path] if sigma_min is None else float(sigma_min)
+        if path == "ot" and not 0.0 <= sigma_min < 1.0:
             raise ValueError(f"--sigma-min must be in [0, 1) (the path's width at t = 1; 0 is the straight path), "
                              f"got {sigma_min}")
+        top = math.sqrt(-math.expm1(-vp_T(1.0)))  # VP's noise std at t = 0
+        if path == "vp" and not 0.0 < sigma_min < top:
+            raise ValueError(f"--sigma-min must be in (0, {top:.6f}) for --path vp (the noise std left at t = 1; "
+                             f"0 makes the field infinite there), got {sigma_min}")
+        if path == "ve" and not (0.0 < sigma_min < sigma_max and math.isfinite(sigma_max)):
+            raise ValueError(f"--path ve needs 0 < --sigma-min < --sigma-max (its noise std at t = 1 and at t = 0; "
+                             f"e.g. 0.01 and 10), got {sigma_min} and {sigma_max}")
         if coupling not in ("independent", "ot"):
             raise ValueError(f"unknown --coupling {coupling!r}: use 'independent' or 'ot'")
         if dequantize_levels != int(dequantize_levels) or dequantize_levels == 1 or dequantize_levels < 0:
             raise ValueError(f"--dequantize needs images on 2 or more grey levels, got {dequantize_levels} levels")
-        self.sigma_min, self.coupling, self.dequantize_levels = float(sigma_min), coupling, int(dequantize_levels)
+        self.sigma_min, self.coupling, self.dequantize_levels = sigma_min, coupling, int(dequantize_levels)
+        self.path, self.sigma_max = path, float(sigma_max)
+        self.s_min = vp_T_inverse(-math.log1p(-sigma_min ** 2)) if path == "vp" else 0.0  # T(s_min) = -log(1 - sigma^2)
+        self.prior_std = self.sigma_max if path == "ve" else 1.0  # p_0 = N(0, prior_std^2 I)
+
+    def schedule(self, t):
+        """(a, b, da/dt, db/dt) at times t (a tensor) for x_t = a x_1 + b x_0 (module docstring)."""
+        if self.path == "ot":  # a = t, b = 1 - (1 - sigma_min) t
+            one = torch.ones_like(t)
+            return t, 1 - (1 - self.sigma_min) * t, one, -(1 - self.sigma_min) * one
+        if self.path == "vp":  # s = 1 - (1 - s_min) t;  a = alpha_s = exp(-T(s) / 2),  b = sqrt(1 - alpha_s^2)
+            ds = 1 - self.s_min  # -ds/dt
+            s = 1 - ds * t
+            T = vp_T(s)
+            a, b = torch.exp(-T / 2), torch.sqrt(-torch.expm1(-T))
+            da = ds * (BETA_0 + (BETA_1 - BETA_0) * s) / 2 * a  # d/dt alpha_s = -alpha'_s ds, alpha'_s = -beta(s) alpha_s / 2
+            return a, b, da, -a * da / b  # d/dt sqrt(1 - a^2) = -a a' / b
+        log_ratio = math.log(self.sigma_max / self.sigma_min)  # ve: a = 1, b = sigma_{1-t} = sigma_min e^{(1-t) log_ratio}
+        b = self.sigma_min * torch.exp((1 - t) * log_ratio)
+        return torch.ones_like(t), b, torch.zeros_like(t), -log_ratio * b  # d/dt sigma_{1-t} = -sigma'_{1-t}
+
+    def snr_time(self, r):
+        """The time t at which a_t / b_t = r (> 0), the inverse of the signal-to-noise ratio; it may lie
+        outside [0, 1] where r is outside the path's range."""
+        if self.path == "ot":  # r = t / (1 - (1 - sigma_min) t)
+            return r / (1 + (1 - self.sigma_min) * r)
+        if self.path == "vp":  # alpha^2 / (1 - alpha^2) = r^2  ->  T(s) = log(1 + 1 / r^2)
+            return (1 - vp_T_inverse(torch.log1p(r ** -2))) / (1 - self.s_min)
+        return 1 - torch.log(1 / (r * self.sigma_min)) / math.log(self.sigma_max / self.sigma_min)  # ve: r = 1 / sigma
 
     def psi(self, x0, x1, t):
-        tt = common.bcast(t, x0)
-        return (1 - (1 - self.sigma_min) * tt) * x0 + tt * x1  # x_t = (1 - (1 - sigma_min) t) x_0 + t x_1
+        a, b, _, _ = self.schedule(t)
+        return common.bcast(a, x0) * x1 + common.bcast(b, x0) * x0  # x_t = a_t x_1 + b_t x_0
 
     def velocity(self, x0, x1, t):
-        return x1 - (1 - self.sigma_min) * x0  # u_t(x_t | x_1) = d/dt psi_t(x_0), the same for every t
+        _, _, da, db = self.schedule(t)
+        return common.bcast(da, x0) * x1 + common.bcast(db, x0) * x0  # u_t(x_t | x_1) = d/dt psi_t(x_0)
+
+    def field(self, x, x1, t):
+        """The conditional field u_t(x | x_1) at any x, in the lecture's forms (Eqs. 17 and 19 of Lipman et al.;
+        OT: their Eq. 21): tests check that along the path it equals velocity, i.e. d/dt psi."""
+        if self.path == "ot":  # (x_1 - (1 - sigma_min) x) / (1 - (1 - sigma_min) t)
+            return (x1 - (1 - self.sigma_min) * x) / common.bcast(1 - (1 - self.sigma_min) * t, x)
+        if self.path == "vp":  # alpha'_s / (1 - alpha_s^2) (alpha_s x - x_1), times -ds/dt = 1 - s_min
+            s = 1 - (1 - self.s_min) * t
+            T = vp_T(s)
+            alpha = torch.exp(-T / 2)
+            d_alpha = -(BETA_0 + (BETA_1 - BETA_0) * s) / 2 * alpha  # alpha'_s
+            coef = (1 - self.s_min) * d_alpha / -torch.expm1(-T)  # 1 - alpha_s^2 = -expm1(-T(s)), accurate at small s
+            return common.bcast(coef, x) * (common.bcast(alpha, x) * x - x1)
+        log_ratio = math.log(self.sigma_max / self.sigma_min)  # ve: -sigma'_{1-t} / sigma_{1-t} (x - x_1)
+        return -log_ratio * (x - x1)
+
+    def reparameterized(self, net, source):
+        """This path's marginal field from `net`, a field v(x, t, y) of the CFM `source` (e.g. a network
+        trained on another path): u_t(x) = (k'/k) x + k tau' v(x / k, tau, y), tau = source.snr_time(a_t / b_t),
+        k = b_t / b^source_tau (module docstring, "time change"). Raises ValueError where tau leaves [0, 1]."""
+        def v(x, t, y=None):
+            tt = t.double()
+            a, b, da, db = self.schedule(tt)
+            r = a / b
+            tau = source.snr_time(r)
+            if not (torch.isfinite(tau).all() and float(tau.min()) >= -1e-9 and float(tau.max()) <= 1 + 1e-9):
+                raise ValueError(f"the {self.path} path's signal-to-noise ratio leaves the {source.path} path's "
+                                 f"range at t in [{float(tt.min()):.3g}, {float(tt.max()):.3g}]")
+            tau = tau.clamp(0, 1)
+            A, B, dA, dB = source.schedule(tau)
+            k = b / B
+            d_tau = ((da * b - a * db) / b ** 2) / ((dA * B - A * dB) / B ** 2)  # dr/dt / (dr/dtau)
+            dk = (db - k * dB * d_tau) / B
+            u = net(x / common.bcast(k, x).to(x.dtype), tau.to(t.dtype), y)
+            return common.bcast(dk / k, x).to(x.dtype) * x + common.bcast(k * d_tau, x).to(x.dtype) * u
+        return v
 
     def couple(self, x0, x1, y=None):
         """(x0', x1): x0' the rows of x0 permuted so that row i goes with x1[i]. Independent
@@ -178,10 +317,13 @@ class CFM:
 
     @torch.no_grad()
     def sample(self, net, shape, steps=100, method="euler", y=None, cfg_scale=1.0, generator=None, noise=None):
-        """Solve dx/dt = v_theta(x, t) from x_0 ~ N(0, I) at t = 0 to t = 1: steps * STAGES[method]
-        network calls (twice that with guidance)."""
+        """Solve dx/dt = v_theta(x, t) from x_0 ~ the prior N(0, prior_std^2 I) at t = 0 to t = 1:
+        steps * STAGES[method] network calls (twice that with guidance). noise: the standard normal
+        draw eps, x_0 = prior_std eps."""
         _check_solver(steps, method)
-        x = common.start_noise(shape, generator, noise)  # x_0 ~ N(0, I)
+        x = common.start_noise(shape, generator, noise)  # eps ~ N(0, I)
+        if self.prior_std != 1.0:
+            x = self.prior_std * x  # x_0 = prior_std eps
         dtype, h = x.dtype, 1.0 / steps
 
         def field(state, t):
@@ -194,7 +336,8 @@ class CFM:
 
     @torch.no_grad()
     def log_likelihood(self, net, x1, steps=100, y=None, method="rk4", divergence="auto", generator=None):
-        """log p_1(x1) per example (nats), integrating (x, int div v) from t = 1 back to t = 0.
+        """log p_1(x1) per example (nats), integrating (x, int div v) from t = 1 back to t = 0, where
+        the path's prior N(0, prior_std^2 I) gives log p_0.
         divergence: "exact" (one vector-Jacobian product per dimension), "hutchinson" (one
         Rademacher probe per example, drawn with generator), or "auto" (exact up to 16 dimensions)."""
         _check_solver(steps, method)
@@ -225,7 +368,8 @@ class CFM:
         for i in range(steps):
             state = ode_step(field, state, 1.0 + i * h, h, method)
         x0, int_div_backwards = state  # int_1^0 div v dt = -int_0^1 div v dt
-        log_p0 = -0.5 * x0.flatten(1).pow(2).sum(1) - 0.5 * dim * math.log(2 * math.pi)  # log N(x_0; 0, I)
+        p2 = self.prior_std ** 2  # log N(x_0; 0, p^2 I)
+        log_p0 = -0.5 * x0.flatten(1).pow(2).sum(1) / p2 - 0.5 * dim * math.log(2 * math.pi * p2)
         return log_p0 + int_div_backwards  # log p_1(x_1) = log p_0(x_0) - int_0^1 div v dt
 
 
@@ -304,7 +448,11 @@ def main(argv=None):
     parser = common.add_args(argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                                      epilog="see the module docstring for the math"))
     own = parser.add_argument_group("cfm")
-    own.add_argument("--sigma-min", type=common.finite, help="conditional path width at t = 1, in [0, 1) (default 0)")
+    own.add_argument("--path", choices=list(PATHS), help="conditional path: ot (straight, default), vp or ve (diffusion)")
+    own.add_argument("--sigma-min", type=common.finite,
+                     help="the path's noise std at t = 1: ot in [0, 1), vp and ve > 0 (default 0 for ot, 0.01 else)")
+    own.add_argument("--sigma-max", type=common.finite, help="--path ve: noise std at t = 0, the prior's "
+                     "(default 10; 50 for mnist and cifar10, 40 for digits32)")
     own.add_argument("--coupling", choices=["independent", "ot"], help="minibatch pairing: independent (default) or OT")
     own.add_argument("--dequantize", action=argparse.BooleanOptionalAction,
                      help="images: train on x + Delta (u - 1/2), the data spread over its bins (default: with --bpd)")
@@ -312,8 +460,13 @@ def main(argv=None):
     own.add_argument("--solver", choices=list(STAGES), help="ODE solver for sampling (default midpoint)")
     own.add_argument("--bpd", type=int, metavar="N", help="images: also bits/dim of N held-out examples (default 0)")
     own.add_argument("--bpd-steps", type=int, metavar="S", help="--bpd's RK4 steps: 2S reported, S beside (default 40)")
-    args, ckpt = common.parse_args(parser, argv, "cfm", model_flags=("sigma_min", "coupling"), defaults=dict(
-        sigma_min=0.0, coupling="independent", steps=10, solver="midpoint", bpd=0, bpd_steps=40))
+    args, ckpt = common.parse_args(parser, argv, "cfm", model_flags=("sigma_min", "coupling", "path", "sigma_max"),
+                                   defaults=dict(path="ot", sigma_max=10.0, coupling="independent", steps=10,
+                                                 solver="midpoint", bpd=0, bpd_steps=40),
+                                   budgets={k: dict(sigma_max=v) for k, v in (("mnist", 50.0), ("cifar10", 50.0),
+                                                                              ("digits32", 40.0))})
+    if args.sigma_min is None:  # the path's own default (SIGMA_MIN), saved in the checkpoint
+        args.sigma_min = SIGMA_MIN[args.path]
     if args.dequantize is None:  # a model flag: the checkpoint's (none before the flag: off), else on with --bpd
         args.dequantize = ckpt["args"].get("dequantize", False) if ckpt else args.bpd > 0
     if args.steps < 1 or args.bpd_steps < 1:  # sampler and evaluation flags, checked here once
@@ -325,8 +478,8 @@ def main(argv=None):
         data = common.load_data(args.data, args.data_root, args.download)
         num_classes = 0 if args.uncond else data.num_classes
         v_theta = common.make_net(args.arch, data.shape, args.width, num_classes, time_scale=1000.0).to(device)
-        flow = common.construct(parser, CFM, args.sigma_min, args.coupling,  # path, coupling, loss, sampler, likelihood
-                                dequantize_levels=data.levels if args.dequantize else 0)
+        flow = common.construct(parser, CFM, args.sigma_min, args.coupling, args.path, sigma_max=args.sigma_max,
+                                dequantize_levels=data.levels if args.dequantize else 0)  # path, loss, sampler, ...
         if args.sample_only:
             v_theta = common.load_ema(ckpt, v_theta)
         else:

@@ -506,6 +506,236 @@ def test_dequantization_and_bits_per_dim(levels, seed):
 
 
 # -----------------------------------------------------------------------------
+# the diffusion paths (VP, VE) and the time change between paths
+
+PATH_CASES = [("ot", 0.0), ("ot", 0.2), ("vp", None), ("vp", 0.05), ("ve", None), ("ve", 0.05)]
+
+
+def vp_alpha(s):
+    """alpha_s = exp(-T(s) / 2), T(s) = int_0^s beta, beta linear from 0.1 to 20: written out here."""
+    return torch.exp(-(0.1 * s + 19.9 * s ** 2 / 2) / 2)
+
+
+def coefficients(flow, t):
+    """(a, b, a', b') of x_t = a x_1 + b x_0 read off flow.psi by autograd (not from flow.schedule)."""
+    one, zero = torch.ones(len(t), 1, dtype=torch.float64), torch.zeros(len(t), 1, dtype=torch.float64)
+    a, da = torch.func.jvp(lambda s: flow.psi(zero, one, s), (t,), (torch.ones_like(t),))
+    b, db = torch.func.jvp(lambda s: flow.psi(one, zero, s), (t,), (torch.ones_like(t),))
+    return a[:, 0], b[:, 0], da[:, 0], db[:, 0]
+
+
+def exact_path_field(flow, m, S):
+    """The marginal field of data N(m, S) on any path x_t = a x_1 + b x_0: (x_t, V = a' x_1 + b' x_0) are
+    jointly Gaussian, so u_t(x) = E[V | x_t = x] = a' m + C Sigma^{-1} (x - a m), Sigma = a^2 S + b^2 I,
+    C = Cov(V, x_t) = a a' S + b b' I."""
+    eye = torch.eye(len(m), dtype=torch.float64)
+
+    def net(x, t, y=None):
+        a, b, da, db = (c.view(-1, 1, 1) for c in coefficients(flow, t.double()))
+        cov, cross = a ** 2 * S + b ** 2 * eye, a * da * S + b * db * eye
+        dx = (x.double() - a[:, :, 0] * m)[..., None]
+        return (da[:, :, 0] * m + (cross @ torch.linalg.solve(cov, dx))[..., 0]).to(x.dtype)
+    return net
+
+
+def sqrtm(M):
+    lam, Q = torch.linalg.eigh(M)
+    return Q @ torch.diag(lam.sqrt()) @ Q.T
+
+
+def marginal(flow, m, S, t):
+    """(mean, cov) of p_t for data N(m, S)."""
+    a, b, _, _ = coefficients(flow, torch.tensor([float(t)], dtype=torch.float64))
+    return a * m, a ** 2 * S + b ** 2 * torch.eye(len(m), dtype=torch.float64)
+
+
+@settings(deadline=None, max_examples=20)
+@given(case=st.sampled_from(PATH_CASES), batch=st.integers(1, 5), shape=st.sampled_from([(2,), (1, 3, 3)]),
+       seed=st.integers(0, 10 ** 6))
+def test_each_path_velocity_is_d_dt_psi_and_the_lectures_field(case, batch, shape, seed):
+    path, sigma_min = case
+    g = torch.Generator().manual_seed(seed)
+    x0, x1 = (torch.randn(batch, *shape, generator=g, dtype=torch.float64) for _ in range(2))
+    t = torch.rand(batch, generator=g, dtype=torch.float64)
+    t[0] = 1.0 if seed % 2 else 0.0  # the ends too: finite, thanks to the floors
+    flow = CFM(sigma_min, path=path)
+    x_t, dpsi_dt = torch.func.jvp(lambda s: flow.psi(x0, x1, s), (t,), (torch.ones_like(t),))
+    torch.testing.assert_close(flow.velocity(x0, x1, t), dpsi_dt, rtol=1e-9, atol=1e-9)
+    ok = (flow.psi(torch.ones(1), torch.zeros(1), t) > 0).view(-1)  # b_t > 0 (ot, sigma_min = 0: 0 / 0 at t = 1)
+    torch.testing.assert_close(flow.field(x_t, x1, t)[ok], dpsi_dt[ok], rtol=1e-9, atol=1e-9)  # Eqs. 17 / 19
+    assert torch.isfinite(dpsi_dt).all()
+    # the path written out independently: x_t = a_t x_1 + b_t x_0
+    sig = cfm.SIGMA_MIN[path] if sigma_min is None else sigma_min
+    tt = t.view(-1, *[1] * len(shape))
+    if path == "ot":
+        want = (1 - (1 - sig) * tt) * x0 + tt * x1
+    elif path == "vp":
+        s = 1 - (1 - flow.s_min) * tt
+        want = vp_alpha(s) * x1 + (1 - vp_alpha(s) ** 2).sqrt() * x0
+    else:
+        want = x1 + sig * (10.0 / sig) ** (1 - tt) * x0
+    torch.testing.assert_close(x_t, want, rtol=1e-12, atol=1e-12)
+    # the noise left at t = 1 is sigma_min on every path; VP's signal there is sqrt(1 - sigma_min^2)
+    a1, b1, _, _ = coefficients(flow, torch.ones(1, dtype=torch.float64))
+    assert float(b1) == pytest.approx(sig, rel=1e-9, abs=1e-15)
+    assert float(a1) == pytest.approx(math.sqrt(1 - sig ** 2) if path == "vp" else 1.0, rel=1e-12)
+
+
+@pytest.mark.parametrize("sigma_min", [None, 0.001, 0.2])
+def test_the_lectures_two_forms_of_the_vp_field_agree(sigma_min):
+    """Eq. 19: alpha'_{1-t} / (1 - alpha_{1-t}^2) (alpha_{1-t} x - x_1)
+    = -T'(1-t) / 2 (e^{-T(1-t)} x - e^{-T(1-t)/2} x_1) / (1 - e^{-T(1-t)}), at any x (off the path too),
+    with 1 - t replaced by s = 1 - (1 - s_min) t and the chain-rule factor 1 - s_min."""
+    flow = CFM(sigma_min, path="vp")
+    g = torch.Generator().manual_seed(0)
+    x, x1 = torch.randn(64, 3, generator=g, dtype=torch.float64), torch.randn(64, 3, generator=g, dtype=torch.float64)
+    t = torch.linspace(0, 1, 64, dtype=torch.float64)
+    s = (1 - (1 - flow.s_min) * t)[:, None]
+    T, dT = 0.1 * s + 19.9 * s ** 2 / 2, 0.1 + 19.9 * s  # T(s), T'(s) = beta(s)
+    second = (1 - flow.s_min) * -dT / 2 * (torch.exp(-T) * x - torch.exp(-T / 2) * x1) / (1 - torch.exp(-T))
+    torch.testing.assert_close(flow.field(x, x1, t), second, rtol=1e-8, atol=0)  # 1 - e^{-T} cancels at small T
+    # the endpoints: p_0(x | x_1) = N(alpha_1 x_1, (1 - alpha_1^2) I), alpha_1 = exp(-10.05 / 2) = 0.0066
+    a0, b0, _, _ = coefficients(flow, torch.zeros(1, dtype=torch.float64))
+    assert float(a0) == pytest.approx(math.exp(-10.05 / 2), rel=1e-12) and float(a0 ** 2 + b0 ** 2) == pytest.approx(1)
+
+
+def test_vp_path_is_ddpm_kernel_at_the_matched_noise_level():
+    """q(x_t | x_1) of the VP path and ddpm.py's q(x_k | x_0) are the same family: at the t with
+    alpha_{1-t}^2 = alpha_bar_k the two draws coincide for the same (x_1, eps); and the matched t is
+    close to the continuous limit's t = 1 - k / K (log alpha_bar_k = -T(k / K) up to sum beta^2 / 2)."""
+    import ddpm
+    diffusion = ddpm.DDPM(1000, "linear")
+    flow = CFM(path="vp")
+    g = torch.Generator().manual_seed(0)
+    x1, eps = torch.randn(7, 1, 4, 4, generator=g, dtype=torch.float64), torch.randn(7, 1, 4, 4, generator=g, dtype=torch.float64)
+    k = torch.tensor([1, 10, 100, 250, 500, 750, 1000])
+    ab = diffusion.alpha_bar[k]
+    t = flow.snr_time((ab / (1 - ab)).sqrt())
+    # inside [0, 1] but for k = K: ddpm.py's alpha_bar_K = 4.0e-5 is a little below VP's alpha_1^2 = e^{-10.05}
+    # = 4.3e-5 (sum beta_j < T(1), but prod (1 - beta_j) < e^{-sum beta_j}); the formulas extend to t = -0.0034
+    assert float(t[:-1].min()) >= 0 and float(t.max()) <= 1 + 1e-12 and -0.01 < float(t[-1]) < 0  # k = 1: sigma_min
+    torch.testing.assert_close(flow.psi(eps, x1, t), diffusion.q_sample(x1, k, eps), rtol=1e-10, atol=1e-12)
+    # the continuous limit: beta(k / K) = K beta_k, so T(k / K) ~ sum_j beta_j ~ -log alpha_bar_k
+    s = k.double() / 1000
+    t_limit = (1 - s) / (1 - flow.s_min)
+    a, _, _, _ = coefficients(flow, t_limit)
+    gap = (a ** 2).log() - ab.log()  # -T(s) - log alpha_bar_k = sum_j (-log(1 - beta_j) - beta_j) + O(beta / K)
+    bound = (diffusion.beta[1:] ** 2).cumsum(0)[k - 1] + 0.02
+    assert torch.all(gap.abs() < bound), (gap, bound)
+    assert float((t - t_limit).abs().max()) < 0.02
+
+
+@pytest.mark.parametrize("path", ["ot", "vp", "ve"])
+def test_exact_gaussian_field_carries_each_paths_marginals(path):
+    """Data N(m, S), the exact marginal field of each path, RK4: started from the exact p_0 the sampler
+    ends on the data (blurred by sigma_min) point by point, x_1 = mu_1 + Sigma_1^{1/2} Sigma_0^{-1/2}
+    (x_0 - mu_0) (all Sigma_t commute); started from the path's prior N(0, p^2 I) (CFM.sample) it ends on
+    the push-forward N(mu_1 - A mu_0, p^2 A^2), A = Sigma_1^{1/2} Sigma_0^{-1/2}, the prior mismatch of the
+    path: none for ot, alpha_1 = 0.0066 for vp, mean x_1 at t = 0 for ve."""
+    m, S = gaussian_problem(3)
+    flow = CFM(path=path)
+    net = exact_path_field(flow, m, S)
+    mu0, cov0 = marginal(flow, m, S, 0.0)
+    mu1, cov1 = marginal(flow, m, S, 1.0)
+    A = sqrtm(cov1) @ torch.linalg.inv(sqrtm(cov0))
+    eps = whitened_noise(2000, 3)
+    x0 = mu0 + eps @ sqrtm(cov0)  # exact samples of p_0, as standard draws for sample(): x_0 = prior_std eps
+    x = flow.sample(net, eps.shape, 100, "rk4", noise=x0 / flow.prior_std)
+    torch.testing.assert_close(x, mu1 + (x0 - mu0) @ A, atol=1e-6, rtol=0)
+    # the data at t = 1: N(m, S + sigma_min^2 I) on ot and ve, N(a m, a^2 S + sigma_min^2 I), a^2 = 1 - sigma_min^2, on vp
+    data_mean, data_cov = mu1, cov1
+    if path != "vp":
+        torch.testing.assert_close(mu1, m)
+        torch.testing.assert_close(cov1, S + flow.sigma_min ** 2 * torch.eye(3, dtype=torch.float64))
+    assert moments_error(x, data_mean, data_cov) < 1e-6
+    x = flow.sample(net, eps.shape, 100, "rk4", noise=eps)
+    p = flow.prior_std
+    push_mean, push_cov = mu1 - A @ mu0, p ** 2 * A @ A
+    assert moments_error(x, push_mean, push_cov) < 1e-6
+    mismatch = float((push_mean - data_mean).abs().max() + (push_cov - data_cov).abs().max())
+    # ve: mean offset A m ~ S^{1/2} m / sigma_max (|m| ~ 2.2 here), covariance shrunk by S / (S + sigma_max^2)
+    assert mismatch < {"ot": 1e-12, "vp": 0.02, "ve": 0.3}[path], mismatch
+    if path != "ot":
+        assert mismatch > 1e-4  # a real, if small, mismatch: the diffusion paths do not start at their prior
+    # the likelihood with the exact field is the push-forward's log density (the data's, up to the mismatch)
+    torch.manual_seed(0)
+    target = torch.distributions.MultivariateNormal(data_mean, data_cov)
+    pts = target.sample((16,))
+    ll = flow.log_likelihood(net, pts, 100, method="rk4")
+    torch.testing.assert_close(ll, torch.distributions.MultivariateNormal(push_mean, push_cov).log_prob(pts),
+                               atol=1e-5, rtol=0)  # RK4 x 100; ve's field has rate log(sigma_max / sigma_min) = 6.9
+    assert float((ll - target.log_prob(pts)).abs().max()) < {"ot": 1e-6, "vp": 0.05, "ve": 1.0}[path]  # the mismatch
+
+
+@pytest.mark.parametrize("path", ["vp", "ve"])
+def test_time_change_of_the_ot_field_is_the_other_paths_exact_field(path):
+    """psi_B(t) = k_t psi_ot(tau_t) with tau matching a/b: the OT marginal field of Gaussian data,
+    reparameterized, is the exact VP / VE marginal field at every (x, t)."""
+    m, S = gaussian_problem(3, seed=1)
+    ot, other = CFM(), CFM(path=path)
+    field = other.reparameterized(exact_path_field(ot, m, S), ot)
+    g = torch.Generator().manual_seed(0)
+    t = torch.rand(50, generator=g, dtype=torch.float64)
+    t[:2] = torch.tensor([0.0, 1.0])
+    x = torch.randn(50, 3, generator=g, dtype=torch.float64) * other.schedule(t)[1][:, None] + m
+    torch.testing.assert_close(field(x, t), exact_path_field(other, m, S)(x, t), rtol=1e-8, atol=1e-8)
+    # VP is OT on tau = a / (a + b), scaled by a + b
+    if path == "vp":
+        a, b, _, _ = other.schedule(t)
+        torch.testing.assert_close(other.psi(x, m.expand(50, 3), t),
+                                   (a + b)[:, None] * ot.psi(x, m.expand(50, 3), a / (a + b)), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("path", ["vp", "ve"])
+def test_a_model_of_one_path_sampled_under_anothers_time_change_reaches_the_same_endpoints(path):
+    """Any field v trained on the OT path (here a random MLP), sampled as a `path` model through
+    reparameterized, lands where the OT ODE from the corresponding point lands: x^B(1) = k_1 x^ot(tau_1)
+    from x^ot(tau_0) = x^B(0) / k_0. (The converse, a VP model sampled as OT, leaves VP's range: refused.)"""
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.Tanh(), torch.nn.Linear(32, 2)).double()
+    net = lambda x, s, y=None: mlp(torch.cat([x, s[:, None]], 1))  # noqa: E731
+    ot, other = CFM(), CFM(path=path)
+    eps = torch.randn(20, 2, dtype=torch.float64)
+    ends = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    a, b, _, _ = other.schedule(ends)
+    tau = ot.snr_time(a / b)
+    k = b / ot.schedule(tau)[1]
+    state, n = (other.prior_std * eps / k[0],), 2000  # the OT ODE on [tau_0, tau_1]
+    h = float(tau[1] - tau[0]) / n
+    with torch.no_grad():
+        for i in range(n):
+            state = cfm.ode_step(lambda st, s: (net(st[0], torch.full((20,), s, dtype=torch.float64)),), state,
+                                 float(tau[0]) + i * h, h, "rk4")
+    errs = [float((other.sample(other.reparameterized(net, ot), eps.shape, steps, "rk4", noise=eps)
+                   - k[1] * state[0]).abs().max()) for steps in (200, 800)]
+    # the gap is the solvers' alone: it shrinks faster than h^2 (VP's time change is stiff as t -> 1: about h^3 there)
+    assert errs[1] < {"vp": 1e-4, "ve": 1e-9}[path] and errs[0] / errs[1] > 30, errs
+    with pytest.raises(ValueError, match="range"):
+        CFM().sample(CFM().reparameterized(net, CFM(path="vp")), (3, 2), 2)  # OT's t = 0 is beyond VP's noise
+
+
+def test_path_hyperparameters_are_checked():
+    for bad in (dict(path="sde"), dict(path="ve", sigma_min=0.0), dict(path="vp", sigma_min=0.0),
+                dict(path="vp", sigma_min=1.0), dict(path="ve", sigma_min=0.1, sigma_max=0.05),
+                dict(path="ve", sigma_max=float("inf")), dict(path="ot", sigma_min=-0.1)):
+        with pytest.raises(ValueError, match="--path|--sigma"):
+            CFM(**bad)
+    assert CFM(path="ve").prior_std == 10.0 and CFM(path="vp").prior_std == 1.0 and CFM().sigma_min == 0.0
+
+
+@pytest.mark.parametrize("path", ["vp", "ve"])
+def test_cli_trains_and_samples_each_path(path, tmp_path):
+    out = tmp_path / path
+    q = cfm.main(["--data", "moons", "--path", path, "--sigma-max", "5", "--iters", "20", "--batch-size", "64",
+                  "--width", "32", "--n-eval", "50", "--steps", "2", "--out", str(out), "--device", "cpu"])
+    assert q["metric"] == "W2" and math.isfinite(q["value"])
+    saved = torch.load(out / "ckpt.pt", weights_only=True)["args"]
+    assert saved["path"] == path and saved["sigma_min"] == 0.01 and saved["sigma_max"] == 5.0
+    q2 = cfm.main(["--ckpt", str(out / "ckpt.pt"), "--n-eval", "50", "--steps", "2", "--device", "cpu"])
+    assert q2["value"] == q["value"]  # the checkpoint's path and prior: the same samples
+
+
+# -----------------------------------------------------------------------------
 # learning and the command line
 
 def test_short_training_learns_8gaussians():
@@ -533,7 +763,8 @@ def test_cli_help_and_bad_flags(capsys):
     assert e.value.code == 0 and "--coupling" in capsys.readouterr().out
     for bad in (["--steps", "0"], ["--solver", "heun"], ["--sigma-min", "1.5"], ["--coupling", "sinkhorn"],
                 ["--data", "moons", "--bpd", "10"], ["--bpd", "-1"], ["--bpd-steps", "0"],
-                ["--data", "moons", "--dequantize"]):
+                ["--data", "moons", "--dequantize"], ["--path", "sde"], ["--path", "ve", "--sigma-min", "0"],
+                ["--path", "vp", "--sigma-min", "0"], ["--path", "ve", "--sigma-max", "0.001"]):
         with pytest.raises(SystemExit) as e:
             cfm.main(bad)
         assert e.value.code == 2, bad
