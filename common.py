@@ -1074,7 +1074,8 @@ def parse_args(parser, argv, name, defaults=None, budgets=None, model_flags=(), 
     if args.resume and args.sample_only:
         parser.error("--resume and --sample-only exclude each other: pick one")
     ckpt = None
-    path = Path(args.ckpt) if args.ckpt else Path(args.out or f"runs/{name}-{args.data or DEFAULTS['data']}") / "ckpt.pt"
+    default_data = (defaults or {}).get("data", DEFAULTS["data"])  # the file's own default data set, if it has one
+    path = Path(args.ckpt) if args.ckpt else Path(args.out or f"runs/{name}-{args.data or default_data}") / "ckpt.pt"
     if args.resume == "auto" and not path.exists():
         log(f"--resume auto: no checkpoint at {path} yet, starting fresh")
         args.resume = None
@@ -1097,7 +1098,7 @@ def parse_args(parser, argv, name, defaults=None, budgets=None, model_flags=(), 
             for k in MODEL_FLAGS:
                 if getattr(args, k) is None:
                     setattr(args, k, saved[k])
-    data = args.data or DEFAULTS["data"]
+    data = args.data or default_data
     if data not in DATASETS:
         parser.error(f"unknown data set {data!r}: choose from {', '.join(DATASETS)}")
     kind = "toy" if data in TOY_SETS else data

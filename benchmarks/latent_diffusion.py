@@ -1,0 +1,193 @@
+"""Benchmark of latent_diffusion.py: the lecture's claim that latent diffusion "reduces computational
+costs", measured on digits32 (the bundled digits at 32x32) against pixel-space cfm.py.
+
+Both models are the command lines' defaults for digits32 (conditional, labels balanced, w = 1) and
+are sampled the same way: the midpoint solver with 10 steps (NFE 20). cfm.py trains its UNet on the
+32x32 pixels; latent_diffusion.py first trains its autoencoder (stage 1, counted in its cost), then
+its DiT on the 4x8x8 latents. Each model trains in segments (the ITERS lists below; each segment
+continues the previous one exactly with --resume) and after each its EMA network is sampled and
+scored:
+  FD            Frechet distance of n samples to the n held-out digits in the feature classifier's
+                space, beside its floor (n random training digits vs the same held-out ones, mean +- sd
+                over 20 draws): the model is as good as real data when its FD is within the floor's spread
+  train seconds the segment's wall time (the command line's run with --n-eval 0: loading, training,
+                checkpoints); cumulative, and for latent_diffusion.py including stage 1, whose cost
+                is the wall time of a run with --iters 1 (stage 1, encoding the data set, one step)
+  per iteration seconds per training step over the segment's last logged stretch (common.train's
+                it/s in OUT/metrics.jsonl; stage 2 alone for latent_diffusion.py)
+  time to FD    the cumulative seconds at the first checkpoint whose FD is at most the target: the
+                pixel model's FD at its last checkpoint; the issue's target is a latent model that gets
+                there in at most a third of the pixel model's time
+  sampling      seconds for the n samples (NFE 20; latent_diffusion.py's include decoding)
+  parameters    the sampling network; latent_diffusion.py's autoencoder beside it (its decoder runs
+                at sampling time, its encoder at training time)
+
+Run (measured numbers go to benchmarks/results/latent_diffusion.{json,md} and the picture beside them):
+  OMP_NUM_THREADS=1 python benchmarks/latent_diffusion.py                  # the real measurement
+  OMP_NUM_THREADS=1 python benchmarks/latent_diffusion.py --quick --work /tmp/ld-bench   # smoke test
+  python benchmarks/latent_diffusion.py --device cuda                      # on a GPU
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import cfm  # noqa: E402
+import common  # noqa: E402
+import latent_diffusion as ld  # noqa: E402
+
+ITERS = {"cfm": (250, 500, 1000, 2000), "latent_diffusion": (250, 500, 1000, 1500, 2000, 3000)}  # cfm.py: its default 2000
+QUICK = {"cfm": (2, 4), "latent_diffusion": (2, 4)}
+STEPS, SOLVER = 10, "midpoint"  # NFE 20 for both
+
+
+def seconds(fn):
+    t0 = time.time()
+    fn()
+    return time.time() - t0
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def params(net):
+    return sum(p.numel() for p in net.parameters())
+
+
+def sample_pixels(ckpt, data, n, device):
+    """cfm.py's EMA network, n samples with the midpoint solver: (samples, seconds, parameters)."""
+    net = common.ema_net(ckpt, data, False, 1000.0).to(device)
+    y, g = common.class_labels(n, data.num_classes, device), torch.Generator(device).manual_seed(1)
+    t0 = time.time()
+    x = cfm.CFM().sample(net, (n, *data.shape), STEPS, SOLVER, y, generator=g)
+    sync(device)
+    return x, time.time() - t0, {"net": params(net)}
+
+
+def sample_latents(ckpt, data, n, device):
+    """latent_diffusion.py's EMA network and autoencoder: noise -> ODE -> / scale -> decode."""
+    a = ckpt["args"]
+    ae = ld.Autoencoder(data.shape, a["latent_channels"], a["downsample"], a["ae_width"], a["kl_weight"])
+    ae = common.load_ema(common.load_checkpoint(a["ae"], (ld.AE_MODEL,)), ae).to(device)
+    net = common.make_net(a["arch"], ae.latent_shape, a["width"], data.num_classes, time_scale=1000.0)
+    net = common.load_ema(ckpt, net).to(device)
+    y, g = common.class_labels(n, data.num_classes, device), torch.Generator(device).manual_seed(1)
+    t0 = time.time()
+    z = ld.LatentFlow().sample(net, (n, *ae.latent_shape), STEPS, SOLVER, y, generator=g)
+    x = ld.decode_latents(ae, z, a["scale"])
+    sync(device)
+    return x, time.time() - t0, {"net": params(net), "autoencoder": params(ae)}
+
+
+def run(model, iters, work, data, n, device, common_flags):
+    """Train `model` through the segments of `iters`, scoring after each; returns its record."""
+    out = work / model
+    record = {"model": model, "checkpoints": [], "setup_seconds": 0.0}
+    main, accept, sampler = {"cfm": (cfm.main, "cfm", sample_pixels),
+                             "latent_diffusion": (ld.main, "latent_diffusion", sample_latents)}[model]
+    extra = []
+    if model == "latent_diffusion":  # stage 1, counted: a run with one stage-2 step
+        stage1 = work / "stage1"
+        record["setup_seconds"] = seconds(lambda: ld.main(common_flags + ["--iters", "1", "--out", str(stage1)]))
+        extra = ["--ae", str(stage1 / "ae" / "ckpt.pt")]
+        print(f"{model}: stage 1 (autoencoder) {record['setup_seconds']:.1f}s", flush=True)
+    total, done = record["setup_seconds"], 0
+    for k in iters:
+        flags = common_flags + extra + ["--iters", str(k), "--out", str(out)] + (["--resume"] if done else [])
+        seg = seconds(lambda: main(flags))
+        total += seg
+        ckpt = common.load_checkpoint(out / "ckpt.pt", (accept,))
+        x, sample_s, sizes = sampler(ckpt, data, n, device)
+        q = common.quality(data, x)
+        record["checkpoints"].append(dict(iters=k, segment_seconds=seg, seconds_per_iter=1 / last_rate(out),
+                                          cumulative_seconds=total, sample_seconds=sample_s, fd=q["value"],
+                                          floor=q["floor"], floor_sd=q["floor_sd"], n=q["n"]))
+        record["parameters"], record["samples"] = sizes, x[:50].cpu()
+        print(f"{model}: {k} iters, {total:.0f}s cumulative ({1 / last_rate(out):.3f}s/iter), sampling "
+              f"{sample_s:.1f}s: {common.format_quality(q)}", flush=True)
+        done = k
+    return record
+
+
+def last_rate(out):
+    """Iterations per second of the segment's last logged stretch (common.train's metrics.jsonl):
+    training steps alone, without loading, encoding or checkpoints."""
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    return [l for l in lines if "it_s" in l][-1]["it_s"]
+
+
+def time_to(record, target):
+    """The cumulative seconds at the first checkpoint with FD <= target (None if never)."""
+    hit = [c for c in record["checkpoints"] if c["fd"] <= target]
+    return hit[0]["cumulative_seconds"] if hit else None
+
+
+def markdown(result):
+    m, pix, lat = result["machine"], result["runs"]["cfm"], result["runs"]["latent_diffusion"]
+    first = pix["checkpoints"][0]
+    lines = [f"Machine: {m['processor'] or m['machine']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} "
+             f"thread(s), device {m['device']}. digits32, conditional, midpoint x {STEPS} (NFE {2 * STEPS}); "
+             f"FD of {first['n']} samples, floor {first['floor']:.3g} +- {first['floor_sd']:.2g} (real vs real).", "",
+             "| model | iterations | cumulative s | s / iteration | FD | sampling s |", "|---|---|---|---|---|---|"]
+    for rec in (pix, lat):
+        for c in rec["checkpoints"]:
+            lines.append(f"| {rec['model']} | {c['iters']} | {c['cumulative_seconds']:.0f} | "
+                         f"{c['seconds_per_iter']:.3f} | {c['fd']:.4g} | {c['sample_seconds']:.2f} |")
+    lines += ["", f"latent_diffusion.py's stage 1 (autoencoder, counted above): {lat['setup_seconds']:.0f}s.",
+              f"Parameters: cfm.py UNet {pix['parameters']['net'] / 1e6:.2f}M; latent_diffusion.py DiT "
+              f"{lat['parameters']['net'] / 1e6:.2f}M + autoencoder {lat['parameters']['autoencoder'] / 1e6:.3f}M.", ""]
+    t = result["time_to_target"]
+    ratio = "" if t["ratio"] is None else f" = {t['ratio']:.2f} of the pixel model's time (target: at most 1/3)"
+    lines.append(f"Time to the pixel model's final FD {t['target_fd']:.4g}: cfm.py {t['cfm']:.0f}s, latent_diffusion.py "
+                 + ("never, within its budget" if t["latent_diffusion"] is None else f"{t['latent_diffusion']:.0f}s")
+                 + ratio + ".")
+    lines += ["", f"Samples ({result['picture']}): top 5 rows cfm.py, bottom 5 rows latent_diffusion.py, "
+              "each at its last checkpoint.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test of this script")
+    parser.add_argument("--results", default=None, help="output folder (default benchmarks/results; with --quick, WORK)")
+    parser.add_argument("--work", default=str(ROOT / "runs" / "bench-latent_diffusion"), help="folder for the runs")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    args = parser.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    work, q = Path(args.work), args.quick
+    results = Path(args.results or (work if q else ROOT / "benchmarks" / "results"))
+    data, device, n = common.load_data("digits32"), torch.device(args.device), 100 if q else 500
+    flags = ["--data", "digits32", "--n-eval", "0", "--device", args.device, "--log-every", "500"]
+    flags += ["--batch-size", "32"] if q else []
+    own = {"cfm": [], "latent_diffusion": ["--ae-iters", "5"] if q else []}
+    result = {"machine": dict(processor=platform.processor(), machine=platform.machine(), cores=os.cpu_count(),
+                              torch=torch.__version__, threads=torch.get_num_threads(), device=args.device),
+              "iters": QUICK if q else ITERS, "steps": STEPS, "solver": SOLVER, "runs": {}}
+    for model, iters in (QUICK if q else ITERS).items():
+        result["runs"][model] = run(model, iters, work, data, n, device, flags + own[model])
+    pix, lat = result["runs"]["cfm"], result["runs"]["latent_diffusion"]
+    target = pix["checkpoints"][-1]["fd"]
+    t_pix, t_lat = time_to(pix, target), time_to(lat, target)
+    result["time_to_target"] = dict(target_fd=target, cfm=t_pix, latent_diffusion=t_lat,
+                                    ratio=None if t_lat is None else t_lat / t_pix)
+    results.mkdir(parents=True, exist_ok=True)
+    picture = results / "latent_diffusion-samples.png"
+    common.save_grid(torch.cat([pix.pop("samples"), lat.pop("samples")]), picture)
+    result["picture"] = picture.name
+    (results / "latent_diffusion.json").write_text(json.dumps(result, indent=1))
+    (results / "latent_diffusion.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
