@@ -152,6 +152,9 @@ def load_teacher(path, args):
     """The teacher's checkpoint, once the student's flags are checked to build the teacher's network."""
     ckpt = common.load_checkpoint(path, TEACHERS)
     a = ckpt["args"]
+    if a.get("path", "ot") != "ot":  # the pairs come from this file's Euler sampler on the straight path
+        raise common.UserError(f"{path} is a cfm.py model of the {a['path']} path; reflow and distillation "
+                               "need the straight path: train the teacher with --path ot")
     differ = [k for k in common.MODEL_FLAGS if getattr(args, k) != a[k]]
     if differ:
         want = " ".join(f"--{k} {a[k]}" if k != "uncond" else "--uncond" if a[k] else "no --uncond" for k in differ)

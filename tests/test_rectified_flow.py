@@ -428,3 +428,15 @@ def test_reflow_and_distillation_train_on_the_teachers_pairs(tmp_path, monkeypat
         assert isinstance(loss.__self__, RectifiedFlow) and loss.__func__ is RectifiedFlow.loss
     assert seen[0][0].__self__.time_sampling == "uniform" and seen[0][2].p_uncond == 0.1
     assert seen[1][0].__self__.time_sampling == "zero" and seen[1][2].p_uncond == 0.0
+
+
+def test_a_curved_path_teacher_is_refused(tmp_path, capsys):
+    """Reflow pairs come from the straight path's Euler ODE: a cfm.py teacher of the vp path is refused."""
+    import cfm
+    cfm.main(["--data", "moons", "--path", "vp", "--iters", "2", "--width", "16", "--batch-size", "16", "--n-eval", "0",
+              "--out", str(tmp_path / "t")])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        rectified_flow.main(["--reflow-from", str(tmp_path / "t" / "ckpt.pt"), "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "need the straight path" in err and not (tmp_path / "s" / "pairs.pt").exists(), err

@@ -1,0 +1,204 @@
+"""Benchmark of cfm.py's conditional paths (issue 16): the straight (OT) path against the two diffusion
+paths of Lipman et al. (arXiv 2210.02747, Example I), variance preserving (vp) and variance exploding
+(ve), on the checkerboard (exact W2) and the bundled 8x8 digits (Frechet distance in the feature
+classifier's space): sample quality against the number of network evaluations (NFE 1, 2, 5, 10, 20, 50,
+100; Euler and midpoint) and the straightness of each learnt flow. The lecture ("Generative Modeling",
+T.-W. Ke, 2026) claims the straight path "requires much fewer sampling steps": this measures by how much.
+
+Fixed budgets, the same for every path (one network and training budget per data set; unconditional,
+independent coupling, cfm.py's default sigma_min per path: 0 for ot, 0.01 for vp and ve; ve's sigma_max 10):
+  checkerboard: mlp width 256, batch 512, 1500 iterations, lr 1e-3; W2 on 1000 samples vs 1000 held-out points
+  digits:       unet width 16, batch 128, 1200 iterations, lr 2e-3; FD on 500 samples vs the 500 held-out digits
+  seeds 0, 1, 2 (training and sampling noise): every cell is the mean +- the standard deviation over seeds.
+  NFE budgets: each solver takes floor(budget / evaluations per step) steps (euler 1, midpoint 2); a
+  cell shows the NFE actually spent when it is below the budget.
+  straightness: rectified_flow.RectifiedFlow().straightness, S = E int_0^1 ||(Z_1 - Z_0) - v(Z_t, t)||^2 dt
+  along 100 Euler steps from the path's prior (x_0 = prior_std eps), and S / E||Z_1 - Z_0||^2, which does
+  not depend on the scale of the prior (ve's prior has std 10): 0 for a straight flow.
+A picture of samples at 5 NFE (Euler x 5) per path: benchmarks/results/img/cfm_paths_<data>_nfe5.png
+(rows / panels: ot, vp, ve; the checkerboard panel starts with held-out data).
+
+Run (on one core):
+  OMP_NUM_THREADS=1 python benchmarks/cfm_paths.py                   # writes benchmarks/results/cfm_paths.{json,md}
+  OMP_NUM_THREADS=1 python benchmarks/cfm_paths.py --quick --work /tmp/cfm-paths   # smoke test, tiny budgets
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import cfm  # noqa: E402
+import common  # noqa: E402
+from rectified_flow import RectifiedFlow  # noqa: E402
+
+NFE_BUDGETS = (1, 2, 5, 10, 20, 50, 100)
+SOLVERS = ("euler", "midpoint")
+PATHS = cfm.PATHS
+
+
+def train(data_name, path, seed, iters, work, extra):
+    """Train one unconditional model with cfm.main; returns (EMA net, its CFM, training seconds)."""
+    out = work / f"{data_name}-{path}-seed{seed}"
+    t0 = time.time()
+    cfm.main(["--data", data_name, "--uncond", "--path", path, "--seed", str(seed), "--iters", str(iters),
+              "--out", str(out), "--n-eval", "0", "--device", "cpu", "--log-every", "500"] + extra)
+    seconds = time.time() - t0
+    ckpt = common.load_checkpoint(out / "ckpt.pt", ("cfm",))
+    a = ckpt["args"]
+    flow = cfm.CFM(a["sigma_min"], a["coupling"], a["path"], sigma_max=a["sigma_max"])
+    return common.ema_net(ckpt, common.load_data(data_name), False, 1000.0), flow, seconds
+
+
+def grid(flow, net, data, n, budgets, seed):
+    """Quality of n samples for every solver and NFE budget (the same noise eps for all)."""
+    rows = []
+    eps = torch.randn((n,) + data.shape, generator=torch.Generator().manual_seed(1000 + seed))
+    for solver in SOLVERS:
+        stages = cfm.STAGES[solver]
+        for budget in budgets:
+            steps = budget // stages
+            if steps == 0:
+                continue
+            x = flow.sample(net, eps.shape, steps, solver, noise=eps)
+            q = common.quality(data, x)
+            rows.append(dict(solver=solver, budget=budget, steps=steps, nfe=steps * stages, metric=q["metric"],
+                             value=q["value"], floor=q["floor"], n=q["n"]))
+    return rows
+
+
+@torch.no_grad()
+def straightness(flow, net, data, n, steps, seed):
+    """rectified_flow's S from the path's prior, and S / E||Z_1 - Z_0||^2 on the same Euler paths."""
+    eps = torch.randn((n,) + data.shape, generator=torch.Generator().manual_seed(2000 + seed))
+    z0 = flow.prior_std * eps
+    s = RectifiedFlow().straightness(net, z0, steps)
+    z1 = flow.sample(net, eps.shape, steps, "euler", noise=eps)
+    transport = float((z1 - z0).double().flatten(1).pow(2).sum(1).mean())
+    return dict(straightness=s, transport=transport, relative=s / transport)
+
+
+def density(p, lim=4.0, size=128):
+    """2-D points as a density picture (dark = dense), as common.save_points draws them."""
+    h, _, _ = np.histogram2d(p[:, 1].double().numpy(), p[:, 0].double().numpy(), bins=size, range=[[-lim, lim]] * 2)
+    h = np.log1p(h[::-1]) / max(np.log1p(h).max(), 1e-9)
+    return (255 * (1 - h)).astype(np.uint8)
+
+
+def samples_picture(models, data, path, nfe=5, n=10):
+    """Euler x nfe samples of each path's first-seed model, from the same eps: digits a grid with a row
+    per path; points one panel per path after a panel of held-out data."""
+    eps = torch.randn((n if data.is_image else 2000,) + data.shape, generator=torch.Generator().manual_seed(7))
+    xs = [flow.sample(net, eps.shape, nfe, "euler", noise=eps) for flow, net in models]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if data.is_image:
+        common.save_grid(torch.cat(xs), path, nrow=n)
+        return
+    bar = np.full((128, 4), 128, np.uint8)
+    panels = [density(data.x_test[:len(eps)])]
+    for x in xs:
+        panels += [bar, density(x)]
+    common.write_png(path, np.concatenate(panels, axis=1))
+
+
+def spread(values):
+    m = statistics.fmean(values)
+    return m, (statistics.stdev(values) if len(values) > 1 else float("nan"))
+
+
+def markdown(result):
+    m = result["machine"]
+    lines = [f"Machine: {m['processor'] or m['machine']}, {m['cores']} cores, torch {m['torch']}, "
+             f"{m['threads']} thread(s). Unconditional models, independent coupling; budgets in "
+             f"benchmarks/cfm_paths.py; mean +- sd over seeds {result['seeds']}.", ""]
+    budgets = result["nfe_budgets"]
+    for name, part in result["data"].items():
+        first = part[PATHS[0]]["runs"][0]["grid"][0]
+        lines += [f"### {name}: {first['metric']} of {first['n']} samples vs held-out data "
+                  f"(floor, real vs real: {first['floor']:.4g}); lower is better", "",
+                  "| path | solver | " + " | ".join(f"NFE {b}" for b in budgets) + " |",
+                  "|---|---|" + "---|" * len(budgets)]
+        for path in PATHS:
+            runs = part[path]["runs"]
+            for solver in SOLVERS:
+                row = []
+                for b in budgets:
+                    cells = [r for run in runs for r in run["grid"] if r["solver"] == solver and r["budget"] == b]
+                    if not cells:
+                        row.append("-")
+                        continue
+                    mean, sd = spread([r["value"] for r in cells])
+                    row.append(f"{mean:.3g} +- {sd:.2g}" + ("" if cells[0]["nfe"] == b else f" ({cells[0]['nfe']})"))
+                lines.append(f"| {path} | {solver} | " + " | ".join(row) + " |")
+        lines += ["", "| path | straightness S | S / E‖Z1 - Z0‖² | training s |", "|---|---|---|---|"]
+        for path in PATHS:
+            runs = part[path]["runs"]
+            s, rel = spread([r["straightness"]["straightness"] for r in runs]), \
+                spread([r["straightness"]["relative"] for r in runs])
+            tr = spread([r["train_seconds"] for r in runs])
+            lines.append(f"| {path} | {s[0]:.4g} +- {s[1]:.2g} | {rel[0]:.4g} +- {rel[1]:.2g} | {tr[0]:.0f} |")
+        lines += ["", f"Samples at 5 NFE (Euler x 5), rows ot, vp, ve: `{part['picture']}`", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test of this script")
+    parser.add_argument("--results", default=None, help="output folder (default benchmarks/results; with --quick, WORK)")
+    parser.add_argument("--work", default=str(ROOT / "runs" / "bench-cfm-paths"), help="folder for the checkpoints")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds per path (default 3)")
+    parser.add_argument("--data", nargs="+", default=["checkerboard", "digits"], help="data sets")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    work = Path(args.work)
+    results = Path(args.results or (work if args.quick else ROOT / "benchmarks" / "results"))
+    q = args.quick
+    plans = {"checkerboard": dict(iters=30 if q else 1500, n=200 if q else 1000, straight_n=100 if q else 1000,
+                                  extra=["--batch-size", "128" if q else "512", "--width", "64" if q else "256"]),
+             "digits": dict(iters=10 if q else 1200, n=100 if q else 500, straight_n=50 if q else 500,
+                            extra=["--batch-size", "32" if q else "128"])}
+    budgets = (1, 5) if q else NFE_BUDGETS
+    seeds = list(range(2 if q else args.seeds))
+    result = {"machine": dict(processor=platform.processor(), machine=platform.machine(), cores=os.cpu_count(),
+                              torch=torch.__version__, threads=torch.get_num_threads()),
+              "budgets": {k: plans[k] for k in args.data}, "nfe_budgets": budgets, "seeds": seeds, "data": {}}
+    t_start = time.time()
+    for name in args.data:
+        plan, data = plans[name], common.load_data(name)
+        part = result["data"][name] = {}
+        first = []
+        for path in PATHS:
+            part[path] = {"runs": []}
+            for seed in seeds:
+                print(f"{name}, path {path}, seed {seed}: training {plan['iters']} iterations", flush=True)
+                net, flow, train_s = train(name, path, seed, plan["iters"], work, plan["extra"])
+                run = dict(seed=seed, iters=plan["iters"], train_seconds=train_s,
+                           grid=grid(flow, net, data, plan["n"], budgets, seed),
+                           straightness=straightness(flow, net, data, plan["straight_n"], 100, seed))
+                print("  " + ", ".join(f"{r['solver']} NFE {r['nfe']}: {r['value']:.4g}" for r in run["grid"])
+                      + f"; straightness {run['straightness']['straightness']:.4g} "
+                      f"(relative {run['straightness']['relative']:.4g})", flush=True)
+                part[path]["runs"].append(run)
+                if seed == seeds[0]:
+                    first.append((flow, net))
+        picture = results / "img" / f"cfm_paths_{name}_nfe5.png"
+        samples_picture(first, data, picture)
+        part["picture"] = str(picture.relative_to(results)) if picture.is_relative_to(results) else str(picture)
+    result["total_seconds"] = time.time() - t_start
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "cfm_paths.json").write_text(json.dumps(result, indent=1))
+    (results / "cfm_paths.md").write_text(markdown(result) + f"\nTotal benchmark time {result['total_seconds']:.0f}s.\n")
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
