@@ -471,9 +471,10 @@ def main(argv=None):
         args.dequantize = ckpt["args"].get("dequantize", False) if ckpt else args.bpd > 0
     if args.steps < 1 or args.bpd_steps < 1:  # sampler and evaluation flags, checked here once
         parser.error(f"--steps and --bpd-steps must be at least 1, got {args.steps} and {args.bpd_steps}")
-    if args.bpd < 0 or (args.bpd or args.dequantize) and args.data in common.TOY_SETS:
-        parser.error(f"--bpd N takes N >= 0 held-out images, got {args.bpd}; --bpd and --dequantize are for images "
-                     f"({args.data} has no bins)")
+    if args.bpd < 0:
+        parser.error(f"--bpd N takes N >= 0 held-out images, got {args.bpd}")
+    if (args.bpd or args.dequantize) and args.data in common.TOY_SETS:
+        parser.error(f"--bpd and --dequantize are for images: {args.data} is 2-D points, with no bins")
     with common.session(args) as device:
         data = common.load_data(args.data, args.data_root, args.download)
         num_classes = 0 if args.uncond else data.num_classes

@@ -366,13 +366,15 @@ def test_cli(tmp_path, capsys):
     assert math.isfinite(q2["value"]) and (tmp_path / "s" / "samples.png").is_file()
 
 
-@pytest.mark.parametrize("bad", [["--data", "moons"], ["--temperature", "0"], ["--levels", "1"],
-                                 ["--order", "zigzag"], ["--top-k", "40"], ["--heads", "3"],
-                                 ["--bpd", "-1"]])
-def test_cli_bad_flags(bad, tmp_path, capsys):
+@pytest.mark.parametrize("bad, words", [(["--data", "moons"], "not pixels: use --data digits"),
+                                        (["--temperature", "0"], "need --temperature > 0"),
+                                        (["--levels", "1"], "--levels must be at least 2"),
+                                        (["--order", "zigzag"], "invalid choice: 'zigzag'"),
+                                        (["--top-k", "40"], "--top-k in [0, 17]"),
+                                        (["--heads", "3"], "--heads dividing the width"),
+                                        (["--bpd", "-1"], "--bpd >= 0")])
+def test_cli_bad_flags(bad, words, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         ar.main(bad + ["--iters", "1", "--out", str(tmp_path)])
-    assert e.value.code == 2
-    if bad[1] == "moons":
-        err = capsys.readouterr().err
-        assert "not pixels" in err and "--data digits" in err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and words in err, err

@@ -761,16 +761,23 @@ def test_cli_help_and_bad_flags(capsys):
     with pytest.raises(SystemExit) as e:
         cfm.main(["--help"])
     assert e.value.code == 0 and "--coupling" in capsys.readouterr().out
-    for bad in (["--steps", "0"], ["--solver", "heun"], ["--sigma-min", "1.5"], ["--coupling", "sinkhorn"],
-                ["--data", "moons", "--bpd", "10"], ["--bpd", "-1"], ["--bpd-steps", "0"],
-                ["--data", "moons", "--dequantize"], ["--path", "sde"], ["--path", "ve", "--sigma-min", "0"],
-                ["--path", "vp", "--sigma-min", "0"], ["--path", "ve", "--sigma-max", "0.001"]):
+    for bad, words in ((["--steps", "0"], "--steps and --bpd-steps must be at least 1"),
+                       (["--solver", "heun"], "invalid choice: 'heun'"), (["--sigma-min", "1.5"], "--sigma-min must be in"),
+                       (["--coupling", "sinkhorn"], "invalid choice: 'sinkhorn'"),
+                       (["--data", "moons", "--bpd", "10"], "moons is 2-D points"), (["--bpd", "-1"], "got -1"),
+                       (["--bpd-steps", "0"], "--bpd-steps must be at least 1"),
+                       (["--data", "moons", "--dequantize"], "--dequantize are for images"),
+                       (["--path", "sde"], "invalid choice: 'sde'"),
+                       (["--path", "ve", "--sigma-min", "0"], "--path ve needs 0 < --sigma-min < --sigma-max"),
+                       (["--path", "vp", "--sigma-min", "0"], "for --path vp"),
+                       (["--path", "ve", "--sigma-max", "0.001"], "got 0.01 and 0.001")):
         with pytest.raises(SystemExit) as e:
             cfm.main(bad)
-        assert e.value.code == 2, bad
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and words in err, (bad, err)
 
 
-def test_cli_train_then_sample_only(tmp_path):
+def test_cli_train_then_sample_only(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--data", "moons", "--iters", "30", "--batch-size", "64", "--width", "32", "--n-eval", "50",
             "--log-every", "10", "--out", str(out), "--coupling", "ot", "--steps", "2", "--device", "cpu"]
@@ -781,7 +788,7 @@ def test_cli_train_then_sample_only(tmp_path):
     assert q2["metric"] == "W2" and math.isfinite(q2["value"])
     with pytest.raises(SystemExit) as e:  # a checkpoint that is not there
         cfm.main(["--ckpt", str(tmp_path / "missing.pt")])
-    assert e.value.code == 2
+    assert e.value.code == 2 and "missing.pt not found" in capsys.readouterr().err
 
 
 def test_cli_bits_per_dim_on_digits(tmp_path, monkeypatch, capsys):

@@ -329,7 +329,7 @@ def tiny(out, *extra):
             "--log-every", "10", "--out", str(out), *extra]
 
 
-def test_train_sample_only_and_ddpm_checkpoint(tmp_path):
+def test_train_sample_only_and_ddpm_checkpoint(tmp_path, capsys):
     q = ddim.main(tiny(tmp_path / "a", "--steps", "5"))
     assert (tmp_path / "a" / "ckpt.pt").exists() and (tmp_path / "a" / "samples.png").exists()
     assert q["metric"] == "W2" and math.isfinite(q["value"])
@@ -344,7 +344,7 @@ def test_train_sample_only_and_ddpm_checkpoint(tmp_path):
     assert q3["value"] == pytest.approx(q_ddpm["value"], rel=1e-4)
     with pytest.raises(SystemExit) as e:
         ddim.main(["--ckpt", str(tmp_path / "ddpm" / "ckpt.pt"), "--steps", "101", "--out", str(tmp_path / "d")])
-    assert e.value.code == 2
+    assert e.value.code == 2 and "--steps must be in 1..T = 1..100" in capsys.readouterr().err
 
 
 def test_short_training_learns(tmp_path):
@@ -359,10 +359,13 @@ def test_short_training_learns(tmp_path):
     assert q["value"] < 0.35 * noise_w2
 
 
-@pytest.mark.parametrize("bad", [["--eta", "1.5"], ["--eta", "-0.1"], ["--steps", "0"], ["--steps", "1001"],
-                                 ["--schedule", "cubic"], ["--spacing", "cubic"], ["--T", "0"],
-                                 ["--ckpt", "/nonexistent/ckpt.pt"]])
-def test_bad_flags_exit_2(bad, tmp_path):
+@pytest.mark.parametrize("bad, words", [
+    (["--eta", "1.5"], "--eta must be in [0, 1], got 1.5"), (["--eta", "-0.1"], "--eta must be in [0, 1]"),
+    (["--steps", "0"], "--steps must be in 1..T"), (["--steps", "1001"], "--steps must be in 1..T = 1..1000"),
+    (["--schedule", "cubic"], "invalid choice: 'cubic'"), (["--spacing", "cubic"], "invalid choice: 'cubic'"),
+    (["--T", "0"], "--T must be at least 1"), (["--ckpt", "/nonexistent/ckpt.pt"], "not found")])
+def test_bad_flags_exit_2(bad, words, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         ddim.main(["--out", str(tmp_path), "--iters", "1", *bad])
-    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and words in err, err
