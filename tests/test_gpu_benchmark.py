@@ -1,14 +1,16 @@
 """benchmarks/gpu.py runs its code paths on the CPU (--quick), so that the one GPU command never rots."""
+import importlib.util
 import json
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def test_gpu_benchmark_quick_on_cpu(tmp_path):
-    import gpu
+    # loaded from its path: benchmarks/ on sys.path would shadow the model files (benchmarks/ddpm.py, ...)
+    spec = importlib.util.spec_from_file_location("gpu_benchmark", ROOT / "benchmarks" / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
     res = gpu.main(["--device", "cpu", "--quick", "--out", str(tmp_path)])
     models = {"ddpm", "ddim", "cfm", "rectified_flow", "meanflow", "vae", "ar"}
     assert {r["model"] for r in res["rows"]} == models and not [r for r in res["rows"] if "error" in r]
