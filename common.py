@@ -1089,8 +1089,11 @@ def parse_args(parser, argv, name, defaults=None, budgets=None, model_flags=(), 
             if getattr(args, k) is None:
                 setattr(args, k, ckpt["args"][k])
         args.out = args.out or str(path.parent)
-    for flag in (teacher or ((), ()))[0]:
-        if getattr(args, flag) and not (args.resume or args.sample_only):
+    given = [f for f in (teacher or ((), ()))[0] if getattr(args, f)]
+    if len(given) > 1:
+        parser.error(f"{' and '.join('--' + f.replace('_', '-') for f in given)} exclude each other: one teacher per run")
+    for flag in given:
+        if not (args.resume or args.sample_only):
             try:
                 saved = load_checkpoint(getattr(args, flag), teacher[1])["args"]
             except UserError as e:

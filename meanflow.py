@@ -99,7 +99,8 @@ class MeanFlow:
         term of the target that bf16 would round most."""
         module = getattr(net, "module", net)  # a DDP wrapper's forward cannot run under torch.func.jvp
         with torch.autocast(z.device.type, enabled=False):
-            z, r, t, v = z.float(), r.float(), t.float(), v.float()
+            dtype = torch.promote_types(z.dtype, torch.float32)  # at least float32 (float64 stays)
+            z, r, t, v = z.to(dtype), r.to(dtype), t.to(dtype), v.to(dtype)
             return torch.func.jvp(lambda z_, r_, t_: module(z_, r_, t_, y), (z, r, t),
                                   (v, torch.zeros_like(r), torch.ones_like(t)))
 
