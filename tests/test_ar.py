@@ -362,7 +362,7 @@ def test_cli(tmp_path, capsys):
     assert all(1 < q[k] < math.log2(17) + 0.5 for k in keys)
     assert "held-out bits/dim, exact, random order" in capsys.readouterr().out
     q2 = ar.main(["--ckpt", str(out / "ckpt.pt"), "--n-eval", "20", "--out", str(tmp_path / "s"), "--no-cache",
-                  "--temperature", "0.9", "--top-k", "5", "--cfg-scale", "2"])
+                  "--temperature", "0.9", "--top-k", "5", "--cfg-scale", "2", "--bpd", "0"])
     assert math.isfinite(q2["value"]) and (tmp_path / "s" / "samples.png").is_file()
 
 

@@ -13,7 +13,7 @@ MODELS = ["ddpm", "ddim", "cfm", "rectified_flow", "meanflow", "vae", "ar", "lat
 # the smallest run of each file: flags beside the shared ones
 OWN = {"ddpm": ["--T", "20"], "ddim": ["--T", "20", "--steps", "5"], "cfm": ["--steps", "2"],
        "rectified_flow": ["--steps", "2"], "meanflow": [], "vae": ["--hidden", "16", "--iwae-k", "0"],
-       "ar": ["--depth", "1"], "latent_diffusion": ["--ae-iters", "4", "--ae-width", "4", "--steps", "2"],
+       "ar": ["--depth", "1", "--bpd", "0"], "latent_diffusion": ["--ae-iters", "4", "--ae-width", "4", "--steps", "2"],
        "controlnet": ["--base-iters", "4", "--steps", "2"]}
 
 
