@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli import tensors  # flat view of a checkpoint's tensors
 
 import common
 import controlnet
@@ -149,23 +150,6 @@ def test_training_learns_the_control_and_leaves_the_base(tmp_path):
 
 # -----------------------------------------------------------------------------
 # the command line
-
-def tensors(path):
-    ck = torch.load(path, weights_only=True)
-    flat = {}
-
-    def walk(prefix, obj):
-        if isinstance(obj, torch.Tensor):
-            flat[prefix] = obj
-        elif isinstance(obj, dict):
-            for k, v in obj.items():
-                walk(f"{prefix}.{k}", v)
-        elif isinstance(obj, (list, tuple)):
-            for i, v in enumerate(obj):
-                walk(f"{prefix}.{i}", v)
-    walk("", {k: ck[k] for k in ("net", "ema", "opt", "rng")})
-    return ck["step"], flat
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
