@@ -296,17 +296,31 @@ def make_net(arch, shape, width, num_classes=0, two_times=False, time_scale=1.0)
 # -----------------------------------------------------------------------------
 # EMA of the weights
 
-def make_ema(net, decay):
-    """EMA of the weights with torch.optim.swa_utils; the decay warms up as min(decay, (1+n)/(10+n))
-    so that short runs are not dominated by the initial weights."""
-    @torch.no_grad()
-    def ema_update(ema_params, params, _n_on_device):
-        n = float(ema.n_averaged)  # the CPU buffer, not the device copy AveragedModel passes: no sync
-        d = min(decay, (1 + n) / (10 + n))
-        torch._foreach_lerp_(ema_params, params, 1 - d)
-    ema = AveragedModel(net, multi_avg_fn=ema_update, use_buffers=True)
-    return ema
+class EMA(AveragedModel):
+    """The exponential moving average of the weights (and float buffers), stored as
+    torch.optim.swa_utils.AveragedModel stores it (module.*, n_averaged), with an update that never
+    waits for the GPU: n, the number of updates so far, stays on the CPU. The first update copies
+    the weights; update n >= 1 is theta_ema <- d theta_ema + (1 - d) theta with the decay warmed up
+    as d = min(decay, (1 + n) / (10 + n)), so that short runs are not dominated by the initial weights."""
 
+    def __init__(self, net, decay):
+        super().__init__(net, use_buffers=True)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update_parameters(self, net):
+        n = int(self.n_averaged)  # a CPU buffer (AveragedModel copies it to the GPU: one sync a step)
+        mine, theirs = [*self.module.parameters(), *self.module.buffers()], [*net.parameters(), *net.buffers()]
+        if n == 0:
+            torch._foreach_copy_(mine, theirs)
+        else:
+            torch._foreach_lerp_(mine, theirs, 1 - min(self.decay, (1 + n) / (10 + n)))
+        self.n_averaged += 1
+
+
+def make_ema(net, decay):
+    """The EMA of net's weights: the network that samples."""
+    return EMA(net, decay)
 
 
 # -----------------------------------------------------------------------------
@@ -397,7 +411,7 @@ def train(net, loss_fn, data, args, ckpt=None):
     while step < args.iters:
         idx = torch.randint(0, n_train, (args.batch_size,), generator=gen)  # the global batch
         drop = torch.rand(args.batch_size, generator=gen) < args.p_uncond  # labels to drop (guidance)
-        idx, drop = idx[local].to(device), drop[local].to(device)  # this rank's slice
+        idx, drop = idx[local].to(device, non_blocking=True), drop[local].to(device, non_blocking=True)  # this rank's slice
         x, y = x_all[idx], None if y_all is None else y_all[idx]
         if y is not None:  # classifier-free guidance: the null class with probability p_uncond
             y = torch.where(drop, torch.full_like(y, null_class), y)
@@ -448,8 +462,9 @@ def train(net, loss_fn, data, args, ckpt=None):
 # generation and evaluation
 
 def bcast(t, x):
-    """A per-example value t (B,) as (B, 1, ..., 1) in x's dtype and device, to broadcast against x."""
-    return t.to(device=x.device, dtype=x.dtype).view(-1, *[1] * (x.dim() - 1))
+    """A per-example value t (B,) as (B, 1, ..., 1) in x's dtype and device, to broadcast against x
+    (a non-blocking copy from the CPU: the host does not wait for the GPU)."""
+    return t.to(device=x.device, dtype=x.dtype, non_blocking=True).view(-1, *[1] * (x.dim() - 1))
 
 
 def start_noise(shape, generator=None, noise=None):

@@ -126,7 +126,7 @@ class DDPM:
         t = torch.randint(1, self.T + 1, (x0.shape[0],))  # t ~ U{1..T}, drawn on the CPU: no device sync
         eps = torch.randn_like(x0)
         x_t = self.q_sample(x0, t, eps)
-        return (eps - net(x_t, t.to(x0.device), y)).pow(2).mean()  # Algorithm 1
+        return (eps - net(x_t, t.to(x0.device, non_blocking=True), y)).pow(2).mean()  # Algorithm 1
 
     def guided(self, net, x_t, t, y=None, cfg_scale=1.0):
         """eps_theta, with classifier-free guidance when w != 1 (two network calls)."""

@@ -88,7 +88,7 @@ class MeanFlow:
         t, r = s.min(1).values, s.max(1).values  # t: where z_t lies (noisier), r: where the step lands
         same = torch.rand(n, generator=generator) >= self.ratio
         r = torch.where(same, t, r)
-        return r.to(device), t.to(device)
+        return r.to(device, non_blocking=True), t.to(device, non_blocking=True)
 
     @staticmethod
     def u_and_dudt(net, z, r, t, v, y=None):

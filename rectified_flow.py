@@ -74,7 +74,7 @@ class RectifiedFlow:
             t = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(n, dtype=torch.float64))
         else:
             t = torch.zeros(n, dtype=torch.float64)
-        return t.to(device)
+        return t.to(device, non_blocking=True)
 
     def loss(self, net, x1, y=None, x0=None):
         """E || v(z_t, t) - (x_1 - x_0) ||^2 (mean over elements); x0=None draws fresh noise
