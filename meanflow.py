@@ -23,6 +23,14 @@ and the loss, and in the time convention of its flow-matching slides (t = 0 nois
                      label was dropped keep v~ = v. The fixed point at r = t is
                      u(z, t, t | c) = v_null + omega / (1 - kappa) (v_c - v_null): guidance of scale omega/(1 - kappa)
                      that costs one network call when sampling (with the default --cfg-scale 1).
+  iMF tangent        (--tangent model; "Improved Mean Flows", arXiv 2512.02012) the JVP's tangent is the
+                     network's own instantaneous velocity sg(u_theta(z_t, t, t)) in place of the sample's
+                     v = x1 - x0: u_tgt = v - (t - r) du/dt with du/dt taken along the learnt field. At the
+                     exact u (whose u(z, t, t) is the marginal velocity E[v | z_t]) the target's mean given
+                     z_t is still u, and its noise is v - E[v | z_t] itself instead of that noise passed
+                     through (I - (t - r) d_z u). It is iMF's loss ||u + (t - r) sg(du/dt) - v||^2 on the
+                     velocity V = u + (t - r) sg(du/dt), at one more forward pass (no gradient) a step;
+                     iMF's guidance scale as a network input is not implemented here.
 
 The paper's convention is the mirror image: its time tau_p = 1 - tau is 1 at the noise, its velocity is
 eps - x = -v, its pairs have t_p > r_p, and it samples x = eps - u_p(eps, 0, 1). Substituting tau_p = 1 - tau
@@ -66,7 +74,7 @@ class MeanFlow:
     folded; null_class: the label index of dropped labels (num_classes), needed only when folding."""
 
     def __init__(self, ratio=0.25, time_mu=0.4, time_sigma=1.0, adaptive_p=1.0, adaptive_c=1e-3,
-                 cfg_omega=1.0, cfg_kappa=0.0, null_class=None):
+                 cfg_omega=1.0, cfg_kappa=0.0, null_class=None, tangent="sample"):
         if not 0 <= ratio <= 1:
             raise ValueError(f"--ratio (the fraction of pairs with r != t) must be in [0, 1], got {ratio}")
         if time_sigma <= 0:
@@ -74,7 +82,10 @@ class MeanFlow:
         if not 0 <= cfg_kappa < 1 or cfg_omega <= 0:
             raise ValueError(f"folded guidance needs --cfg-omega > 0 and 0 <= --cfg-kappa < 1 "
                              f"(1 and 0: none), got {cfg_omega} and {cfg_kappa}")
-        self.ratio, self.time_mu, self.time_sigma = ratio, time_mu, time_sigma
+        if tangent not in ("sample", "model"):
+            raise ValueError(f"--tangent must be 'sample' (the paper's v = x1 - x0) or 'model' (iMF's u(z, t, t)), "
+                             f"got {tangent!r}")
+        self.ratio, self.time_mu, self.time_sigma, self.tangent = ratio, time_mu, time_sigma, tangent
         self.adaptive_p, self.adaptive_c = adaptive_p, adaptive_c
         self.cfg_omega, self.cfg_kappa, self.null_class = cfg_omega, cfg_kappa, null_class
 
@@ -105,11 +116,17 @@ class MeanFlow:
                                   (v, torch.zeros_like(r), torch.ones_like(t)))
 
     def target(self, net, z, r, t, v, y=None):
-        """u_tgt = v - (t - r) (v d_z u + d_t u), detached (the stop-gradient)."""
+        """u_tgt = v - (t - r) (v' d_z u + d_t u), detached (the stop-gradient); the tangent v' is v
+        itself (tangent "sample", the paper) or the network's own sg(u(z, t, t)) (tangent "model", iMF)."""
         return self._u_and_target(net, z, r, t, v, y)[1]
 
     def _u_and_target(self, net, z, r, t, v, y):
-        u, dudt = self.u_and_dudt(net, z, r, t, v, y)
+        if self.tangent == "model":  # iMF: du/dt along the learnt field, v' = sg(u_theta(z, t, t))
+            with torch.no_grad():
+                v_tangent = getattr(net, "module", net)(z, t, t, y).to(v.dtype)
+        else:
+            v_tangent = v
+        u, dudt = self.u_and_dudt(net, z, r, t, v_tangent, y)
         u_tgt = v - common.bcast(t - r, z) * dudt  # MeanFlow identity
         return u, u_tgt.detach()
 
@@ -178,17 +195,20 @@ def main(argv=None):
     g.add_argument("--adaptive-p", type=common.finite, help="power p of the weight 1/(||e||^2 + c)^p (default 1; 0: L2)")
     g.add_argument("--cfg-omega", type=common.finite, help="guidance omega folded into the target (default 1: none)")
     g.add_argument("--cfg-kappa", type=common.finite, help="the conditional u's share of the folded target (default 0)")
+    g.add_argument("--tangent", choices=["sample", "model"], help="the JVP's tangent: sample, v = x1 - x0 (the paper, "
+                   "default), or model, the network's own u(z, t, t) (iMF)")
     g.add_argument("--time-scale", type=common.finite, help="r and t are scaled by this before the sinusoidal features "
                    "(default 10; the flows' usual 1000 spoils 1-step samples: see the docstring)")
     args, ckpt = common.parse_args(
         parser, argv, "meanflow", defaults=dict(steps=1, ratio=0.25, time_mu=0.4, time_sigma=1.0, adaptive_p=1.0,
-                                                cfg_omega=1.0, cfg_kappa=0.0, time_scale=10.0),
+                                                cfg_omega=1.0, cfg_kappa=0.0, time_scale=10.0,
+                                                tangent="sample"),
         budgets={"digits": dict(iters=800)},  # a step costs a forward JVP and a backward pass: fewer of them
-        model_flags=("ratio", "time_mu", "time_sigma", "adaptive_p", "cfg_omega", "cfg_kappa", "time_scale"))
+        model_flags=("ratio", "time_mu", "time_sigma", "adaptive_p", "cfg_omega", "cfg_kappa", "time_scale", "tangent"))
     if args.steps < 1 or args.time_scale <= 0:
         parser.error(f"--steps must be at least 1 and --time-scale positive, got {args.steps} and {args.time_scale}")
     meanflow = common.construct(parser, MeanFlow, args.ratio, args.time_mu, args.time_sigma, args.adaptive_p,
-                                cfg_omega=args.cfg_omega, cfg_kappa=args.cfg_kappa)
+                                cfg_omega=args.cfg_omega, cfg_kappa=args.cfg_kappa, tangent=args.tangent)
     if meanflow.folds_guidance and (args.uncond or args.p_uncond <= 0):
         parser.error("--cfg-omega/--cfg-kappa fold guidance into training: they need labels and a trained null "
                      "class, so drop --uncond and keep --p-uncond > 0")

@@ -181,6 +181,60 @@ def test_guided_at_w_2_is_uncond_plus_w_times_cond_minus_uncond():
 # -----------------------------------------------------------------------------
 # the loss: time pairs, adaptive weight, gradient, guidance folded into the target
 
+class Gaussian1D:
+    """x1 ~ N(0, s^2) in 1-D, x0 ~ N(0, 1): sigma_t^2 = (1 - t)^2 + t^2 s^2, the flow map is
+    z_r = (sigma_r / sigma_t) z_t, so u(z, r, t) = z (1 - sigma_r / sigma_t) / (t - r) (u(z, t, t) = v(z, t) =
+    z sigma_t' / sigma_t). Written from these formulas alone, not from GaussianFlow."""
+
+    def __init__(self, s):
+        self.s = s
+
+    def sigma(self, t):
+        return ((1 - t) ** 2 + t ** 2 * self.s ** 2).sqrt()[:, None]
+
+    def v(self, z, t):
+        return z * ((t * self.s ** 2 - (1 - t)) / ((1 - t) ** 2 + t ** 2 * self.s ** 2))[:, None]
+
+    def __call__(self, z, r, t, y=None):
+        gap = (t - r)[:, None]
+        same = gap.abs() < 1e-12
+        return torch.where(same, self.v(z, t), z * (1 - self.sigma(r) / self.sigma(t)) / torch.where(same, 1.0, gap))
+
+
+@pytest.mark.parametrize("tangent", ["sample", "model"])
+def test_target_of_each_tangent_on_a_1d_gaussian(tangent):
+    """From the exact u and the exact v the target is u (the MeanFlow identity), for both tangents; for a
+    conditional v (a draw of x1 - x0), the target has its documented form v - (t - r)(v' d_z u + d_t u),
+    with v' = v (sample) or v' = u(z, t, t) (model), d_z u and d_t u by central differences."""
+    exact, g = Gaussian1D(0.5), torch.Generator().manual_seed(0)
+    z = 2 * torch.randn(32, 1, generator=g, dtype=torch.float64)
+    r, t = torch.rand(32, generator=g, dtype=torch.float64), torch.rand(32, generator=g, dtype=torch.float64)
+    mf = MeanFlow(tangent=tangent)
+    u = exact(z, r, t)
+    torch.testing.assert_close(mf.target(exact, z, r, t, exact.v(z, t)), u, rtol=1e-9, atol=1e-9)
+    v = exact.v(z, t) + torch.randn(32, 1, generator=g, dtype=torch.float64)  # one conditional velocity
+    h = 1e-6
+    dz = (exact(z + h, r, t) - exact(z - h, r, t)) / (2 * h)
+    dt = (exact(z, r, t + h) - exact(z, r, t - h)) / (2 * h)
+    v_prime = v if tangent == "sample" else exact.v(z, t)
+    torch.testing.assert_close(mf.target(exact, z, r, t, v), v - (t - r)[:, None] * (v_prime * dz + dt),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_model_tangent_costs_one_forward_and_is_checked():
+    net = perturbed_net("mlp", (2,), 0)
+    calls = []
+    net.register_forward_hook(lambda *a: calls.append(1))
+    x1 = torch.randn(16, 2)
+    MeanFlow(tangent="sample").loss(net, x1)
+    n_sample = len(calls)
+    calls.clear()
+    MeanFlow(tangent="model").loss(net, x1)
+    assert len(calls) == n_sample + 1
+    with pytest.raises(ValueError, match="--tangent"):
+        MeanFlow(tangent="data")
+
+
 def test_sample_times():
     mf = MeanFlow(ratio=0.25, time_mu=0.4, time_sigma=1.0)
     r, t = mf.sample_times(40000, generator=torch.Generator().manual_seed(0))
