@@ -43,11 +43,21 @@ s cos(s t)). At the flows' usual 1000 the rarely sampled corner (t, r) = (0, 1) 
 is learned badly; the default 10 gives features that are smooth over [0, 1] and markedly better 1-step
 samples at no cost to 2-step samples (benchmarks/meanflow.py measures both scales on a 2-D set).
 
+Cost: where r = t the target is v itself (the (t - r) factor is 0), so `loss` runs the JVP only on the
+pairs with r != t (a fraction `ratio`, 25% by default) and takes the gradient-carrying u from one plain
+forward over the whole batch: a step costs a flow-matching step plus a JVP on a quarter of the batch
+(a JVP costs several forward passes on a CPU), and --ratio 0 is plain flow matching at its price.
+
+Flow matching first: MeanFlow's loss mixes a flow-matching term (r = t) with a consistency term whose
+gradients conflict early in training (AlphaFlow, arXiv 2510.20771; arXiv 2511.19065), and a trained flow
+model converts into a MeanFlow model faster than one trains from scratch (Decoupled MeanFlow, arXiv
+2510.24474). Here: train with --ratio 0 (flow matching, at its price), then --resume with the MeanFlow
+ratio (the commands below); benchmarks/meanflow_compute.py measures it at equal training compute.
+
 Forward-mode AD: the fused attention kernel has no JVP; common.attention falls back to plain matmuls under
 torch.func.jvp, so the UNet and DiT of common.py work. torch.func.jvp cannot run a DDP wrapper's forward:
-`target` unwraps `getattr(net, "module", net)` for the JVP, and `loss` then takes the gradient-carrying u
-from the wrapper itself so that DDP still all-reduces the gradients (common.py's loop wraps the loss, not
-the network, so this is a defensive path).
+`target` unwraps `getattr(net, "module", net)` for the JVP (under no_grad: the target is detached), and
+the gradient-carrying u comes from the wrapper's own forward, so that DDP all-reduces the gradients.
 
 Run:
   python meanflow.py                          # digits 8x8 (800 iters), 1-step samples
@@ -56,6 +66,9 @@ Run:
   python meanflow.py --ckpt runs/meanflow-digits/ckpt.pt --steps 2      # 2-step samples of a trained model
   python meanflow.py --cfg-omega 2 --out runs/meanflow-digits-cfg        # guidance folded into training
   python meanflow.py --resume                 # continue runs/meanflow-digits/ckpt.pt up to --iters
+  python meanflow.py --ratio 0 --iters 1000 --out runs/mf-fm && python meanflow.py --resume --ratio 0.25 \
+      --iters 1600 --out runs/mf-fm         # flow matching first, then MeanFlow
+  python meanflow.py --tangent model          # iMF's tangent
 """
 import argparse
 import time
@@ -118,17 +131,13 @@ class MeanFlow:
     def target(self, net, z, r, t, v, y=None):
         """u_tgt = v - (t - r) (v' d_z u + d_t u), detached (the stop-gradient); the tangent v' is v
         itself (tangent "sample", the paper) or the network's own sg(u(z, t, t)) (tangent "model", iMF)."""
-        return self._u_and_target(net, z, r, t, v, y)[1]
-
-    def _u_and_target(self, net, z, r, t, v, y):
         if self.tangent == "model":  # iMF: du/dt along the learnt field, v' = sg(u_theta(z, t, t))
             with torch.no_grad():
                 v_tangent = getattr(net, "module", net)(z, t, t, y).to(v.dtype)
         else:
             v_tangent = v
-        u, dudt = self.u_and_dudt(net, z, r, t, v_tangent, y)
-        u_tgt = v - common.bcast(t - r, z) * dudt  # MeanFlow identity
-        return u, u_tgt.detach()
+        _, dudt = self.u_and_dudt(net, z, r, t, v_tangent, y)
+        return (v - common.bcast(t - r, z) * dudt).detach()  # MeanFlow identity
 
     @torch.no_grad()
     def folded_velocity(self, net, z, t, v, y):
@@ -147,13 +156,18 @@ class MeanFlow:
 
     def loss(self, net, x1, y=None):
         B = x1.shape[0]
-        r, t = self.sample_times(B, x1.device)
+        r, t = self.sample_times(B)  # on the CPU
+        jump = (r != t).nonzero().squeeze(1)  # the pairs whose target needs du/dt, (J,): found without a sync
+        r, t = r.to(x1.device, non_blocking=True), t.to(x1.device, non_blocking=True)
         x0 = torch.randn_like(x1)
         z = (1 - common.bcast(t, x1)) * x0 + common.bcast(t, x1) * x1  # z_t = (1 - t) x0 + t x1
         v = self.folded_velocity(net, z, t, x1 - x0, y)  # v = x1 - x0, or the folded v~
-        u, u_tgt = self._u_and_target(net, z, r, t, v, y)
-        if getattr(net, "module", net) is not net:  # DDP wrapper: the gradient-carrying u comes from its forward
-            u = net(z, r, t, y)
+        u = net(z, r, t, y)  # u_theta(z_t, r, t): the gradient-carrying forward (through a DDP wrapper too)
+        u_tgt = v  # where r = t the target is v - 0 * du/dt = v: plain flow matching, no JVP
+        if len(jump):  # the JVP only for the pairs with r != t (a fraction `ratio` of them)
+            j = jump.to(x1.device, non_blocking=True)
+            with torch.no_grad():
+                u_tgt = v.index_copy(0, j, self.target(net, z[j], r[j], t[j], v[j], None if y is None else y[j]))
         err = (u - u_tgt).pow(2).flatten(1).sum(1)  # ||u_theta - sg(u_tgt)||^2 per example, (B,)
         w = (err.detach() + self.adaptive_c).pow(-self.adaptive_p)  # adaptive weight, sg
         return (w * err).mean()

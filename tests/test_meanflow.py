@@ -221,6 +221,26 @@ def test_target_of_each_tangent_on_a_1d_gaussian(tangent):
                                rtol=1e-6, atol=1e-6)
 
 
+def test_jvp_only_on_pairs_with_r_not_t(monkeypatch):
+    """The JVP sees exactly the pairs with r != t (their target needs du/dt; the others' is v), and
+    --ratio 0 runs none: plain flow matching at its price."""
+    seen = []
+    jvp = MeanFlow.u_and_dudt
+    monkeypatch.setattr(MeanFlow, "u_and_dudt", staticmethod(lambda net, z, r, t, v, y=None: seen.append((r, t)) or
+                                                             jvp(net, z, r, t, v, y)))
+    net, x1 = perturbed_net("mlp", (2,), 0), torch.randn(64, 2)
+    for ratio in (0.5, 0.0):
+        seen.clear()
+        torch.manual_seed(3)
+        MeanFlow(ratio=ratio).loss(net, x1)
+        torch.manual_seed(3)
+        r, t = MeanFlow(ratio=ratio).sample_times(64)
+        if ratio == 0:
+            assert seen == []
+        else:
+            assert len(seen) == 1 and torch.equal(seen[0][0], r[r != t]) and torch.equal(seen[0][1], t[r != t])
+
+
 def test_model_tangent_costs_one_forward_and_is_checked():
     net = perturbed_net("mlp", (2,), 0)
     calls = []
