@@ -1,0 +1,177 @@
+"""One step against a hundred at equal training compute (issue 19): MeanFlow variants against cfm.py's
+100 Euler steps, each trained for the same CPU seconds, on several seeds.
+
+  OMP_NUM_THREADS=1 python benchmarks/meanflow_compute.py --part digits-uncond   # ~30 min on one core
+  OMP_NUM_THREADS=1 python benchmarks/meanflow_compute.py --part checkerboard    # ~25 min on one core
+  OMP_NUM_THREADS=1 python benchmarks/meanflow_compute.py --part digits-cond     # ~30 min on one core
+  python benchmarks/meanflow_compute.py --table      # results/meanflow_compute.{json,md} -> one table
+
+The reference is cfm.py (independent coupling) trained for a fixed number of iterations (digits 2500,
+checkerboard 3000; batch 128 / 512, UNet width 16 / MLP width 256, the data's default learning rate)
+and sampled with 100 Euler steps. Each MeanFlow variant is given the same training CPU seconds: its
+iterations are the reference's times the ratio of the two measured costs per iteration (calibrated in
+this process on 60 iterations each, one thread), and the CPU seconds each run actually spent are
+reported beside it. Variants:
+  paper      meanflow.py's defaults: 25% of pairs with r != t, the sample's v as the JVP tangent;
+  iMF        --tangent model: the network's own u(z, t, t) as the tangent (arXiv 2512.02012);
+  FM first   --ratio 0 (flow matching) for half of the CPU seconds, then --resume with --ratio 0.25
+             for the other half (AlphaFlow arXiv 2510.20771, Decoupled MeanFlow arXiv 2510.24474).
+Each is sampled with 1 and 2 steps. Quality: the file's own figure (FD on digits, W2 on the
+checkerboard) of n samples against the held-out set, mean +- sd over the seeds, next to the floor
+(real against real, mean +- sd over 20 draws); digits also give the memorised share. A target
+("1 step within 1.3x of CFM-100", "2 steps within 1.1x") is met or not met when the mean +- sd over
+seeds of the per-seed ratio lies on one side of it, and within noise otherwise.
+"""
+import argparse
+import contextlib
+import io
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import cfm  # noqa: E402
+import meanflow  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+PARTS = {  # data flags, the reference's iterations, samples evaluated
+    "digits-uncond": (["--data", "digits", "--uncond"], 2500, 500),
+    "digits-cond": (["--data", "digits"], 2500, 500),
+    "checkerboard": (["--data", "checkerboard", "--uncond"], 3000, 1000),
+}
+VARIANTS = {"paper": [], "iMF": ["--tangent", "model"], "FM first": None}
+TARGETS = {1: 1.3, 2: 1.1}
+
+
+def run(module, argv):
+    """module.main(argv) in this process: (its result, CPU seconds)."""
+    buf, t0 = io.StringIO(), time.process_time()
+    with contextlib.redirect_stdout(buf):
+        q = module.main(argv)
+    return q, time.process_time() - t0
+
+
+def cost_per_iter(module, flags, work):
+    """CPU seconds per training iteration: 80 iterations minus 20, after a throwaway run (start-up,
+    data loading and first-call costs cancel)."""
+    per = []
+    for iters in (2, 20, 80):
+        _, s = run(module, flags + ["--iters", str(iters), "--n-eval", "0", "--log-every", "1000",
+                                    "--warmup", "1", "--out", str(work / f"calib-{module.__name__}-{iters}")])
+        per.append(s)
+    return (per[2] - per[1]) / 60
+
+
+def evaluate(module, ckpt, n_eval, seed, out, steps_flags):
+    q, _ = run(module, ["--ckpt", str(ckpt), "--n-eval", str(n_eval), "--seed", str(seed), "--out", str(out)] + steps_flags)
+    return {k: q.get(k) for k in ("metric", "value", "floor", "floor_sd", "memorised", "memorised_heldout")}
+
+
+def run_part(part, seeds, work, quick=False):
+    data_flags, ref_iters, n_eval = PARTS[part]
+    if quick:  # a smoke test of the code paths: a few iterations, written beside the checkpoints
+        ref_iters, n_eval = 30, 100
+    base = data_flags + ["--log-every", "1000"]
+    c_cfm = cost_per_iter(cfm, base, work)
+    c_mf = {name: cost_per_iter(meanflow, base + (flags if flags is not None else []), work)
+            for name, flags in VARIANTS.items() if flags is not None}
+    c_fm = cost_per_iter(meanflow, base + ["--ratio", "0"], work)
+    budget = ref_iters * c_cfm
+    print(f"{part}: CPU s per iteration: cfm {c_cfm:.4f}, " + ", ".join(f"{k} {v:.4f}" for k, v in c_mf.items())
+          + f", meanflow --ratio 0 {c_fm:.4f}; budget {budget:.0f} CPU s", flush=True)
+    rows = []
+    for seed in seeds:
+        s = ["--seed", str(seed)]
+        out = work / f"{part}-s{seed}-cfm"
+        _, cpu = run(cfm, base + s + ["--iters", str(ref_iters), "--n-eval", "0", "--out", str(out)])
+        rows.append(dict(method="cfm.py", variant="Euler", nfe=100, iters=ref_iters, train_cpu_s=cpu, seed=seed,
+                         **evaluate(cfm, out / "ckpt.pt", n_eval, seed, out, ["--solver", "euler", "--steps", "100"])))
+        print(json.dumps(rows[-1]), flush=True)
+        for name, flags in VARIANTS.items():
+            out = work / f"{part}-s{seed}-{name.replace(' ', '-')}"
+            if flags is None:  # flow matching for half the budget, then MeanFlow for the other half
+                k1 = round(budget / 2 / c_fm)
+                k2 = round(budget / 2 / c_mf["paper"])
+                _, cpu1 = run(meanflow, base + s + ["--ratio", "0", "--iters", str(k1), "--n-eval", "0", "--out", str(out)])
+                _, cpu2 = run(meanflow, base + s + ["--resume", "--ratio", "0.25", "--iters", str(k1 + k2),
+                                                   "--n-eval", "0", "--out", str(out)])
+                iters, cpu = f"{k1} + {k2}", cpu1 + cpu2
+            else:
+                iters = round(budget / c_mf[name])
+                _, cpu = run(meanflow, base + s + flags + ["--iters", str(iters), "--n-eval", "0", "--out", str(out)])
+            for steps in (1, 2):
+                rows.append(dict(method="meanflow.py", variant=name, nfe=steps, iters=iters, train_cpu_s=cpu, seed=seed,
+                                 **evaluate(meanflow, out / "ckpt.pt", n_eval, seed, out, ["--steps", str(steps)])))
+                print(json.dumps(rows[-1]), flush=True)
+    path = work / "meanflow_compute.json" if quick else RESULTS / "meanflow_compute.json"
+    res = json.loads(path.read_text()) if path.exists() else {}
+    res[part] = {"costs": {"cfm": c_cfm, **c_mf, "ratio 0": c_fm}, "budget_cpu_s": budget, "rows": rows,
+                 "machine": f"{torch.__version__}, {torch.get_num_threads()} thread(s)"}
+    path.write_text(json.dumps(res, indent=1))
+
+
+def ms(values, f=".3g"):
+    if len(values) < 2:
+        return format(values[0], f)
+    return f"{statistics.mean(values):{f}} +- {statistics.stdev(values):.2g}"
+
+
+def verdict(ratios, target):
+    if len(ratios) < 2:
+        return ("met" if ratios[0] <= target else "not met") + " (one seed)"
+    m, s = statistics.mean(ratios), statistics.stdev(ratios)
+    return "met" if m + s <= target else "not met" if m - s > target else "within noise"
+
+
+def table():
+    res = json.loads((RESULTS / "meanflow_compute.json").read_text())
+    lines = []
+    for part in PARTS:
+        if part not in res:
+            continue
+        rows = res[part]["rows"]
+        ref = {r["seed"]: r["value"] for r in rows if r["method"] == "cfm.py"}
+        first = rows[0]
+        lines += [f"#### {part}: {first['metric']} (floor {first['floor']:.3g} +- {first['floor_sd']:.2g}, real vs real), "
+                  f"budget {res[part]['budget_cpu_s']:.0f} training CPU s, seeds {', '.join(map(str, sorted(ref)))}", "",
+                  "| method | NFE | iterations | train CPU s | quality | / CFM-100 (per seed) | target | memorised |",
+                  "|---|---:|---|---:|---|---|---|---:|"]
+        keys = []
+        for r in rows:
+            if (r["method"], r["variant"], r["nfe"]) not in keys:
+                keys.append((r["method"], r["variant"], r["nfe"]))
+        for key in keys:
+            rs = [r for r in rows if (r["method"], r["variant"], r["nfe"]) == key]
+            ratios = [r["value"] / ref[r["seed"]] for r in rs if r["seed"] in ref]
+            target = "" if key[0] == "cfm.py" else f"<= {TARGETS[key[2]]}: {verdict(ratios, TARGETS[key[2]])}"
+            mem = [r["memorised"] for r in rs if r.get("memorised") is not None]
+            lines.append(f"| {key[0]} {key[1]} | {key[2]} | {rs[0]['iters']} | {ms([r['train_cpu_s'] for r in rs], '.0f')} | "
+                         f"{ms([r['value'] for r in rs])} | {ms(ratios)} | {target} | "
+                         f"{ms([100 * m for m in mem], '.1f') + '%' if mem else ''} |")
+        lines.append("")
+    (RESULTS / "meanflow_compute.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--part", choices=list(PARTS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--work", default="/tmp/meanflow-compute")
+    p.add_argument("--table", action="store_true")
+    p.add_argument("--quick", action="store_true", help="smoke test: 30 reference iterations, 100 samples")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.part:
+        run_part(args.part, args.seeds, Path(args.work), args.quick)
+    if args.table:
+        table()
+
+
+if __name__ == "__main__":
+    main()
