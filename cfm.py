@@ -316,14 +316,17 @@ class CFM:
         return v_uncond + cfg_scale * (net(x, t, y) - v_uncond)
 
     @torch.no_grad()
-    def sample(self, net, shape, steps=100, method="euler", y=None, cfg_scale=1.0, generator=None, noise=None):
+    def sample(self, net, shape, steps=100, method="euler", y=None, cfg_scale=1.0, generator=None, noise=None,
+               trajectory=None):
         """Solve dx/dt = v_theta(x, t) from x_0 ~ the prior N(0, prior_std^2 I) at t = 0 to t = 1:
         steps * STAGES[method] network calls (twice that with guidance). noise: the standard normal
-        draw eps, x_0 = prior_std eps."""
+        draw eps, x_0 = prior_std eps. trajectory: a list that receives x_0 and the state after each
+        step, x_1 last (common.record)."""
         _check_solver(steps, method)
         x = common.start_noise(shape, generator, noise)  # eps ~ N(0, I)
         if self.prior_std != 1.0:
             x = self.prior_std * x  # x_0 = prior_std eps
+        common.record(trajectory, x)
         dtype, h = x.dtype, 1.0 / steps
 
         def field(state, t):
@@ -332,6 +335,7 @@ class CFM:
 
         for i in range(steps):
             (x,) = ode_step(field, (x,), i * h, h, method)
+            common.record(trajectory, x)
         return x
 
     @torch.no_grad()
@@ -460,9 +464,10 @@ def main(argv=None):
     own.add_argument("--solver", choices=list(STAGES), help="ODE solver for sampling (default midpoint)")
     own.add_argument("--bpd", type=int, metavar="N", help="images: also bits/dim of N held-out examples (default 0)")
     own.add_argument("--bpd-steps", type=int, metavar="S", help="--bpd's RK4 steps: 2S reported, S beside (default 40)")
+    common.add_trajectory_flag(own)
     args, ckpt = common.parse_args(parser, argv, "cfm", model_flags=("sigma_min", "coupling", "path", "sigma_max"),
                                    defaults=dict(path="ot", sigma_max=10.0, coupling="independent", steps=10,
-                                                 solver="midpoint", bpd=0, bpd_steps=40),
+                                                 solver="midpoint", bpd=0, bpd_steps=40, trajectory=0),
                                    budgets={k: dict(sigma_max=v) for k, v in (("mnist", 50.0), ("cifar10", 50.0),
                                                                               ("digits32", 40.0))})
     if args.sigma_min is None:  # the path's own default (SIGMA_MIN), saved in the checkpoint
@@ -496,6 +501,10 @@ def main(argv=None):
                 x1 = flow.sample(v_theta, (args.n_eval, *data.shape), args.steps, args.solver, y, args.cfg_scale,
                                  generator=g)
             q = common.report(x1, data, args, sample_seconds=time.time() - t0)
+        if args.trajectory:  # the ODE's path: OUT/trajectory.png (2-D data) or OUT/strip.png (images)
+            common.draw_trajectory(lambda **kw: flow.sample(v_theta, steps=args.steps, method=args.solver,
+                                                            cfg_scale=args.cfg_scale, **kw), data, args, device,
+                                   num_classes, f"CFM {args.path} path, {args.coupling} coupling, {args.solver} x {args.steps}")
         if args.bpd:  # the likelihood of the same EMA network (instantaneous change of variables), RK4 at S and 2S
             q.update(held_out_bits_per_dim(flow, v_theta, data, args.bpd, num_classes > 0, args.seed + 2,
                                            args.bpd_steps, args.dequantize))

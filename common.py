@@ -12,7 +12,8 @@ The plumbing:
   errors, device
   and processes ... UserError, session(args): device, seed, torchrun, one-line errors
   data ............ load_data: digits (bundled), 2-D toy sets, mnist / cifar10 (--download)
-  pictures ........ PNG grids and 2-D densities with no new dependency
+  pictures ........ PNG grids, 2-D densities, sampling paths and strips, labelled in a bitmap
+                    font, with no new dependency
   metrics ......... exact W2, Frechet distance, the feature classifier
   checkpoints ..... atomic writes, weights_only loads, load_ema
   command line .... add_args, parse_args: shared flags, per-data budgets, checkpoint merging
@@ -474,6 +475,14 @@ def start_noise(shape, generator=None, noise=None):
     return torch.randn(shape, generator=generator, device=generator.device if generator is not None else "cpu")
 
 
+def record(trajectory, x):
+    """A sampler's path: append its state x to the list `trajectory` when one is given (every sampler
+    takes trajectory=None: its start first, then the state after each step, the last the returned
+    samples). The states are not copied: the samplers never change a tensor in place."""
+    if trajectory is not None:
+        trajectory.append(x)
+
+
 def class_labels(n, num_classes, device):
     """Balanced labels 0, 1, ..., so a grid of n = 10 k images shows each class in a column;
     None for an unconditional model (num_classes = 0)."""
@@ -837,15 +846,123 @@ def save_grid(x, path, nrow=10, min_size=32):
     write_png(path, grid[0].numpy() if C == 1 else grid.permute(1, 2, 0).numpy())
 
 
-def save_points(x, path, ref=None, lim=4.0, size=256):
-    """2-D points (B, 2) as a density picture (dark = dense); with ref, real data on the left."""
-    def density(p):
-        h, _, _ = np.histogram2d(p[:, 1].cpu().double().numpy(), p[:, 0].cpu().double().numpy(),
-                                 bins=size, range=[[-lim, lim], [-lim, lim]])
-        h = np.log1p(h[::-1]) / max(np.log1p(h).max(), 1e-9)
-        return (255 * (1 - h)).astype(np.uint8)
-    panels = [density(ref), np.full((size, 4), 128, np.uint8)] if ref is not None else []
-    write_png(path, np.concatenate(panels + [density(x)], axis=1))
+def save_strip(states, path, cols=8):
+    """A sampler's path on images, states (S + 1, N, C, H, W) from its noise (0) to its samples (S),
+    as N rows (one per seed) of x_t at `cols` steps spread evenly over 0..S, noise first, samples
+    last. Strips of the same N, cols and image size have the same width: they stack as rows."""
+    idx = torch.linspace(0, len(states) - 1, min(cols, len(states))).round().long()
+    save_grid(states[idx].transpose(0, 1).flatten(0, 1), path, nrow=len(idx))  # (N cols, C, H, W), a row per seed
+
+
+# labels: a 3x5 pixel font, each glyph five rows of three pixels, each row an octal digit (4 = left pixel)
+FONT = {"A": "25755", "B": "65656", "C": "34443", "D": "65556", "E": "74647", "F": "74644", "G": "34553",
+        "H": "55755", "I": "72227", "J": "11152", "K": "55655", "L": "44447", "M": "57755", "N": "65555",
+        "O": "25552", "P": "65644", "Q": "25563", "R": "65655", "S": "34216", "T": "72222", "U": "55557",
+        "V": "55552", "W": "55775", "X": "55255", "Y": "55222", "Z": "71247", "0": "75557", "1": "26227",
+        "2": "61247", "3": "61216", "4": "55711", "5": "74616", "6": "34652", "7": "71222", "8": "25252",
+        "9": "25316", " ": "00000", "-": "00700", ".": "00002", ",": "00024", "=": "07070", "+": "02720",
+        ":": "02020", "/": "11244", "(": "12221", ")": "42224", ">": "42124", "<": "12421"}
+
+
+def text_mask(text, scale=2):
+    """`text` (upper-cased; characters not in FONT blank) as a boolean mask (5 scale, (4 len - 1) scale)."""
+    rows = [[[int(d) >> (2 - k) & 1 for k in range(3)] + [0] for d in FONT.get(c, "00000")] for c in text.upper()]
+    mask = np.array(rows, dtype=bool).reshape(-1, 5, 4).transpose(1, 0, 2).reshape(5, -1)[:, :-1]  # (5, 4 len - 1)
+    return mask.repeat(scale, 0).repeat(scale, 1)
+
+
+def titled(img, text, scale=2, pad=4, below=False):
+    """An RGB image (H, W, 3) under (below: above) a dark band with `text` in white at its left."""
+    mask = text_mask(text, scale)[:, :img.shape[1] - 2 * pad]  # cut what does not fit
+    band = np.full((mask.shape[0] + 2 * pad, img.shape[1], 3), 24, np.uint8)
+    band[pad:pad + mask.shape[0], pad:pad + mask.shape[1]][mask] = 255
+    return np.concatenate([img, band] if below else [band, img], 0)
+
+
+# a dark-to-bright colour scale (close to matplotlib's "inferno"): 0 -> black, 1 -> pale yellow
+HEAT = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66], [245, 125, 21],
+                 [250, 193, 39], [252, 255, 164]], dtype=np.float64)
+
+
+def heat(v):
+    """Values in [0, 1] (H, W) -> RGB (H, W, 3) uint8 on the HEAT scale."""
+    pos = np.clip(v, 0, 1) * (len(HEAT) - 1)
+    return np.stack([np.interp(pos, np.arange(len(HEAT)), HEAT[:, c]) for c in range(3)], -1).round().astype(np.uint8)
+
+
+def density(p, lim=4.0, size=256, blur=2.0):
+    """2-D points (B, 2) -> (size, size) in [0, 1] over [-lim, lim]^2 (y up): counts per pixel, smoothed
+    by a Gaussian of `blur` pixels (a few hundred points still read as a density), then
+    sqrt(count / its 99.5th percentile over the occupied pixels), so sparse regions show and a few
+    dense pixels do not dim the rest."""
+    from scipy.ndimage import gaussian_filter
+    p = p.detach().double().cpu().numpy()
+    h, _, _ = np.histogram2d(p[:, 1], p[:, 0], bins=size, range=[[-lim, lim], [-lim, lim]])
+    h = gaussian_filter(h[::-1], blur)
+    top = np.quantile(h[h > 1e-3 * h.max()], 0.995) if h.max() > 0 else 1.0
+    return np.sqrt(np.clip(h / top, 0, 1))
+
+
+def save_points(x, path, ref=None, lim=4.0, size=256, labels=("held-out", "generated")):
+    """2-D points (B, 2) as a density picture, dark = empty, bright = dense (log scale), titled with
+    labels[1] and the number of points; with ref, the real points' picture on the left (labels[0])."""
+    panels = [(x, labels[1])] if ref is None else [(ref, labels[0]), (x, labels[1])]
+    pictures = [titled(heat(density(p, lim, size)), f"{name} ({len(p)})") for p, name in panels]
+    gap = np.full((pictures[0].shape[0], 4, 3), 128, np.uint8)  # a grey bar between the panels
+    write_png(path, np.concatenate([pictures[0]] + [a for p in pictures[1:] for a in (gap, p)], 1))
+
+
+def hues(h, saturation=0.8):
+    """Hues h (N,) in [0, 1) -> bright RGB (N, 3) float in [0, 255] (HSV with value 1)."""
+    k = (np.array([5.0, 3.0, 1.0]) + 6 * h[:, None]) % 6
+    return 255 * (1 - saturation * np.clip(np.minimum(k, 4 - k), 0, 1))
+
+
+def save_trajectory(states, path, ref=None, lim=4.0, size=512, title="", alpha=None, max_steps=100):
+    """Sampling paths on 2-D data, states (S + 1, N, 2) from the noise (0) to the samples (S), as thin
+    lines over the grey density of ref (held-out points). Each path has the colour of its starting
+    point's angle, so where neighbouring noise goes, and where paths cross, reads at a glance; starts
+    are grey dots, ends dots in the path's colour. A pixel crossed k times by
+    lines is blended with their mean colour at opacity 1 - (1 - alpha)^k (the drawing order is moot);
+    alpha=None: 0.3, lowered down to 0.05 as the lines' total length nears a few times the picture's
+    area (long wandering paths, such as DDPM's, would otherwise fill it).
+    A path of more than max_steps steps (DDPM's 1000) is drawn through max_steps + 1 evenly spaced
+    states, its start and end included: the drawing, not the recorded path, is thinned."""
+    keep = torch.linspace(0, len(states) - 1, min(len(states), max_steps + 1)).round().long()
+    xy = states[keep].detach().double().cpu().numpy()
+    N = xy.shape[1]
+    px = np.stack([(xy[..., 0] + lim), (lim - xy[..., 1])], -1) * (size / (2 * lim))  # (S + 1, N, 2): column, row
+    px = np.clip(px, -size, 2 * size)  # a point far outside is drawn towards its direction, not to infinity
+    img = np.full((size, size, 3), 12.0)
+    if ref is not None:  # held-out points: grey, brighter = denser
+        img = img + 90 * density(ref, lim, size)[..., None]
+    color = hues((np.arctan2(xy[0, :, 1], xy[0, :, 0]) / (2 * np.pi)) % 1)  # (N, 3), by the start's angle
+    # the lines: every segment sampled at <= 1 pixel spacing, then each pixel blended with its hits
+    a, b = px[:-1].reshape(-1, 2), px[1:].reshape(-1, 2)  # (S N, 2) segment ends, path = index % N
+    n = np.ceil(np.abs(b - a).max(1)).astype(np.int64) + 1  # samples per segment
+    seg = np.repeat(np.arange(len(a)), n)
+    frac = (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)) / np.repeat(np.maximum(n - 1, 1), n)
+    p = np.round(a[seg] + frac[:, None] * (b[seg] - a[seg])).astype(np.int64)
+    inside = (p >= 0).all(1) & (p < size).all(1)
+    pix, seg = p[inside, 1] * size + p[inside, 0], seg[inside]
+    if alpha is None:  # ink ~ (total length in pixels) / (pixels in the picture)
+        alpha = float(np.clip(0.04 * size * size / max(len(p), 1), 0.05, 0.3))
+    hits = np.bincount(pix, minlength=size * size).reshape(size, size)
+    mean = np.stack([np.bincount(pix, color[seg % N, c], size * size) for c in range(3)], -1).reshape(size, size, 3)
+    mean = mean / np.maximum(hits, 1)[..., None]
+    opacity = (1 - (1 - alpha) ** hits)[..., None]
+    img = img * (1 - opacity) + mean * opacity
+
+    def dots(points, rgb, r):  # squares of side 2r + 1 at points (M, 2), colours (M, 3)
+        for dr in range(-r, r + 1):
+            for dc in range(-r, r + 1):
+                q = np.round(points).astype(np.int64) + [dc, dr]
+                ok = (q >= 0).all(1) & (q < size).all(1)
+                img[q[ok, 1], q[ok, 0]] = rgb[ok]
+    dots(px[0], np.full((N, 3), 150.0), 1)  # starts: the noise
+    dots(px[-1], color, 1)  # ends: the samples
+    legend = "grey dots: noise, coloured dots: samples" + (", grey: held-out data" if ref is not None else "")
+    write_png(path, titled(titled(img.round().astype(np.uint8), title), legend, below=True))
 
 
 def save_samples(x, path, data):
@@ -854,6 +971,29 @@ def save_samples(x, path, data):
         save_grid(x[:100], path)
     else:
         save_points(x, path, ref=data.x_test[:len(x)])
+
+
+def draw_trajectory(sample, data, args, device, num_classes, title=""):
+    """--trajectory N: the sampler's path for N examples, drawn. sample(shape=, y=, generator=,
+    trajectory=) is the model's sampler with its other arguments bound; it runs once, with its own
+    generator (seed + 4: the evaluation's samples stay as they are) and balanced labels, and its
+    recorded states (S + 1, N, ...) become OUT/trajectory.png for 2-D data (N paths over the held-out
+    points, save_trajectory) or OUT/strip.png for images (N rows of x_t at 8 steps, save_strip);
+    when only sampling a training run's folder, trajectory-<model>.png / strip-<model>.png, as
+    report() names its grid. Returns the states."""
+    n, out, states = args.trajectory, Path(args.out), []
+    g = torch.Generator(device).manual_seed(args.seed + 4)
+    with autocast(device, args.amp):
+        sample(shape=(n, *data.shape), y=class_labels(n, num_classes, device), generator=g, trajectory=states)
+    states = torch.stack([s.float().cpu() for s in states])  # (S + 1, N, ...)
+    stem = "strip" if data.is_image else "trajectory"
+    picture = out / (f"{stem}-{args.model}.png" if args.sample_only and (out / "ckpt.pt").exists() else f"{stem}.png")
+    if data.is_image:
+        save_strip(states, picture)
+    else:
+        save_trajectory(states, picture, ref=data.x_test, title=title)
+    log(f"{args.model}: {n} sampling paths of {len(states) - 1} steps in {picture}")
+    return states
 
 
 
@@ -1033,6 +1173,24 @@ def finite(text):
     if not math.isfinite(v):
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     return v
+
+
+def count(text):
+    """argparse type: a whole number >= 0 (e.g. --trajectory N; 0: off)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative: give 0 (off) or more")
+    return v
+
+
+def add_trajectory_flag(group):
+    """--trajectory N, for the files whose sampler records its path (draw_trajectory); default 0: off."""
+    group.add_argument("--trajectory", type=count, metavar="N", help="also draw N sampling paths: 2-D data: "
+                       "OUT/trajectory.png (paths over held-out points); images: OUT/strip.png (N rows of x_t "
+                       "at 8 steps) (default 0: off)")
 
 
 def add_args(parser):

@@ -120,14 +120,16 @@ class DDIM:
 
     @torch.no_grad()
     def sample(self, net, shape, steps=50, eta=0.0, y=None, cfg_scale=1.0, generator=None, noise=None,
-               spacing="uniform", classifier=None, classifier_scale=0.0):
+               spacing="uniform", classifier=None, classifier_scale=0.0, trajectory=None):
         """x_T ~ N(0, I), then `steps` generalized updates through timesteps(steps) down to x_0. With a
         noisy classifier (classifier(x_t, t) -> logits (B, num_classes)) and labels y, classifier
-        guidance: eps~ = eps - s sqrt(1 - a_t) grad_{x_t} log p_phi(y | x_t, t), s = classifier_scale."""
+        guidance: eps~ = eps - s sqrt(1 - a_t) grad_{x_t} log p_phi(y | x_t, t), s = classifier_scale.
+        trajectory: a list that receives x_T and the state at every visited time, x_0 last (common.record)."""
         guide = classifier is not None and classifier_scale != 0  # s = 0: not one operation more
         if guide and y is None:
             raise ValueError("classifier guidance needs the labels y to guide towards")
         x = common.start_noise(shape, generator, noise)  # x_T ~ N(0, I)
+        common.record(trajectory, x)
         times = self.timesteps(steps, spacing).tolist()
         for t, t_prev in zip(times, times[1:] + [0]):
             tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
@@ -139,6 +141,7 @@ class DDIM:
             if eta > 0 and t_prev > 0:  # sigma_t = 0 on the last step (a_0 = 1): no draw
                 z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             x = self.step(x, e, tt, torch.full_like(tt, t_prev), eta if t_prev > 0 else 0.0, noise=z)
+            common.record(trajectory, x)
         return x
 
     @torch.no_grad()
@@ -185,8 +188,10 @@ def main(argv=None):
     own.add_argument("--eta", type=common.finite,
                      help="noise of each step, in [0, 1]: 0 deterministic DDIM (default), 1 DDPM-like")
     own.add_argument("--spacing", choices=["uniform", "quadratic"], help="the visited times (default uniform)")
+    common.add_trajectory_flag(own)
     args, ckpt = common.parse_args(parser, argv, "ddim",
-                                   defaults=dict(T=1000, schedule="linear", steps=50, eta=0.0, spacing="uniform"),
+                                   defaults=dict(T=1000, schedule="linear", steps=50, eta=0.0, spacing="uniform",
+                                                 trajectory=0),
                                    model_flags=("T", "schedule"), accept=("ddim", "ddpm"))
     ddim = common.construct(parser, DDIM, args.T, args.schedule)  # the method: schedule, loss, sampler
     if not 1 <= args.steps <= args.T:  # sampler flags, checked here once (T may come from a checkpoint)
@@ -201,6 +206,10 @@ def main(argv=None):
             eps_theta = common.load_ema(ckpt, eps_theta)  # a ddim.py or ddpm.py checkpoint
         else:
             eps_theta = common.train(eps_theta, ddim.loss, data, args, ckpt)  # DDPM's loss; returns the EMA network
+        if args.trajectory and common.is_main():  # the sampler's path: OUT/trajectory.png or OUT/strip.png
+            common.draw_trajectory(lambda **kw: ddim.sample(eps_theta, steps=args.steps, eta=args.eta, spacing=args.spacing,
+                                                            cfg_scale=args.cfg_scale, **kw),
+                                   data, args, device, num_classes, f"DDIM eta={args.eta:g}, {args.steps} steps")
         if args.n_eval == 0 or not common.is_main():
             return None
         y = common.class_labels(args.n_eval, num_classes, device)

@@ -143,14 +143,16 @@ class DDPM:
 
     @torch.no_grad()
     def sample(self, net, shape, y=None, cfg_scale=1.0, generator=None, noise=None, classifier=None,
-               classifier_scale=0.0):
+               classifier_scale=0.0, trajectory=None):
         """Ancestral sampling, Algorithm 2: T network calls from x_T ~ N(0, I) to x_0. With a noisy
         classifier (classifier(x_t, t) -> logits (B, num_classes)) and labels y, classifier guidance:
-        eps~ = eps - s sqrt(1 - alpha_bar_t) grad_{x_t} log p_phi(y | x_t, t), s = classifier_scale."""
+        eps~ = eps - s sqrt(1 - alpha_bar_t) grad_{x_t} log p_phi(y | x_t, t), s = classifier_scale.
+        trajectory: a list that receives x_T, x_{T-1}, ..., x_0 (common.record)."""
         guide = classifier is not None and classifier_scale != 0  # s = 0: not one operation more
         if guide and y is None:
             raise ValueError("classifier guidance needs the labels y to guide towards")
         x = common.start_noise(shape, generator, noise)  # x_T ~ N(0, I)
+        common.record(trajectory, x)
         dtype = x.dtype
         for t in range(self.T, 0, -1):
             tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
@@ -165,6 +167,7 @@ class DDPM:
                 x = mean + math.sqrt(float(self.beta_tilde[t])) * z
             else:
                 x = mean
+            common.record(trajectory, x)
         return x
 
     @torch.no_grad()
@@ -432,8 +435,10 @@ def main(argv=None):
                      "an --uncond model (default 0: off); trains a noisy classifier beside it unless --classifier")
     own.add_argument("--classifier", metavar="CKPT", help="the noisy classifier to guide with (default, when "
                      "sampling a checkpoint: OUT/classifier/ckpt.pt)")
+    common.add_trajectory_flag(own)
     args, ckpt = common.parse_args(parser, argv, "ddpm", defaults=dict(T=1000, schedule="linear", bpd=0, classify=0,
-                                   classify_samples=[10, 30, 100], classifier_scale=0.0), model_flags=("T", "schedule"))
+                                   classify_samples=[10, 30, 100], classifier_scale=0.0, trajectory=0),
+                                   model_flags=("T", "schedule"))
     check_flags(parser, args)
     ddpm = common.construct(parser, DDPM, args.T, args.schedule)  # the method: schedule, loss, sampler
     with common.session(args) as device:
@@ -447,15 +452,19 @@ def main(argv=None):
         classifier = noisy_classifier(ddpm, data, args, device) if args.classifier_scale else None  # p_phi(y | x_t, t)
         if not common.is_main():
             return None
-        q = {}
+        q, labelled = {}, num_classes if classifier is None else data.num_classes  # classes to sample
         if args.n_eval:
-            y = common.class_labels(args.n_eval, num_classes if classifier is None else data.num_classes, device)
+            y = common.class_labels(args.n_eval, labelled, device)
             g = torch.Generator(device).manual_seed(args.seed + 1)
             t0 = time.time()
             with common.autocast(device, args.amp):  # Algorithm 2, guided by p_phi when there is one
                 x0 = ddpm.sample(eps_theta, (args.n_eval, *data.shape), y, args.cfg_scale, generator=g,
                                  classifier=classifier, classifier_scale=args.classifier_scale)
             q = common.report(x0, data, args, sample_seconds=time.time() - t0, classifier_scale=args.classifier_scale)
+        if args.trajectory:  # Algorithm 2's path: OUT/trajectory.png (2-D data) or OUT/strip.png (images)
+            common.draw_trajectory(lambda **kw: ddpm.sample(eps_theta, cfg_scale=args.cfg_scale, classifier=classifier,
+                                                            classifier_scale=args.classifier_scale, **kw),
+                                   data, args, device, labelled, f"DDPM ancestral, {args.T} steps")
         if args.bpd:
             q.update(held_out_bound(ddpm, eps_theta, data, args.bpd, num_classes > 0, args.seed + 2))
         if args.classify:

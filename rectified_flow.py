@@ -92,14 +92,17 @@ class RectifiedFlow:
         return v_uncond + cfg_scale * (net(x, t, y) - v_uncond)
 
     @torch.no_grad()
-    def sample(self, net, shape, steps=100, y=None, cfg_scale=1.0, generator=None, noise=None):
-        """Euler on dZ/dt = v(Z, t) from Z_0 = noise ~ N(0, I) to Z_1: `steps` network calls."""
+    def sample(self, net, shape, steps=100, y=None, cfg_scale=1.0, generator=None, noise=None, trajectory=None):
+        """Euler on dZ/dt = v(Z, t) from Z_0 = noise ~ N(0, I) to Z_1: `steps` network calls.
+        trajectory: a list that receives Z_0 and the state after each step, Z_1 last (common.record)."""
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         x = common.start_noise(shape, generator, noise)  # Z_0 ~ N(0, I)
+        common.record(trajectory, x)
         for k in range(steps):
             t = torch.full((x.shape[0],), k / steps, dtype=torch.float64).to(device=x.device, dtype=x.dtype)
             x = x + self.guided(net, x, t, y, cfg_scale).to(x.dtype) / steps  # Z += v(Z, t) / N
+            common.record(trajectory, x)
         return x
 
     @torch.no_grad()
@@ -197,6 +200,12 @@ def make_pairs(method, teacher, data, n, steps, device, seed, path):
     return pairs["x0"], pairs["x1"], pairs["y"]
 
 
+def stage(args, ckpt):
+    """The run's stage, for pictures: 1-RF (independent pairs), reflow (pairs of a teacher's ODE) or distilled."""
+    made = ckpt["args"] if args.sample_only else vars(args)
+    return "distilled RF" if made.get("distill_from") else "reflow RF" if made.get("reflow_from") else "1-RF"
+
+
 # -----------------------------------------------------------------------------
 # the training script
 
@@ -210,8 +219,9 @@ def main(argv=None):
     g.add_argument("--distill-from", metavar="CKPT", help="distil this flow into one Euler step (no label dropout)")
     g.add_argument("--n-pairs", type=int, help="pairs made by the teacher (default 20000 for 2-D points, 4000 for images)")
     g.add_argument("--pair-steps", type=int, help="Euler steps of the teacher's ODE when making pairs (default 100)")
+    common.add_trajectory_flag(g)
     args, ckpt = common.parse_args(parser, argv, "rectified_flow", budgets={"toy": dict(n_pairs=20000)},
-                                   defaults=dict(time_sampling="uniform", n_pairs=4000, pair_steps=100),
+                                   defaults=dict(time_sampling="uniform", n_pairs=4000, pair_steps=100, trajectory=0),
                                    teacher=(("reflow_from", "distill_from"), TEACHERS))  # its network flags
     teacher = args.reflow_from or args.distill_from
     if args.reflow_from and args.distill_from or teacher and args.sample_only:
@@ -238,6 +248,9 @@ def main(argv=None):
                                    Path(args.out) / "pairs.pt")
             pairs = common.Dataset(f"{data.name} pairs", z1, y, data.x_test, data.y_test, data.num_classes, x0_train=z0)
             v = common.train(v, flow.loss, pairs, args, ckpt)  # loss(v, Z_1, y, x0=Z_0)
+        if args.trajectory and common.is_main():  # Euler's path: OUT/trajectory.png (2-D data) or OUT/strip.png
+            common.draw_trajectory(lambda **kw: flow.sample(v, steps=steps, cfg_scale=args.cfg_scale, **kw), data, args,
+                                   device, num_classes, f"{stage(args, ckpt)}, {steps} Euler steps")
         if args.n_eval == 0 or not common.is_main():
             return None
         y = common.class_labels(args.n_eval, num_classes, device)

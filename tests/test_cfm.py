@@ -814,3 +814,26 @@ def test_cli_bits_per_dim_on_digits(tmp_path, monkeypatch, capsys):
               "--bpd-steps", "1", "--no-dequantize", "--out", str(tmp_path / "grid"), "--device", "cpu"])
     assert torch.load(tmp_path / "grid" / "ckpt.pt", weights_only=True)["args"]["dequantize"] is False
     assert "trained on the grid values" in capsys.readouterr().out
+
+
+# -----------------------------------------------------------------------------
+# the sampling path (--trajectory)
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
+@pytest.mark.parametrize("path", ["ot", "ve"])
+def test_trajectory_starts_at_the_noise_and_ends_at_the_samples(method, path):
+    flow, net = CFM(path=path, sigma_max=5.0), common.make_net("mlp", (2,), 16, time_scale=1000.0)
+    noise, states = torch.randn(5, 2), []
+    x = flow.sample(net, (5, 2), steps=3, method=method, noise=noise, trajectory=states)
+    assert len(states) == 3 + 1 and torch.equal(states[-1], x)
+    assert torch.equal(states[0], noise if path == "ot" else flow.prior_std * noise)  # x_0 = prior_std eps
+    assert torch.equal(x, flow.sample(net, (5, 2), steps=3, method=method, noise=noise))
+
+
+def test_cli_trajectory_and_strip(tmp_path):
+    tiny = ["--iters", "2", "--width", "8", "--batch-size", "16", "--n-eval", "0", "--steps", "3", "--trajectory", "4"]
+    cfm.main(["--data", "checkerboard", "--coupling", "ot", "--out", str(tmp_path / "2d"), *tiny])
+    cfm.main(["--out", str(tmp_path / "digits"), *tiny])
+    for name, width in (("2d/trajectory.png", 512), ("digits/strip.png", 2 + 4 * 34)):  # strip: 4 columns, 3 steps
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(data[16:20], "big") == width

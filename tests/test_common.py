@@ -163,7 +163,68 @@ def test_png_grid_round_trips(tmp_path):
     assert img.shape == (2 * 4 + 2, 2 * 4 + 2, 3)
     assert np.array_equal(img[2:4, 2:4].transpose(2, 0, 1), ((x[0] + 1) * 127.5).round().byte().numpy())
     common.save_points(torch.randn(500, 2), tmp_path / "p.png", ref=torch.randn(500, 2), size=64)
-    assert read_png(tmp_path / "p.png").shape == (64, 2 * 64 + 4, 1)
+    assert read_png(tmp_path / "p.png").shape == (18 + 64, 2 * 64 + 4, 3)  # a title band, two panels, a bar
+
+
+def test_text_mask_draws_the_font():
+    m = common.text_mask("F-?", scale=1)  # "?" is not in the font: blank
+    assert m.shape == (5, 4 * 3 - 1)
+    assert m[:, :3].tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 0, 0], [1, 0, 0]]  # "F" = 7, 4, 6, 4, 4
+    assert m[:, 4:7].tolist() == [[0, 0, 0], [0, 0, 0], [1, 1, 1], [0, 0, 0], [0, 0, 0]]  # "-"
+    assert not m[:, 3].any() and not m[:, 8:].any()  # the gap between glyphs, and the blank
+    assert common.text_mask("ab", scale=3).shape == (15, 21) and (common.text_mask("a") == common.text_mask("A")).all()
+
+
+def test_save_points_is_bright_where_dense_and_labels_each_panel(tmp_path):
+    ref = torch.rand(2000, 2) + 1.0  # all in the square [1, 2]^2
+    common.save_points(ref - 3.0, tmp_path / "p.png", ref=ref, lim=4.0, size=64)
+    img = read_png(tmp_path / "p.png").astype(int)
+    band, left, bar, right = img[:18], img[18:, :64], img[18:, 64:68], img[18:, 68:]
+    assert (bar == 128).all() and (band == 255).any() and (band[:, :64] == 255).any() and (band[:, 68:] == 255).any()
+    # [1, 2]^2 is columns 40..48 and rows 16..24 of a 64-pixel panel over [-4, 4]^2 (y up); [-2, -1]^2 mirrors it
+    assert left[18:22, 42:46].sum(-1).min() > 3 * left[40:44, 16:24].sum(-1).max() > 0
+    assert right[42:46, 18:22].sum(-1).min() > 3 * right[18:22, 42:46].sum(-1).max() > 0
+    assert (left[0, 0] == common.HEAT[0]).all()  # empty is the dark end of the scale
+
+
+def test_save_trajectory_draws_lines_from_grey_starts_to_coloured_ends(tmp_path):
+    # two straight paths of 4 steps: (-2, 0) -> (2, 0) along y = 0, and (0, -3) -> (0, 3) along x = 0
+    t = torch.linspace(0, 1, 5)[:, None]
+    states = torch.stack([torch.cat([4 * t - 2, 0 * t], 1), torch.cat([0 * t, 6 * t - 3], 1)], 1)  # (5, 2, 2)
+    common.save_trajectory(states, tmp_path / "t.png", lim=4.0, size=64, title="x")
+    img = read_png(tmp_path / "t.png").astype(int)
+    assert img.shape == (18 + 64 + 18, 64, 3)
+    img = img[18:-18]  # pixel (row, col) of (x, y) is (8 (4 - y), 8 (x + 4))
+    assert (img[32, 16] == 150).all() and (img[56, 32] == 150).all()  # the starts: grey dots
+    first, second = img[32, 48], img[8, 32]  # the ends, each in its own path's colour
+    assert first.max() == 255 and second.max() == 255 and not (first == second).all()
+    assert (img[32, 24:29] != 12).any(1).all() and (img[44:48, 32] != 12).any(1).all()  # the lines between
+    assert (img[4, 4] == 12).all()  # the background away from them
+    long = torch.cat([states[:1].expand(999, 2, 2), states[-1:]])  # 1000 steps: drawn through 101 states
+    common.save_trajectory(long, tmp_path / "long.png", lim=4.0, size=64)
+    assert (read_png(tmp_path / "long.png")[18:-18][32, 48] == first).all()  # the end is still drawn
+
+
+def test_save_strip_shows_noise_first_and_samples_last(tmp_path):
+    states = torch.rand(11, 3, 1, 8, 8) * 2 - 1  # (S + 1, N, C, H, W)
+    common.save_strip(states, tmp_path / "s.png")  # 8 columns of 32-pixel images, one row per example
+    img = read_png(tmp_path / "s.png")[..., 0]
+    assert img.shape == (2 + 3 * 34, 2 + 8 * 34)
+    def cell(r, c):
+        return img[2 + 34 * r:34 * (r + 1), 2 + 34 * c:34 * (c + 1)]
+    def pixels(x):
+        return ((x + 1) * 127.5).round().byte().repeat_interleave(4, 0).repeat_interleave(4, 1).numpy()
+    for r in range(3):
+        assert (cell(r, 0) == pixels(states[0, r, 0])).all() and (cell(r, 7) == pixels(states[-1, r, 0])).all()
+    common.save_strip(states[:3], tmp_path / "short.png")  # fewer states than columns: each once
+    assert read_png(tmp_path / "short.png").shape[1] == 2 + 3 * 34
+
+
+def test_record_appends_only_when_asked():
+    path, x = [], torch.zeros(2)
+    common.record(path, x)
+    common.record(None, x)
+    assert len(path) == 1 and path[0] is x
 
 
 # -----------------------------------------------------------------------------

@@ -369,3 +369,23 @@ def test_bad_flags_exit_2(bad, words, tmp_path, capsys):
         ddim.main(["--out", str(tmp_path), "--iters", "1", *bad])
     err = capsys.readouterr().err
     assert e.value.code == 2 and words in err, err
+
+
+# -----------------------------------------------------------------------------
+# the sampling path (--trajectory)
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_trajectory_starts_at_the_noise_and_ends_at_the_samples(eta):
+    method, net = ddim.DDIM(T=50), common.make_net("mlp", (2,), 16)
+    path = []
+    x = method.sample(net, (5, 2), steps=7, eta=eta, generator=torch.Generator().manual_seed(0), trajectory=path)
+    assert len(path) == 7 + 1 and torch.equal(path[-1], x)
+    assert torch.equal(path[0], common.start_noise((5, 2), torch.Generator().manual_seed(0)))
+    assert torch.equal(x, method.sample(net, (5, 2), steps=7, eta=eta, generator=torch.Generator().manual_seed(0)))
+
+
+def test_cli_trajectory(tmp_path):
+    ddim.main(["--data", "checkerboard", "--T", "20", "--steps", "4", "--iters", "2", "--width", "8", "--batch-size",
+               "16", "--n-eval", "0", "--trajectory", "6", "--out", str(tmp_path)])
+    data = (tmp_path / "trajectory.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(data[16:20], "big") == 512

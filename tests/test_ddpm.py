@@ -2,6 +2,7 @@
 torch.distributions, the sampler against Gaussian data with the closed-form optimal network,
 a short run that learns, and the command line."""
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -506,3 +507,34 @@ def test_cli_classifier_guidance_and_zero_shot_classification(tmp_path, capsys):
     assert all(0 <= a <= 1 for a in q["zero_shot_accuracy"].values())
     assert "zero-shot accuracy on 40 held-out examples" in capsys.readouterr().out
     assert (tmp_path / "c" / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -----------------------------------------------------------------------------
+# the sampling path (--trajectory)
+
+def png_size(path):
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")  # (height, width)
+
+
+def test_trajectory_starts_at_the_noise_and_ends_at_the_samples():
+    method, net = ddpm.DDPM(T=12), common.make_net("mlp", (2,), 16)
+    path = []
+    x = method.sample(net, (5, 2), generator=torch.Generator().manual_seed(0), trajectory=path)
+    assert len(path) == 12 + 1 and torch.equal(path[-1], x)
+    assert torch.equal(path[0], common.start_noise((5, 2), torch.Generator().manual_seed(0)))
+    assert torch.equal(x, method.sample(net, (5, 2), generator=torch.Generator().manual_seed(0)))  # recording is free
+
+
+def test_cli_trajectory_and_strip(tmp_path, monkeypatch):
+    drawn = []
+    save = common.save_trajectory
+    monkeypatch.setattr(common, "save_trajectory", lambda states, *a, **k: (drawn.append(states), save(states, *a, **k)))
+    tiny = ["--T", "10", "--iters", "2", "--width", "8", "--batch-size", "16", "--n-eval", "0", "--trajectory", "6"]
+    ddpm.main(["--data", "checkerboard", "--out", str(tmp_path / "2d"), *tiny])
+    assert png_size(tmp_path / "2d" / "trajectory.png") == (18 + 512 + 18, 512)
+    g = torch.Generator().manual_seed(0 + 4)  # draw_trajectory's generator: seed + 4
+    assert drawn[0].shape == (11, 6, 2) and torch.equal(drawn[0][0], common.start_noise((6, 2), g))
+    ddpm.main(["--out", str(tmp_path / "digits"), *tiny])  # images: 6 rows of x_t at 8 steps, 32 pixels each
+    assert png_size(tmp_path / "digits" / "strip.png") == (2 + 6 * 34, 2 + 8 * 34)

@@ -9,6 +9,7 @@ Its ODE paths are x_t = t m + C_t^{1/2} x_0 (symmetric root), curved, ending at 
 In the eigenbasis of S (eigenvalue l) the 1-RF path is t m + s_t z with s_t = sqrt((1 - t)^2 + t^2 l),
 so its straightness is sum_i c_i z_i^2 with c_i = int_0^1 (ds_t/dt)^2 dt - (sqrt(l_i) - 1)^2.
 """
+import argparse
 import copy
 import math
 
@@ -440,3 +441,28 @@ def test_a_curved_path_teacher_is_refused(tmp_path, capsys):
         rectified_flow.main(["--reflow-from", str(tmp_path / "t" / "ckpt.pt"), "--out", str(tmp_path / "s")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "need the straight path" in err and not (tmp_path / "s" / "pairs.pt").exists(), err
+
+
+# -----------------------------------------------------------------------------
+# the sampling path (--trajectory)
+
+def test_trajectory_starts_at_the_noise_and_ends_at_the_samples():
+    flow, net = RectifiedFlow(), common.make_net("mlp", (2,), 16, time_scale=1000.0)
+    states = []
+    x = flow.sample(net, (5, 2), steps=4, generator=torch.Generator().manual_seed(0), trajectory=states)
+    assert len(states) == 4 + 1 and torch.equal(states[-1], x)
+    assert torch.equal(states[0], common.start_noise((5, 2), torch.Generator().manual_seed(0)))
+    assert torch.equal(x, flow.sample(net, (5, 2), steps=4, generator=torch.Generator().manual_seed(0)))
+
+
+def test_cli_trajectory_of_1rf_and_its_reflow(tmp_path):
+    tiny = ["--data", "checkerboard", "--iters", "2", "--width", "8", "--batch-size", "16", "--n-eval", "0",
+            "--steps", "3", "--trajectory", "5"]
+    rectified_flow.main([*tiny, "--out", str(tmp_path / "rf1")])
+    rectified_flow.main([*tiny, "--reflow-from", str(tmp_path / "rf1" / "ckpt.pt"), "--n-pairs", "32",
+                         "--pair-steps", "2", "--out", str(tmp_path / "rf2")])
+    for run in ("rf1", "rf2"):
+        assert (tmp_path / run / "trajectory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ckpt = {k: torch.load(tmp_path / k / "ckpt.pt", weights_only=True) for k in ("rf1", "rf2")}
+    sampling = argparse.Namespace(sample_only=True)  # the picture's title names the stage of the checkpoint
+    assert [rectified_flow.stage(sampling, ckpt[k]) for k in ("rf1", "rf2")] == ["1-RF", "reflow RF"]
