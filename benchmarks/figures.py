@@ -159,12 +159,12 @@ def images(plt, items, name):
 
 
 def plot_strips(args):
-    """The strips one under another, each labelled on its left: x_t from noise (left) to data (right)."""
+    """The strips one under another, each under its label: x_t from noise (left) to data (right)."""
     plt = plt_()
     strips = images(plt, args.runs, "strip.png")
     width = max(img.shape[1] for _, img in strips)
     heights = [img.shape[0] for _, img in strips]
-    fig, axes = plt.subplots(len(strips), 1, figsize=(1.5 + width / 60, sum(heights) / 60 + 0.6),
+    fig, axes = plt.subplots(len(strips), 1, figsize=(0.5 + width / 60, sum(heights) / 60 + 0.4 * len(strips) + 0.6),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
     for ax, (label, img) in zip(axes[:, 0], strips):
         ax.imshow(img, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -172,8 +172,8 @@ def plot_strips(args):
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_frame_on(False)
-        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=10)
-    axes[0, 0].set_title("x_t from noise (left) to samples (right), one row per seed", fontsize=10)
+        ax.set_title(label, loc="left", fontsize=10)
+    fig.suptitle("x_t from noise (left) to samples (right), one row per seed", fontsize=10)
     fig.tight_layout()
     fig.savefig(args.out, dpi=args.dpi)
     print(f"wrote {args.out}")
