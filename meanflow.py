@@ -181,17 +181,20 @@ class MeanFlow:
         return u_uncond + cfg_scale * (net(z, r, t, y) - u_uncond)
 
     @torch.no_grad()
-    def sample(self, net, shape, steps=1, y=None, cfg_scale=1.0, generator=None, noise=None):
-        """`steps` jumps z_r = z_t - (t - r) u(z_t, r, t) over t = 0, 1/steps, ..., 1: `steps` network calls."""
+    def sample(self, net, shape, steps=1, y=None, cfg_scale=1.0, generator=None, noise=None, trajectory=None):
+        """`steps` jumps z_r = z_t - (t - r) u(z_t, r, t) over t = 0, 1/steps, ..., 1: `steps` network calls.
+        trajectory: a list that receives z_0 and the state after each jump, the samples last (common.record)."""
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
         z = common.start_noise(shape, generator, noise)  # z_0 ~ N(0, I)
+        common.record(trajectory, z)
         times = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
         for i in range(steps):
             t, r = float(times[i]), float(times[i + 1])
             tt = torch.full((z.shape[0],), t, dtype=z.dtype, device=z.device)
             rr = torch.full((z.shape[0],), r, dtype=z.dtype, device=z.device)
             z = z - (t - r) * self.guided(net, z, rr, tt, y, cfg_scale).to(z.dtype)
+            common.record(trajectory, z)
         return z
 
 
@@ -213,10 +216,11 @@ def main(argv=None):
                    "default), or model, the network's own u(z, t, t) (iMF)")
     g.add_argument("--time-scale", type=common.finite, help="r and t are scaled by this before the sinusoidal features "
                    "(default 10; the flows' usual 1000 spoils 1-step samples: see the docstring)")
+    common.add_trajectory_flag(g)
     args, ckpt = common.parse_args(
         parser, argv, "meanflow", defaults=dict(steps=1, ratio=0.25, time_mu=0.4, time_sigma=1.0, adaptive_p=1.0,
                                                 cfg_omega=1.0, cfg_kappa=0.0, time_scale=10.0,
-                                                tangent="sample"),
+                                                tangent="sample", trajectory=0),
         budgets={"digits": dict(iters=800)},  # a step costs a forward JVP and a backward pass: fewer of them
         model_flags=("ratio", "time_mu", "time_sigma", "adaptive_p", "cfg_omega", "cfg_kappa", "time_scale", "tangent"))
     if args.steps < 1 or args.time_scale <= 0:
@@ -236,6 +240,9 @@ def main(argv=None):
             u_theta = common.load_ema(ckpt, u_theta)
         else:
             u_theta = common.train(u_theta, meanflow.loss, data, args, ckpt)  # returns the EMA network
+        if args.trajectory and common.is_main():  # the jumps: OUT/trajectory.png (2-D data) or OUT/strip.png (images)
+            common.draw_trajectory(lambda **kw: meanflow.sample(u_theta, steps=args.steps, cfg_scale=args.cfg_scale, **kw),
+                                   data, args, device, num_classes, f"MeanFlow, {args.steps} step(s)")
         if args.n_eval == 0 or not common.is_main():
             return None
         y = common.class_labels(args.n_eval, num_classes, device)

@@ -369,14 +369,23 @@ def test_short_run_learns():
         assert w < 0.6 * w_noise, (steps, w, w_noise)
 
 
+def test_trajectory_starts_at_the_noise_and_ends_at_the_samples():
+    method, net = meanflow.MeanFlow(), common.make_net("mlp", (2,), 16, two_times=True, time_scale=10.0)
+    states = []
+    x = method.sample(net, (5, 2), steps=2, generator=torch.Generator().manual_seed(0), trajectory=states)
+    assert len(states) == 2 + 1 and torch.equal(states[-1], x)
+    assert torch.equal(states[0], common.start_noise((5, 2), torch.Generator().manual_seed(0)))
+    assert torch.equal(x, method.sample(net, (5, 2), steps=2, generator=torch.Generator().manual_seed(0)))
+
+
 def test_cli(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         meanflow.main(["--help"])
     assert e.value.code == 0
     out = tmp_path / "run"
     base = ["--data", "8gaussians", "--width", "16", "--batch-size", "32", "--n-eval", "50", "--out", str(out)]
-    q = meanflow.main(base + ["--iters", "4", "--log-every", "2", "--cfg-omega", "2.0"])
-    assert (out / "ckpt.pt").exists() and (out / "samples.png").exists()
+    q = meanflow.main(base + ["--iters", "4", "--log-every", "2", "--cfg-omega", "2.0", "--trajectory", "20"])
+    assert (out / "ckpt.pt").exists() and (out / "samples.png").exists() and (out / "trajectory.png").exists()
     assert q["metric"] == "W2" and math.isfinite(q["value"])
     ckpt = common.load_checkpoint(out / "ckpt.pt", ("meanflow",))
     assert ckpt["args"]["cfg_omega"] == 2.0
