@@ -904,8 +904,8 @@ def density(p, lim=4.0, size=256, blur=2.0):
 
 
 def save_points(x, path, ref=None, lim=4.0, size=256, labels=("held-out", "generated")):
-    """2-D points (B, 2) as a density picture, dark = empty, bright = dense (log scale), titled with
-    labels[1] and the number of points; with ref, the real points' picture on the left (labels[0])."""
+    """2-D points (B, 2) as a density picture (square-root scale: dark = empty, bright = dense), titled
+    with labels[1] and the number of points; with ref, the real points' picture on the left (labels[0])."""
     panels = [(x, labels[1])] if ref is None else [(ref, labels[0]), (x, labels[1])]
     pictures = [titled(heat(density(p, lim, size)), f"{name} ({len(p)})") for p, name in panels]
     gap = np.full((pictures[0].shape[0], 4, 3), 128, np.uint8)  # a grey bar between the panels
