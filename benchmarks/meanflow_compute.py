@@ -9,13 +9,16 @@
 The reference is cfm.py (independent coupling) trained for a fixed number of iterations (digits 2500,
 checkerboard 3000; batch 128 / 512, UNet width 16 / MLP width 256, the data's default learning rate)
 and sampled with 100 Euler steps. Each MeanFlow variant is given the same training CPU seconds: its
-iterations are the reference's times the ratio of the two measured costs per iteration (calibrated in
-this process on 60 iterations each, one thread), and the CPU seconds each run actually spent are
-reported beside it. Variants:
+iterations are the CPU seconds that the reference spent on the same seed divided by its own measured
+cost per iteration (calibrated in this process on 60 iterations, one thread), and the CPU seconds
+each run actually spent are reported beside it (the first part measured, digits-uncond, took its
+budget from the calibration instead, which left the MeanFlow runs about 15% short of cfm.py's).
+Variants (--variants picks some):
   paper      meanflow.py's defaults: 25% of pairs with r != t, the sample's v as the JVP tangent;
   iMF        --tangent model: the network's own u(z, t, t) as the tangent (arXiv 2512.02012);
   FM first   --ratio 0 (flow matching) for half of the CPU seconds, then --resume with --ratio 0.25
-             for the other half (AlphaFlow arXiv 2510.20771, Decoupled MeanFlow arXiv 2510.24474).
+             for the other half (AlphaFlow arXiv 2510.20771, Decoupled MeanFlow arXiv 2510.24474);
+  iMF, FM first   both;   iMF, ratio 0.5   iMF with half of the pairs r != t.
 Each is sampled with 1 and 2 steps. Quality: the file's own figure (FD on digits, W2 on the
 checkerboard) of n samples against the held-out set, mean +- sd over the seeds, next to the floor
 (real against real, mean +- sd over 20 draws); digits also give the memorised share. A target
@@ -44,7 +47,8 @@ PARTS = {  # data flags, the reference's iterations, samples evaluated
     "digits-cond": (["--data", "digits"], 2500, 500),
     "checkerboard": (["--data", "checkerboard", "--uncond"], 3000, 1000),
 }
-VARIANTS = {"paper": [], "iMF": ["--tangent", "model"], "FM first": None}
+VARIANTS = {"paper": [], "iMF": ["--tangent", "model"], "FM first": ("fm", []),  # ("fm", flags): two phases
+            "iMF, FM first": ("fm", ["--tangent", "model"]), "iMF, ratio 0.5": ["--tangent", "model", "--ratio", "0.5"]}
 TARGETS = {1: 1.3, 2: 1.1}
 
 
@@ -72,14 +76,14 @@ def evaluate(module, ckpt, n_eval, seed, out, steps_flags):
     return {k: q.get(k) for k in ("metric", "value", "floor", "floor_sd", "memorised", "memorised_heldout")}
 
 
-def run_part(part, seeds, work, quick=False):
+def run_part(part, seeds, work, quick=False, variants=tuple(VARIANTS)):
     data_flags, ref_iters, n_eval = PARTS[part]
     if quick:  # a smoke test of the code paths: a few iterations, written beside the checkpoints
         ref_iters, n_eval = 30, 100
     base = data_flags + ["--log-every", "1000"]
     c_cfm = cost_per_iter(cfm, base, work)
-    c_mf = {name: cost_per_iter(meanflow, base + (flags if flags is not None else []), work)
-            for name, flags in VARIANTS.items() if flags is not None}
+    c_mf = {name: cost_per_iter(meanflow, base + (flags[1] if isinstance(flags, tuple) else flags), work)
+            for name, flags in VARIANTS.items() if name in variants or name == "paper"}
     c_fm = cost_per_iter(meanflow, base + ["--ratio", "0"], work)
     budget = ref_iters * c_cfm
     print(f"{part}: CPU s per iteration: cfm {c_cfm:.4f}, " + ", ".join(f"{k} {v:.4f}" for k, v in c_mf.items())
@@ -92,14 +96,16 @@ def run_part(part, seeds, work, quick=False):
         rows.append(dict(method="cfm.py", variant="Euler", nfe=100, iters=ref_iters, train_cpu_s=cpu, seed=seed,
                          **evaluate(cfm, out / "ckpt.pt", n_eval, seed, out, ["--solver", "euler", "--steps", "100"])))
         print(json.dumps(rows[-1]), flush=True)
-        for name, flags in VARIANTS.items():
-            out = work / f"{part}-s{seed}-{name.replace(' ', '-')}"
-            if flags is None:  # flow matching for half the budget, then MeanFlow for the other half
+        budget = cpu  # this seed's reference run's own CPU seconds: the others get as many
+        for name in variants:
+            flags = VARIANTS[name]
+            out = work / f"{part}-s{seed}-{name.replace(' ', '-').replace(',', '')}"
+            if isinstance(flags, tuple):  # flow matching for half the budget, then MeanFlow for the other half
                 k1 = round(budget / 2 / c_fm)
-                k2 = round(budget / 2 / c_mf["paper"])
+                k2 = round(budget / 2 / c_mf[name])
                 _, cpu1 = run(meanflow, base + s + ["--ratio", "0", "--iters", str(k1), "--n-eval", "0", "--out", str(out)])
-                _, cpu2 = run(meanflow, base + s + ["--resume", "--ratio", "0.25", "--iters", str(k1 + k2),
-                                                   "--n-eval", "0", "--out", str(out)])
+                _, cpu2 = run(meanflow, base + s + flags[1] + ["--resume", "--ratio", "0.25", "--iters", str(k1 + k2),
+                                                              "--n-eval", "0", "--out", str(out)])
                 iters, cpu = f"{k1} + {k2}", cpu1 + cpu2
             else:
                 iters = round(budget / c_mf[name])
@@ -138,7 +144,7 @@ def table():
         ref = {r["seed"]: r["value"] for r in rows if r["method"] == "cfm.py"}
         first = rows[0]
         lines += [f"#### {part}: {first['metric']} (floor {first['floor']:.3g} +- {first['floor_sd']:.2g}, real vs real), "
-                  f"budget {res[part]['budget_cpu_s']:.0f} training CPU s, seeds {', '.join(map(str, sorted(ref)))}", "",
+                  f"seeds {', '.join(map(str, sorted(ref)))}", "",
                   "| method | NFE | iterations | train CPU s | quality | / CFM-100 (per seed) | target | memorised |",
                   "|---|---:|---|---:|---|---|---|---:|"]
         keys = []
@@ -162,13 +168,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--part", choices=list(PARTS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--work", default="/tmp/meanflow-compute")
     p.add_argument("--table", action="store_true")
     p.add_argument("--quick", action="store_true", help="smoke test: 30 reference iterations, 100 samples")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.part:
-        run_part(args.part, args.seeds, Path(args.work), args.quick)
+        run_part(args.part, args.seeds, Path(args.work), args.quick, tuple(args.variants))
     if args.table:
         table()
 
