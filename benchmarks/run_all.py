@@ -237,7 +237,8 @@ def readme():
             by_seed.setdefault(r["seed"], {}).update({(x["run"], x["sampler"]): x for x in r["rows"]})
         seeds = sorted(by_seed)
         rows_by_seed = [list(by_seed[s].values()) for s in seeds]
-        keys = sorted({k for rows in by_seed.values() for k in rows}, key=lambda k: order.index(k[0]))
+        keys = list(dict.fromkeys(k for s in seeds for k in by_seed[s]))  # in the order the runs wrote them
+        keys.sort(key=lambda k: order.index(k[0]))
         first = rows_by_seed[0][0]
         floor, floor_sd = first["floor"], first.get("floor_sd") or 0.0
         metric = first["metric"]
