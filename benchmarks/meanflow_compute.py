@@ -14,7 +14,7 @@ cost per iteration (calibrated in this process on 60 iterations, one thread), an
 each run actually spent are reported beside it (the first part measured, digits-uncond, took its
 budget from the calibration instead, which left the MeanFlow runs about 15% short of cfm.py's).
 Variants (--variants picks some):
-  paper      meanflow.py's defaults: 25% of pairs with r != t, the sample's v as the JVP tangent;
+  paper      the paper's recipe: 25% of pairs with r != t, the sample's v as the JVP tangent;
   iMF        --tangent model: the network's own u(z, t, t) as the tangent (arXiv 2512.02012);
   FM first   --ratio 0 (flow matching) for half of the CPU seconds, then --resume with --ratio 0.25
              for the other half (AlphaFlow arXiv 2510.20771, Decoupled MeanFlow arXiv 2510.24474);
@@ -47,7 +47,7 @@ PARTS = {  # data flags, the reference's iterations, samples evaluated
     "digits-cond": (["--data", "digits"], 2500, 500),
     "checkerboard": (["--data", "checkerboard", "--uncond"], 3000, 1000),
 }
-VARIANTS = {"paper": [], "iMF": ["--tangent", "model"], "FM first": ("fm", []),  # ("fm", flags): two phases
+VARIANTS = {"paper": ["--tangent", "sample"], "iMF": ["--tangent", "model"], "FM first": ("fm", ["--tangent", "sample"]),  # ("fm", flags): two phases
             "iMF, FM first": ("fm", ["--tangent", "model"]), "iMF, ratio 0.5": ["--tangent", "model", "--ratio", "0.5"]}
 TARGETS = {1: 1.3, 2: 1.1}
 

@@ -220,7 +220,9 @@ statistic lies wholly on one side of its target, and is "within noise" when that
 it. "train CPU s" is the training process's own CPU time (the seeds ran two at a time on the
 2 cores, so wall-clock sampling times are not shown). Straightness is rectified_flow.straightness on
 1000 paths of 100 Euler steps. W2 on 1000 2-D points cannot resolve differences below its floor.
-Likelihoods are in the likelihood table above, on their own footing."""
+Likelihoods are in the likelihood table above, on their own footing. The MeanFlow rows were measured
+with meanflow.py's earlier defaults (the paper's tangent, 800 iterations); its recipes are compared
+at equal training compute in the MeanFlow section above (benchmarks/meanflow_compute.py)."""
 
 
 def readme():

@@ -401,13 +401,13 @@ def test_cli(tmp_path, capsys):
 
 
 def test_main_budget_and_null_class(tmp_path, monkeypatch):
-    """digits trains 800 iterations unless told otherwise (other data: common.DATA_DEFAULTS), and the loss
+    """digits trains 900 iterations unless told otherwise (other data: common.DATA_DEFAULTS), and the loss
     knows the data set's null class (the label common.train gives a dropped label)."""
     seen = []
     monkeypatch.setattr(common, "train", lambda net, loss, data, args, ckpt: seen.append((loss, args)) or net)
     for flags in ([], ["--iters", "5"], ["--data", "moons"]):
         meanflow.main(flags + ["--cfg-omega", "2", "--n-eval", "0", "--out", str(tmp_path)])
-    assert [args.iters for _, args in seen] == [800, 5, common.DATA_DEFAULTS["toy"]["iters"]]
+    assert [args.iters for _, args in seen] == [900, 5, common.DATA_DEFAULTS["toy"]["iters"]]
     assert [loss.__self__.null_class for loss, _ in seen] == [10, 10, 2]
     assert all(loss.__func__ is MeanFlow.loss and loss.__self__.cfg_omega == 2 for loss, _ in seen)
 
