@@ -174,7 +174,7 @@ def plot_strips(args):
         ax.set_frame_on(False)
         ax.set_title(label, loc="left", fontsize=10)
     fig.suptitle("x_t from noise (left) to samples (right), one row per seed", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the title above the first label
     fig.savefig(args.out, dpi=args.dpi)
     print(f"wrote {args.out}")
 
