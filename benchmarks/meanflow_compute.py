@@ -12,7 +12,7 @@ and sampled with 100 Euler steps. Each MeanFlow variant is given the same traini
 iterations are the CPU seconds that the reference spent on the same seed divided by its own measured
 cost per iteration (calibrated in this process on 60 iterations, one thread), and the CPU seconds
 each run actually spent are reported beside it (the first part measured, digits-uncond, took its
-budget from the calibration instead, which left the MeanFlow runs about 15% short of cfm.py's).
+budget from the calibration instead, which left the MeanFlow runs about 7% short of cfm.py's).
 Variants (--variants picks some):
   paper      the paper's recipe: 25% of pairs with r != t, the sample's v as the JVP tangent;
   iMF        --tangent model: the network's own u(z, t, t) as the tangent (arXiv 2512.02012);
@@ -82,12 +82,12 @@ def run_part(part, seeds, work, quick=False, variants=tuple(VARIANTS)):
         ref_iters, n_eval = 30, 100
     base = data_flags + ["--log-every", "1000"]
     c_cfm = cost_per_iter(cfm, base, work)
-    c_mf = {name: cost_per_iter(meanflow, base + (flags[1] if isinstance(flags, tuple) else flags), work)
-            for name, flags in VARIANTS.items() if name in variants or name == "paper"}
-    c_fm = cost_per_iter(meanflow, base + ["--ratio", "0"], work)
-    budget = ref_iters * c_cfm
-    print(f"{part}: CPU s per iteration: cfm {c_cfm:.4f}, " + ", ".join(f"{k} {v:.4f}" for k, v in c_mf.items())
-          + f", meanflow --ratio 0 {c_fm:.4f}; budget {budget:.0f} CPU s", flush=True)
+    c_mf = {name: cost_per_iter(meanflow, base + (VARIANTS[name][1] if isinstance(VARIANTS[name], tuple) else
+                                                 VARIANTS[name]), work) for name in variants}
+    if any(isinstance(VARIANTS[name], tuple) for name in variants):  # the flow-matching phase's cost
+        c_mf["ratio 0"] = cost_per_iter(meanflow, base + ["--ratio", "0"], work)
+    print(f"{part}: CPU s per iteration: cfm {c_cfm:.4f}, " + ", ".join(f"{k} {v:.4f}" for k, v in c_mf.items()),
+          flush=True)
     rows = []
     for seed in seeds:
         s = ["--seed", str(seed)]
@@ -101,7 +101,7 @@ def run_part(part, seeds, work, quick=False, variants=tuple(VARIANTS)):
             flags = VARIANTS[name]
             out = work / f"{part}-s{seed}-{name.replace(' ', '-').replace(',', '')}"
             if isinstance(flags, tuple):  # flow matching for half the budget, then MeanFlow for the other half
-                k1 = round(budget / 2 / c_fm)
+                k1 = round(budget / 2 / c_mf["ratio 0"])
                 k2 = round(budget / 2 / c_mf[name])
                 _, cpu1 = run(meanflow, base + s + ["--ratio", "0", "--iters", str(k1), "--n-eval", "0", "--out", str(out)])
                 _, cpu2 = run(meanflow, base + s + flags[1] + ["--resume", "--ratio", "0.25", "--iters", str(k1 + k2),
@@ -116,7 +116,7 @@ def run_part(part, seeds, work, quick=False, variants=tuple(VARIANTS)):
                 print(json.dumps(rows[-1]), flush=True)
     path = work / "meanflow_compute.json" if quick else RESULTS / "meanflow_compute.json"
     res = json.loads(path.read_text()) if path.exists() else {}
-    res[part] = {"costs": {"cfm": c_cfm, **c_mf, "ratio 0": c_fm}, "budget_cpu_s": budget, "rows": rows,
+    res[part] = {"costs": {"cfm": c_cfm, **c_mf}, "rows": rows,
                  "machine": f"{torch.__version__}, {torch.get_num_threads()} thread(s)"}
     path.write_text(json.dumps(res, indent=1))
 
