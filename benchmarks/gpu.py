@@ -2,6 +2,7 @@
 
   python benchmarks/gpu.py                        # on a GPU: under 10 minutes; writes results/gpu.json and gpu.md
   python benchmarks/gpu.py --device cpu --quick   # the same code paths on a CPU, no compile, under a minute
+  python benchmarks/gpu.py --parts syncs,compile --data cifar10 --models ddpm,ar   # a part of it
                                                   # (tests/test_gpu_benchmark.py runs it so that it never rots)
 
 The eager cases come first (about 5 minutes on an H100), then the end-to-end runs, then the
@@ -263,6 +264,10 @@ def main(argv=None):
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for gpu.json and gpu.md")
     p.add_argument("--budget", type=float, default=420.0, help="seconds after which compile cases are skipped")
     p.add_argument("--compile-limit", type=float, default=60.0, help="seconds one compiled case may take")
+    p.add_argument("--parts", default="eager,syncs,e2e,compile", help="which parts to run, in this order: eager "
+                   "cases, sync count and JVP precision, end-to-end runs, compiled cases")
+    p.add_argument("--data", default=",".join(SHAPES), help="batch shapes, in the order to run them")
+    p.add_argument("--models", default="ddpm,ddim,cfm,rectified_flow,meanflow,vae,ar", help="model files to measure")
     args = p.parse_args(argv)
     device = common.get_device(args.device)
     common.setup_precision(device)
@@ -270,10 +275,12 @@ def main(argv=None):
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     peaks = next((v for k, v in PEAKS.items() if k in name), None) if device.type == "cuda" else None
     t_start = time.time()
-    models = ("ddpm", "ddim", "cfm", "rectified_flow", "meanflow", "vae", "ar")
+    parts, models, datas = (set(args.parts.split(",")), args.models.split(","), args.data.split(","))
+    if not parts <= {"eager", "syncs", "e2e", "compile"} or not set(datas) <= set(SHAPES):
+        p.error(f"--parts takes eager,syncs,e2e,compile and --data {','.join(SHAPES)}")
     cases = ([(m, "digits", "fp32") for m in models] + [("meanflow", "digits", "bf16"), ("ddpm", "cifar10", "fp32")]
              if args.quick else
-             [(m, d, mode) for mode in MODES for d in SHAPES for m in models])
+             [(m, d, mode) for mode in MODES for d in datas for m in models])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     res = {"device": name, "torch": torch.__version__, "batch": args.batch, "quick": args.quick, "rows": []}
@@ -294,14 +301,16 @@ def main(argv=None):
         write()
 
     for m, d, mode in cases:  # eager first; compiled cases come after the end-to-end runs
-        if mode != "bf16+compile":
+        if mode != "bf16+compile" and "eager" in parts:
             case(m, d, mode)
-    res.update(syncs=count_syncs(device, args.quick), meanflow_jvp=meanflow_jvp_precision(device))
-    write()
-    res["end_to_end"] = end_to_end(device, args.quick)
-    write()
+    if "syncs" in parts:
+        res.update(syncs=count_syncs(device, args.quick), meanflow_jvp=meanflow_jvp_precision(device))
+        write()
+    if "e2e" in parts:
+        res["end_to_end"] = end_to_end(device, args.quick)
+        write()
     for m, d, mode in cases:
-        if mode == "bf16+compile":
+        if mode == "bf16+compile" and "compile" in parts:
             if time.time() - t_start > args.budget:
                 res["rows"].append({"model": m, "data": d, "mode": mode, "error": "skipped (time budget)"})
             else:
