@@ -1026,13 +1026,18 @@ def frechet_distance(f1, f2):
 
 
 class Classifier(nn.Module):
-    """Small CNN whose penultimate features (64) define the Frechet distance for images."""
+    """Small CNN whose penultimate features (64) define the Frechet distance for images. Stride-2
+    stages halve the map until it is at most 4x4 (at least two: 8 -> 2x2, 28 -> 4x4, 32 -> 4x4), so
+    the final average pool sees a whole digit, not a patch of one (with two stages a 32x32 digit
+    left 8x8 maps of 11-pixel receptive fields: 0.77 test accuracy on digits32, 0.95 with three)."""
 
-    def __init__(self, channels=1, num_classes=10):
+    def __init__(self, channels=1, num_classes=10, size=8):
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(channels, 32, 3, padding=1), nn.SiLU(), nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.SiLU(),
-            nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.SiLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        stages = max(2, math.ceil(math.log2(size / 4)))
+        layers = [nn.Conv2d(channels, 32, 3, padding=1), nn.SiLU(), nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.SiLU()]
+        for _ in range(stages - 1):
+            layers += [nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.SiLU()]
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())  # (B, 64)
         self.head = nn.Linear(64, num_classes)
 
     def forward(self, x):
@@ -1042,10 +1047,10 @@ class Classifier(nn.Module):
 def feature_net(data, root=None, epochs=30):
     """The data set's feature classifier, trained deterministically once on CPU and cached.
     Returns (net, test accuracy)."""
-    path = cache_dir(root) / f"classifier-{data.name}-v1.pt"
+    path = cache_dir(root) / f"classifier-{data.name}-v2.pt"
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        net = Classifier(data.shape[0], data.num_classes)
+        net = Classifier(data.shape[0], data.num_classes, data.shape[-1])
     if path.exists():
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)

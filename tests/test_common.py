@@ -272,6 +272,14 @@ def test_quality_of_real_data_is_near_its_floor_and_noise_is_far():
     assert common.quality(data, jitter)["value"] == real["value"]
 
 
+@pytest.mark.parametrize("size", [8, 28, 32])
+def test_feature_classifier_pools_maps_of_at_most_4x4(size):
+    # a global average pool over larger maps forgets where a stroke is (digits32 scored 0.77 so)
+    clf = common.Classifier(1, 10, size)
+    before_pool = clf.features[:-2](torch.zeros(2, 1, size, size))  # (B, 64, h, w)
+    assert before_pool.shape[1] == 64 and 2 <= before_pool.shape[-1] <= 4
+
+
 def test_memorisation_check_flags_copies_and_not_held_out_digits():
     data = common.load_digits()
     copies = common.memorised(data.x_train[:200], data)
