@@ -368,15 +368,17 @@ def zero_shot(ddpm, eps_theta, data, args, device):
 def noisy_classifier(ddpm, data, args, device):
     """p_phi(y | x_t, t) for classifier guidance. Loaded from --classifier (default OUT/classifier/ckpt.pt
     when sampling a checkpoint); else trained by common.train (DDPM.classifier_loss) with the model's
-    network flags and budget into OUT/classifier, on the true labels: no label dropout (p_uncond 0)."""
-    path = args.classifier or (Path(args.out) / "classifier" / "ckpt.pt" if args.sample_only else None)
+    network flags and budget into OUT/classifier, on the true labels: no label dropout (p_uncond 0);
+    with --resume it continues from OUT/classifier/ckpt.pt (exactly, as the model does) when there is one."""
+    own_ckpt = Path(args.out) / "classifier" / "ckpt.pt"
+    path = args.classifier or (own_ckpt if args.sample_only else None)
     if path is None:
-        own = dict(model="ddpm-classifier", uncond=False, p_uncond=0.0, resume=False,
-                   out=str(Path(args.out) / "classifier"))
-        Path(own["out"]).mkdir(parents=True, exist_ok=True)
+        own = dict(model="ddpm-classifier", uncond=False, p_uncond=0.0, resume=False, out=str(own_ckpt.parent))
+        own_ckpt.parent.mkdir(parents=True, exist_ok=True)
         trunk = common.make_net(args.arch, data.shape, args.width)  # unconditional, shaped like x_t
         classifier = NoisyClassifier(trunk, math.prod(data.shape), data.num_classes).to(device)
-        return common.train(classifier, ddpm.classifier_loss, data, argparse.Namespace(**{**vars(args), **own}))
+        done = common.load_checkpoint(own_ckpt, ("ddpm-classifier",)) if args.resume and own_ckpt.exists() else None
+        return common.train(classifier, ddpm.classifier_loss, data, argparse.Namespace(**{**vars(args), **own}), done)
     ckpt = common.load_checkpoint(path, ("ddpm-classifier",))
     a = ckpt["args"]
     if (a["data"], a["T"], a["schedule"]) != (data.name, ddpm.T, args.schedule):

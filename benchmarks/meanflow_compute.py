@@ -18,7 +18,9 @@ Variants (--variants picks some):
   iMF        --tangent model: the network's own u(z, t, t) as the tangent (arXiv 2512.02012);
   FM first   --ratio 0 (flow matching) for half of the CPU seconds, then --resume with --ratio 0.25
              for the other half (AlphaFlow arXiv 2510.20771, Decoupled MeanFlow arXiv 2510.24474);
-  iMF, FM first   both;   iMF, ratio 0.5   iMF with half of the pairs r != t.
+  iMF, FM first   both;   iMF, ratio 0.5   iMF with half of the pairs r != t;
+  iMF, p 0.5 / p 0 (L2)   the adaptive weight 1 / (||e||^2 + c)^p with a smaller power (the paper's ablation);
+  iMF, mu 0 / mu -0.4     logit-normal times centred at 1/2, or mirrored towards the noise end.
 Each is sampled with 1 and 2 steps. Quality: the file's own figure (FD on digits, W2 on the
 checkerboard) of n samples against the held-out set, mean +- sd over the seeds, next to the floor
 (real against real, mean +- sd over 20 draws); digits also give the memorised share. A target
@@ -56,7 +58,9 @@ PARTS = {  # data flags, the reference's iterations, samples evaluated
     "checkerboard": (["--data", "checkerboard", "--uncond"], 3000, 1000),
 }
 VARIANTS = {"paper": ["--tangent", "sample"], "iMF": ["--tangent", "model"], "FM first": ("fm", ["--tangent", "sample"]),  # ("fm", flags): two phases
-            "iMF, FM first": ("fm", ["--tangent", "model"]), "iMF, ratio 0.5": ["--tangent", "model", "--ratio", "0.5"]}
+            "iMF, FM first": ("fm", ["--tangent", "model"]), "iMF, ratio 0.5": ["--tangent", "model", "--ratio", "0.5"],
+            "iMF, p 0.5": ["--tangent", "model", "--adaptive-p", "0.5"], "iMF, p 0 (L2)": ["--tangent", "model", "--adaptive-p", "0"],
+            "iMF, mu 0": ["--tangent", "model", "--time-mu", "0"], "iMF, mu -0.4": ["--tangent", "model", "--time-mu", "-0.4"]}
 TARGETS = {1: 1.3, 2: 1.1}
 
 
@@ -124,9 +128,17 @@ def run_part(part, seeds, work, quick=False, variants=tuple(VARIANTS)):
                 print(json.dumps(rows[-1]), flush=True)
     path = work / "meanflow_compute.json" if quick else RESULTS / "meanflow_compute.json"
     res = json.loads(path.read_text()) if path.exists() else {}
-    res[part] = {"costs": {"cfm": c_cfm, **c_mf}, "rows": rows,
+    old = res.get(part, {"costs": {}, "rows": []})  # variants measured before and not now are kept
+    kept = [r for r in old["rows"] if r["method"] != "cfm.py" and r["variant"] not in variants]
+    res[part] = {"costs": {**old["costs"], "cfm": c_cfm, **c_mf}, "rows": _merge(rows, kept),
                  "machine": f"{torch.__version__}, {torch.get_num_threads()} thread(s)"}
     path.write_text(json.dumps(res, indent=1))
+
+
+def _merge(rows, kept):
+    """This run's rows, then the kept ones, in the order of VARIANTS (cfm.py first)."""
+    order = ["Euler"] + list(VARIANTS)
+    return sorted(rows + kept, key=lambda r: (order.index(r["variant"]), r["seed"], r["nfe"]))
 
 
 def ms(values, f=".3g"):

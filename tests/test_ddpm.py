@@ -479,14 +479,21 @@ def moons(out, *extra):
             "--log-every", "10", "--out", str(out), *extra]
 
 
-def test_cli_classifier_guidance_and_zero_shot_classification(tmp_path, capsys):
+def test_cli_classifier_guidance_and_zero_shot_classification(tmp_path, capsys, monkeypatch):
     """--uncond --classifier-scale trains both (the classifier into OUT/classifier, true labels), samples
-    guided; --ckpt samples from both; a classifier for other data is refused in one line; --classify
-    prints the zero-shot accuracy per n_samples and writes the confusion matrix."""
+    guided; --resume continues both; --ckpt samples from both; a classifier for other data is refused
+    in one line; --classify prints the zero-shot accuracy per n_samples and writes the confusion matrix."""
     q = ddpm.main(moons(tmp_path / "u", "--uncond", "--classifier-scale", "2"))
     clf = torch.load(tmp_path / "u" / "classifier" / "ckpt.pt", weights_only=True)
     assert clf["model"] == "ddpm-classifier" and clf["args"]["p_uncond"] == 0 and not clf["args"]["uncond"]
     assert q["classifier_scale"] == 2 and math.isfinite(q["value"])
+    started, train = [], common.train  # --resume: both continue from step 20, the classifier is not retrained
+    monkeypatch.setattr(common, "train", lambda net, loss, data, args, ckpt=None: started.append(
+        (args.model, ckpt and ckpt["step"])) or train(net, loss, data, args, ckpt))
+    ddpm.main(["--resume", "--iters", "24", "--n-eval", "10", "--out", str(tmp_path / "u")])
+    assert started == [("ddpm", 20), ("ddpm-classifier", 20)]
+    assert torch.load(tmp_path / "u" / "classifier" / "ckpt.pt", weights_only=True)["step"] == 24
+    monkeypatch.undo()
     q = ddpm.main(["--ckpt", str(tmp_path / "u" / "ckpt.pt"), "--classifier-scale", "4", "--n-eval", "50"])
     assert q["classifier_scale"] == 4 and math.isfinite(q["value"])
     ddpm.main(["--data", "8gaussians", *moons(tmp_path / "g", "--uncond")[2:]])
