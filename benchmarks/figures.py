@@ -5,6 +5,9 @@ benchmarks/requirements.txt; the model files draw their own pictures with common
   python benchmarks/figures.py loss runs/ddpm-digits runs/cfm-digits      # training loss curves
   python benchmarks/figures.py strips ddpm=runs/ddpm-digits cfm=runs/cfm-digits   # stacked strip.png files
   python benchmarks/figures.py trajectories ddpm=runs/ddpm-checkerboard ...       # trajectory.png side by side
+  python benchmarks/figures.py compute                   # quality against training seconds: MeanFlow vs
+                                                         # cfm.py, latent vs pixel (meanflow_compute.py
+                                                         # --curve, latent_diffusion.py's seed files)
 
 nfe reads benchmarks/results/all_<part>_seed<s>.json (run_all.py, one file a seed; part 2d or
 digits) and plots each sampler family's quality against its network calls (log-log): the mean over
@@ -118,6 +121,61 @@ def plot_nfe(args):
 
 
 # -----------------------------------------------------------------------------
+# quality against training compute
+
+def compute_lines(results):
+    """[(title, {label: [(seconds mean, sd, FD mean, sd)]}, (floor, floor sd), x label)] from
+    meanflow_curve.json and latent_diffusion_seed*.json, each line's points averaged over seeds."""
+    panels = []
+    f = results / "meanflow_curve.json"
+    if f.exists():
+        rows, by = json.loads(f.read_text())["rows"], {}
+        for r in rows:
+            label = "cfm.py, 100 Euler steps" if r["method"] == "cfm.py" else f"meanflow.py, {r['nfe']} step(s)"
+            by.setdefault(label, {}).setdefault(r["point"], []).append((r["train_cpu_s"], r["value"]))
+        panels.append(("digits, unconditional (benchmarks/meanflow_compute.py --curve)", by,
+                       (rows[0]["floor"], rows[0]["floor_sd"]), "training CPU seconds"))
+    files = sorted(results.glob("latent_diffusion_seed*.json"))
+    if files:
+        by, first = {}, None
+        for fl in files:
+            res = json.loads(fl.read_text())
+            for model, label in (("cfm", "cfm.py, pixels"), ("latent_diffusion", "latent_diffusion.py (incl. autoencoder)")):
+                for c in res["runs"][model]["checkpoints"]:
+                    first = first or c
+                    by.setdefault(label, {}).setdefault(c["iters"], []).append((c["cumulative_seconds"], c["fd"]))
+        panels.append(("digits32, conditional, NFE 20 (benchmarks/latent_diffusion.py)", by,
+                       (first["floor"], first["floor_sd"]), "training seconds (wall, one thread)"))
+    out = []
+    for title, by, floor, xlabel in panels:
+        lines = {label: [(*mean_sd([s for s, _ in pts]), *mean_sd([v for _, v in pts]))
+                         for _, pts in sorted(points.items())] for label, points in by.items()}
+        out.append((title, lines, floor, xlabel))
+    return out
+
+
+def plot_compute(args):
+    plt = plt_()
+    panels = compute_lines(args.results)
+    if not panels:
+        sys.exit(f"figures.py: error: no meanflow_curve.json or latent_diffusion_seed*.json in {args.results}")
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5.5), squeeze=False)
+    for ax, (title, lines, (floor, floor_sd), xlabel) in zip(axes[0], panels):
+        for k, (label, pts) in enumerate(lines.items()):
+            x, xs, y, ys = zip(*pts)
+            ax.errorbar(x, y, xerr=xs, yerr=ys, color=f"C{k}", marker="osD^"[k % 4], ms=5, capsize=3, label=label)
+        ax.axhspan(floor - floor_sd, floor + floor_sd, color="grey", alpha=0.25, lw=0)
+        ax.axhline(floor, color="grey", lw=1, ls="--", label="floor, real vs real (mean +- sd)")
+        ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="FD (mean +- sd over seeds)", title=title)
+        ax.title.set_fontsize(9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=args.dpi)
+    print(f"wrote {args.out}")
+
+
+# -----------------------------------------------------------------------------
 # loss curves, strips and trajectories from run folders
 
 def labelled(items):
@@ -217,6 +275,11 @@ def main(argv=None):
     s.add_argument("--cols", type=int, default=3, help="pictures per row (default 3)")
     s.add_argument("--out", default=img / "trajectories-2d.png")
     s.set_defaults(draw=plot_trajectories)
+    s = sub.add_parser("compute", help="quality against training seconds from meanflow_curve.json and "
+                       "latent_diffusion_seed*.json")
+    s.add_argument("--results", type=Path, default=RESULTS, help="folder of the result files")
+    s.add_argument("--out", default=img / "quality-vs-compute.png")
+    s.set_defaults(draw=plot_compute)
     for s in sub.choices.values():
         s.add_argument("--dpi", type=int, default=120)
     args = p.parse_args(argv)
