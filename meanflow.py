@@ -85,7 +85,8 @@ class MeanFlow:
     """Defaults are the paper's ablation winners: 25% of pairs with r != t, logit-normal(-0.4, 1) times
     (mirrored to +0.4 here), adaptive weight p = 1 with c = 1e-3; except the tangent: iMF's "model",
     which gave better one-step digits on every seed measured at equal compute (two steps: on 2 of 3),
-    where the paper's is "sample" (on the 2-D checkerboard the paper's did better: benchmarks/README.md).
+    where the paper's is "sample" (on the 2-D checkerboard the paper's did better: benchmarks/README.md,
+    which also measures the time sampler at mu 0 and -0.4 and the weight's power at 0 and 0.5).
     cfg_omega = 1, cfg_kappa = 0: nothing folded; null_class: the label index of dropped labels
     (num_classes), needed only when folding."""
 
