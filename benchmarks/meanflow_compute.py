@@ -128,15 +128,16 @@ def run_part(part, seeds, work, quick=False, variants=tuple(VARIANTS)):
                 print(json.dumps(rows[-1]), flush=True)
     path = work / "meanflow_compute.json" if quick else RESULTS / "meanflow_compute.json"
     res = json.loads(path.read_text()) if path.exists() else {}
-    old = res.get(part, {"costs": {}, "rows": []})  # variants measured before and not now are kept
-    kept = [r for r in old["rows"] if r["method"] != "cfm.py" and r["variant"] not in variants]
-    res[part] = {"costs": {**old["costs"], "cfm": c_cfm, **c_mf}, "rows": _merge(rows, kept),
+    old = res.get(part, {"costs": {}, "rows": []})
+    res[part] = {"costs": {**old["costs"], "cfm": c_cfm, **c_mf}, "rows": _merge(old["rows"], rows, variants),
                  "machine": f"{torch.__version__}, {torch.get_num_threads()} thread(s)"}
     path.write_text(json.dumps(res, indent=1))
 
 
-def _merge(rows, kept):
-    """This run's rows, then the kept ones, in the order of VARIANTS (cfm.py first)."""
+def _merge(old, rows, variants):
+    """This run's rows and the earlier rows of the variants it did not run (its reference replaces
+    the earlier one), in the order of VARIANTS (cfm.py first)."""
+    kept = [r for r in old if r["method"] != "cfm.py" and r["variant"] not in variants]
     order = ["Euler"] + list(VARIANTS)
     return sorted(rows + kept, key=lambda r: (order.index(r["variant"]), r["seed"], r["nfe"]))
 
@@ -236,6 +237,8 @@ def curve_table(path=RESULTS / "meanflow_curve.json"):
               "its 2500-iteration point (the reference of the equal-compute table) times 1, 1.3 (1 step) or 1.1 (2 steps); "
               "its CPU seconds over cfm.py's at that point.", ""]
     for nfe, factor in ((1, 1.0), (1, TARGETS[1]), (2, 1.0), (2, TARGETS[2])):
+        if not any(r["method"] == "meanflow.py" and r["nfe"] == nfe for r in rows):
+            continue
         found = []
         for seed in sorted({r["seed"] for r in rows}):
             ref = [r for r in rows if r["seed"] == seed and r["method"] == "cfm.py"]

@@ -1,0 +1,47 @@
+"""The verdicts of benchmarks/meanflow_compute.py, on made-up rows: where the curves meet, and which
+rows a partial rerun keeps (the measurements themselves take an hour and run by hand)."""
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load(name):
+    # loaded from its path: benchmarks/ on sys.path would shadow the model files (benchmarks/cfm.py, ...)
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def row(method, nfe, point, iters, cpu, value, seed):
+    return dict(method=method, nfe=nfe, point=point, iters=iters, train_cpu_s=cpu, seed=seed, metric="FD",
+                value=value, floor=10.0, floor_sd=1.0, memorised=0.0)
+
+
+def test_curve_table_finds_the_first_meanflow_checkpoint_within_each_factor(tmp_path):
+    mc = load("meanflow_compute")
+    rows = []
+    for seed, mf in ((0, [40.0, 25.0, 21.0, 19.0]), (1, [50.0, 45.0, 40.0, 35.0])):
+        rows += [row("cfm.py", 100, 0, 1000, 50.0, 30.0, seed), row("cfm.py", 100, 1, 2500, 100.0, 20.0, seed),
+                 row("cfm.py", 100, 2, 5000, 200.0, 18.0, seed)]  # the reference: 20.0 at 2500 iterations, 100 s
+        rows += [row("meanflow.py", 1, k, 500 * (k + 1), 100.0 * (k + 1), v, seed) for k, v in enumerate(mf)]
+    path = tmp_path / "meanflow_curve.json"
+    path.write_text(json.dumps({"rows": rows, "machine": "test"}))
+    mc.curve_table(path)
+    text = (tmp_path / "meanflow_curve.md").read_text()
+    # within 1x of 20: seed 0 first at 19.0 (400 s = 4x); within 1.3x (26): at 25.0 (200 s = 2x); seed 1 never
+    assert "within 1.0x of CFM-100: seed 0: 4x (2000 iterations); seed 1: not within 4x, where it is at 1.75x" in text
+    assert "within 1.3x of CFM-100: seed 0: 2x (1000 iterations); seed 1: not within 4x" in text
+    assert "| meanflow.py | 1 | 500 | 100 +- 0 | 45 +- 7.1 |" in text  # mean +- sd over the two seeds
+
+
+def test_a_partial_rerun_keeps_the_other_variants_rows_and_replaces_its_own():
+    mc = load("meanflow_compute")
+    old = [dict(method="meanflow.py", variant=v, seed=0, nfe=1, value=1.0) for v in ("paper", "iMF")]
+    old.append(dict(method="cfm.py", variant="Euler", seed=0, nfe=100, value=1.0))
+    new = [dict(method="cfm.py", variant="Euler", seed=0, nfe=100, value=2.0),
+           dict(method="meanflow.py", variant="iMF", seed=0, nfe=1, value=2.0)]
+    merged = mc._merge(old, new, ("iMF",))  # a rerun of iMF and of the reference
+    assert [(r["variant"], r["value"]) for r in merged] == [("Euler", 2.0), ("paper", 1.0), ("iMF", 2.0)]
