@@ -225,7 +225,7 @@ def main(argv=None):
         parser, argv, "meanflow", defaults=dict(steps=1, ratio=0.25, time_mu=0.4, time_sigma=1.0, adaptive_p=1.0,
                                                 cfg_omega=1.0, cfg_kappa=0.0, time_scale=10.0,
                                                 tangent="model", trajectory=0),
-        budgets={"digits": dict(iters=900)},  # a step costs about 2.2 flow-matching steps: cfm.py's 2000 in compute
+        budgets={"digits": dict(iters=900)},  # a step costs about 2 flow-matching steps: cfm.py's 2000 in compute
         model_flags=("ratio", "time_mu", "time_sigma", "adaptive_p", "cfg_omega", "cfg_kappa", "time_scale", "tangent"))
     if args.steps < 1 or args.time_scale <= 0:
         parser.error(f"--steps must be at least 1 and --time-scale positive, got {args.steps} and {args.time_scale}")

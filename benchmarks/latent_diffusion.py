@@ -165,17 +165,40 @@ def markdown(results):
               "Per seed: the time to the pixel model's final FD (the issue's target: the latent model within 1/3 of "
               "the pixel model's total time), and each model's time to the floor's band (FD <= floor + sd).", ""]
     for r in results:
-        pix, lat, t = r["runs"]["cfm"], r["runs"]["latent_diffusion"], r["time_to_target"]
+        pix, lat = r["runs"]["cfm"], r["runs"]["latent_diffusion"]
+        target, total = pix["checkpoints"][-1]["fd"], pix["checkpoints"][-1]["cumulative_seconds"]
         band = pix["checkpoints"][0]["floor"] + pix["checkpoints"][0]["floor_sd"]
-        total = pix["checkpoints"][-1]["cumulative_seconds"]
+        reached = time_to(lat, target)
         when = lambda s: "never, within its budget" if s is None else f"{s:.0f} s"
-        lines.append(f"- seed {r['seed']}: pixel final FD {t['target_fd']:.4g} after {total:.0f} s; latent reaches it: "
-                     f"{when(t['latent_diffusion'])}"
-                     + ("" if t["latent_diffusion"] is None else f" ({t['latent_diffusion'] / total:.2f} of {total:.0f} s)")
+        lines.append(f"- seed {r['seed']}: pixel final FD {target:.4g} after {total:.0f} s; latent reaches it: "
+                     f"{when(reached)}" + ("" if reached is None else f" ({reached / total:.2f} of {total:.0f} s)")
                      + f". Band {band:.3g}: pixel {when(time_to(pix, band))}, latent {when(time_to(lat, band))}.")
     lines += ["", f"Samples ({results[0]['picture']}): top 5 rows cfm.py, bottom 5 rows latent_diffusion.py, "
               f"each at its last checkpoint, seed {results[0]['seed']}.", ""]
     return "\n".join(lines)
+
+
+def measure(args, work, results):
+    """Both models through their segments on one seed: results/latent_diffusion_seed<S>.json (and,
+    on seed 0, the picture of both models' samples)."""
+    q = args.quick
+    data, device, n = common.load_data("digits32"), torch.device(args.device), 100 if q else 500
+    flags = ["--data", "digits32", "--n-eval", "0", "--device", args.device, "--log-every", "500",
+             "--seed", str(args.seed)]
+    flags += ["--batch-size", "32"] if q else []
+    own = {"cfm": [], "latent_diffusion": ["--ae-iters", "5"] if q else []}
+    iters = dict(QUICK if q else ITERS, **({"cfm": tuple(args.cfm_iters)} if args.cfm_iters else {}))
+    result = {"machine": dict(processor=platform.processor(), machine=platform.machine(), cores=os.cpu_count(),
+                              torch=torch.__version__, threads=torch.get_num_threads(), device=args.device),
+              "seed": args.seed, "iters": iters, "steps": STEPS, "solver": SOLVER, "runs": {},
+              "picture": "latent_diffusion-samples.png"}
+    for model, its in iters.items():
+        result["runs"][model] = run(model, its, work, data, n, device, flags + own[model], args.seed)
+    results.mkdir(parents=True, exist_ok=True)
+    samples = torch.cat([result["runs"][model].pop("samples") for model in ("cfm", "latent_diffusion")])
+    if args.seed == 0 or q:
+        common.save_grid(samples, results / result["picture"])
+    (results / f"latent_diffusion_seed{args.seed}.json").write_text(json.dumps(result, indent=1))
 
 
 def main(argv=None):
@@ -192,28 +215,7 @@ def main(argv=None):
     work, q = Path(args.work) / f"seed{args.seed}", args.quick
     results = Path(args.results or (work if q else ROOT / "benchmarks" / "results"))
     if not args.table:
-        data, device, n = common.load_data("digits32"), torch.device(args.device), 100 if q else 500
-        flags = ["--data", "digits32", "--n-eval", "0", "--device", args.device, "--log-every", "500",
-                 "--seed", str(args.seed)]
-        flags += ["--batch-size", "32"] if q else []
-        own = {"cfm": [], "latent_diffusion": ["--ae-iters", "5"] if q else []}
-        iters = dict(QUICK if q else ITERS, **({"cfm": tuple(args.cfm_iters)} if args.cfm_iters else {}))
-        result = {"machine": dict(processor=platform.processor(), machine=platform.machine(), cores=os.cpu_count(),
-                                  torch=torch.__version__, threads=torch.get_num_threads(), device=args.device),
-                  "seed": args.seed, "iters": iters, "steps": STEPS, "solver": SOLVER, "runs": {}}
-        for model, its in iters.items():
-            result["runs"][model] = run(model, its, work, data, n, device, flags + own[model], args.seed)
-        pix, lat = result["runs"]["cfm"], result["runs"]["latent_diffusion"]
-        target = pix["checkpoints"][-1]["fd"]
-        t_pix, t_lat = time_to(pix, target), time_to(lat, target)
-        result["time_to_target"] = dict(target_fd=target, cfm=t_pix, latent_diffusion=t_lat,
-                                        ratio=None if t_lat is None else t_lat / t_pix)
-        results.mkdir(parents=True, exist_ok=True)
-        samples = torch.cat([pix.pop("samples"), lat.pop("samples")])
-        if args.seed == 0 or q:
-            common.save_grid(samples, results / "latent_diffusion-samples.png")
-        result["picture"] = "latent_diffusion-samples.png"
-        (results / f"latent_diffusion_seed{args.seed}.json").write_text(json.dumps(result, indent=1))
+        measure(args, work, results)
     seeds = sorted(results.glob("latent_diffusion_seed*.json"), key=lambda p: int(p.stem.split("seed")[1]))
     text = markdown([json.loads(p.read_text()) for p in seeds])
     (results / "latent_diffusion.md").write_text(text)

@@ -64,6 +64,12 @@ VARIANTS = {"paper": ["--tangent", "sample"], "iMF": ["--tangent", "model"], "FM
 TARGETS = {1: 1.3, 2: 1.1}
 
 
+def variant_flags(name):
+    """meanflow.py's flags of a variant (of its MeanFlow phase, for the two-phase ones)."""
+    flags = VARIANTS[name]
+    return flags[1] if isinstance(flags, tuple) else flags
+
+
 def run(module, argv):
     """module.main(argv) in this process: (its result, CPU seconds)."""
     buf, t0 = io.StringIO(), time.process_time()
@@ -94,8 +100,7 @@ def run_part(part, seeds, work, quick=False, variants=tuple(VARIANTS)):
         ref_iters, n_eval = 30, 100
     base = data_flags + ["--log-every", "1000"]
     c_cfm = cost_per_iter(cfm, base, work)
-    c_mf = {name: cost_per_iter(meanflow, base + (VARIANTS[name][1] if isinstance(VARIANTS[name], tuple) else
-                                                 VARIANTS[name]), work) for name in variants}
+    c_mf = {name: cost_per_iter(meanflow, base + variant_flags(name), work) for name in variants}
     if any(isinstance(VARIANTS[name], tuple) for name in variants):  # the flow-matching phase's cost
         c_mf["ratio 0"] = cost_per_iter(meanflow, base + ["--ratio", "0"], work)
     print(f"{part}: CPU s per iteration: cfm {c_cfm:.4f}, " + ", ".join(f"{k} {v:.4f}" for k, v in c_mf.items()),
@@ -234,7 +239,7 @@ def curve_table(path=RESULTS / "meanflow_curve.json"):
         lines.append(f"| {key[0]} | {key[1]} | {its[0]}{f'-{its[-1]}' * (len(its) > 1)} | {ms([r['train_cpu_s'] for r in rs], '.0f')} | "
                      f"{ms([r['value'] for r in rs])} | {ms(mem, '.1f') + '%' if mem else ''} |")
     lines += ["", "Where they meet (per seed): the first MeanFlow checkpoint whose FD is at most cfm.py's FD at "
-              "its 2500-iteration point (the reference of the equal-compute table) times 1, 1.3 (1 step) or 1.1 (2 steps); "
+              f"its {PARTS['digits-uncond'][1]}-iteration point (the reference of the equal-compute table) times 1, 1.3 (1 step) or 1.1 (2 steps); "
               "its CPU seconds over cfm.py's at that point.", ""]
     for nfe, factor in ((1, 1.0), (1, TARGETS[1]), (2, 1.0), (2, TARGETS[2])):
         if not any(r["method"] == "meanflow.py" and r["nfe"] == nfe for r in rows):
