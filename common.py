@@ -2,7 +2,8 @@
 
 The learning core:
   networks ........ make_net: MLP (2-D points), UNet and DiT (images), all net(x, t, y) or
-                    net(x, r, t, y); y=None is the null class of classifier-free guidance
+                    net(x, r, t, y), optionally net(..., w=w) with the guidance scale as an input;
+                    y=None is the null class of classifier-free guidance
   EMA ............. make_ema: the averaged weights that sample
   training ........ train(net, loss, data, args, ckpt): AdamW, warmup, clipping, label dropout,
                     EMA, checkpoints, exact --resume, DDP; returns the EMA network
@@ -52,7 +53,8 @@ HERE = Path(__file__).resolve().parent
 # =============================================================================
 
 # -----------------------------------------------------------------------------
-# networks: net(x, t, y) or, with two_times, net(x, r, t, y); y None means the null class
+# networks: net(x, t, y) or, with two_times, net(x, r, t, y); y None means the null class;
+# with guidance_input, net(..., w=w) also takes the guidance scale w (default 1)
 
 def timestep_embedding(t, dim, max_period=10000.0):
     """Sinusoidal features of a float time (B,) -> (B, dim), as in the Transformer and DDPM."""
@@ -65,16 +67,22 @@ def timestep_embedding(t, dim, max_period=10000.0):
 
 class Conditioning(nn.Module):
     """Embeds time(s) and label into one vector c (B, dim). The label table has a null class at
-    index num_classes, used for y=None and for the labels dropped during training."""
+    index num_classes, used for y=None and for the labels dropped during training. With
+    guidance_input the guidance scale w >= 1 is one more input (improved MeanFlow, arXiv 2512.02012),
+    embedded like a time through 1 - 1/w, which maps [1, inf) onto [0, 1) with w = 1 at 0."""
 
-    def __init__(self, dim, num_classes=0, two_times=False, time_scale=1.0):
+    def __init__(self, dim, num_classes=0, two_times=False, time_scale=1.0, guidance_input=False):
         super().__init__()
         self.time_scale, self.two_times, self.num_classes = time_scale, two_times, num_classes
-        n_freq = 2 * dim if two_times else dim
-        self.mlp = nn.Sequential(nn.Linear(n_freq, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.guidance_input = guidance_input
+        n_inputs = (2 if two_times else 1) + guidance_input
+        self.mlp = nn.Sequential(nn.Linear(n_inputs * dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.label = nn.Embedding(num_classes + 1, dim) if num_classes > 0 else None
 
-    def forward(self, times, y):
+    def forward(self, times, y, w=None):
+        if self.guidance_input:  # w: (B,) or a number; None is 1, no guidance
+            w = torch.as_tensor(1.0 if w is None else w, dtype=times[0].dtype, device=times[0].device)
+            times = [*times, (1 - 1 / w).expand_as(times[0])]
         f = [timestep_embedding(s * self.time_scale, self.mlp[0].in_features // len(times)) for s in times]
         c = self.mlp(torch.cat(f, 1).to(self.mlp[0].weight.dtype))
         if self.label is not None:
@@ -87,23 +95,26 @@ class Conditioning(nn.Module):
 class TimeNet(nn.Module):
     """Base of the networks: splits net(x, t, y) / net(x, r, t, y) and embeds the condition."""
 
-    def __init__(self, dim, num_classes, two_times, time_scale):
+    def __init__(self, dim, num_classes, two_times, time_scale, guidance_input=False):
         super().__init__()
-        self.cond = Conditioning(dim, num_classes, two_times, time_scale)
+        self.cond = Conditioning(dim, num_classes, two_times, time_scale, guidance_input)
 
-    def forward(self, x, *rest, **extra):
+    def forward(self, x, *rest, w=None, **extra):
         times, y = rest[:-1], rest[-1]
         if len(times) != (2 if self.cond.two_times else 1):
             raise TypeError(f"{type(self).__name__} takes (x, {'r, t' if self.cond.two_times else 't'}, y)")
+        if w is not None and not self.cond.guidance_input:
+            raise TypeError(f"{type(self).__name__} was built without guidance_input: it takes no w")
         times = [s.expand(x.shape[0]) if s.dim() == 1 and s.shape[0] == 1 else s for s in times]
-        return self.body(x, self.cond(times, y), **extra)
+        return self.body(x, self.cond(times, y, w), **extra)
 
 
 class MLP(TimeNet):
     """Residual MLP for points (B, D); the condition is added in every block."""
 
-    def __init__(self, dim_in=2, width=256, depth=4, num_classes=0, two_times=False, time_scale=1.0):
-        super().__init__(width, num_classes, two_times, time_scale)
+    def __init__(self, dim_in=2, width=256, depth=4, num_classes=0, two_times=False, time_scale=1.0,
+                 guidance_input=False):
+        super().__init__(width, num_classes, two_times, time_scale, guidance_input)
         self.inp = nn.Linear(dim_in, width)
         self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, width))
                                     for _ in range(depth))
@@ -164,8 +175,9 @@ class UNet(TimeNet):
     """A small UNet: two ResBlocks per level, attention at the lowest resolution.
     8x8 inputs get levels (1, 2) x width (8 -> 4); 28x28 and 32x32 get (1, 2, 2) (28 -> 14 -> 7)."""
 
-    def __init__(self, shape=(1, 8, 8), width=32, num_classes=0, two_times=False, time_scale=1.0):
-        super().__init__(4 * width, num_classes, two_times, time_scale)
+    def __init__(self, shape=(1, 8, 8), width=32, num_classes=0, two_times=False, time_scale=1.0,
+                 guidance_input=False):
+        super().__init__(4 * width, num_classes, two_times, time_scale, guidance_input)
         C, H, _ = shape
         mults = (1, 2) if H <= 16 else (1, 2, 2)
         chans = [width * m for m in mults]
@@ -249,8 +261,8 @@ class DiT(TimeNet):
     blocks, a zero-initialised linear decoder back to patches."""
 
     def __init__(self, shape=(1, 8, 8), width=128, depth=6, heads=4, patch=2, num_classes=0,
-                 two_times=False, time_scale=1.0):
-        super().__init__(width, num_classes, two_times, time_scale)
+                 two_times=False, time_scale=1.0, guidance_input=False):
+        super().__init__(width, num_classes, two_times, time_scale, guidance_input)
         C, H, W = shape
         if H % patch or W % patch:
             raise UserError(f"DiT patch size {patch} must divide the image size {H}x{W}")
@@ -280,12 +292,13 @@ class DiT(TimeNet):
         return h.reshape(B, C, H, W)
 
 
-def make_net(arch, shape, width, num_classes=0, two_times=False, time_scale=1.0):
+def make_net(arch, shape, width, num_classes=0, two_times=False, time_scale=1.0, guidance_input=False):
     """The network for data of `shape`. time_scale multiplies the time before its sinusoidal
-    features: 1 for DDPM's integer t in 1..T, 1000 for a flow's t in [0, 1]."""
-    kw = dict(num_classes=num_classes, two_times=two_times, time_scale=time_scale)
+    features: 1 for DDPM's integer t in 1..T, 1000 for a flow's t in [0, 1]. guidance_input: the
+    network also takes the guidance scale, net(..., w=w)."""
+    kw = dict(num_classes=num_classes, two_times=two_times, time_scale=time_scale, guidance_input=guidance_input)
     if arch == "mlp":
-        return MLP(shape[0], width, num_classes=num_classes, two_times=two_times, time_scale=time_scale)
+        return MLP(shape[0], width, **kw)
     if arch == "unet":
         return UNet(shape, width, **kw)
     if arch == "dit":

@@ -12,7 +12,7 @@ and the loss, and in the time convention of its flow-matching slides (t = 0 nois
                      du/dt = v d_z u + 0 d_r u + d_t u   (total derivative along the path, r fixed)
   target             u_tgt = v - (t - r) (v d_z u_theta + d_t u_theta): one Jacobian-vector product
                      jvp(u_theta, (z, r, t), (v, 0, 1)) gives u_theta and du/dt together
-  loss               L = E sg(w) ||u_theta(z_t, r, t) - sg(u_tgt)||^2,  w = 1 / (||.||^2 + c)^p  (adaptive weight)
+  loss               L = E sg(lam) ||u_theta(z_t, r, t) - sg(u_tgt)||^2,  lam = 1 / (||.||^2 + c)^p  (adaptive weight)
   times              two logit-normal draws, t = the smaller, r = the larger; then r = t for a fraction
                      1 - ratio of the pairs (those are plain flow matching: u_tgt = v when r = t)
   sampling           1 step:  x1 = z0 - (0 - 1) u(z0, 1, 0) = z0 + u(z0, 1, 0)
@@ -29,8 +29,13 @@ and the loss, and in the time convention of its flow-matching slides (t = 0 nois
                      exact u (whose u(z, t, t) is the marginal velocity E[v | z_t]) the target's mean given
                      z_t is still u, and its noise is v - E[v | z_t] itself instead of that noise passed
                      through (I - (t - r) d_z u). It is iMF's loss ||u + (t - r) sg(du/dt) - v||^2 on the
-                     velocity V = u + (t - r) sg(du/dt), at one more forward pass (no gradient) a step;
-                     iMF's guidance scale as a network input is not implemented here.
+                     velocity V = u + (t - r) sg(du/dt), at one more forward pass (no gradient) a step.
+  guidance as an     (--cfg-max W > 1; iMF) the network takes the scale w as an input, u(z, r, t | y, w), each
+  input              labelled example draws w log-uniform on [1, W] (W^U, U ~ U(0, 1); iMF's W = 8) and folds
+                     it with omega = 1, kappa = 1 - 1/w:  v~ = v + (1 - 1/w) (u(z, t, t | c, w) - u(z, t, t | null, 1))
+                     (dropped labels: w = 1, v~ = v). Its fixed point at r = t is, for every w,
+                     u(z, t, t | c, w) = v_null + w (v_c - v_null): one network, any scale in [1, W] chosen
+                     when sampling (--cfg-scale), one call per step. The iMF tangent is u(z, t, t | c, w).
 
 The paper's convention is the mirror image: its time tau_p = 1 - tau is 1 at the noise, its velocity is
 eps - x = -v, its pairs have t_p > r_p, and it samples x = eps - u_p(eps, 0, 1). Substituting tau_p = 1 - tau
@@ -65,6 +70,8 @@ Run:
   python meanflow.py --device cuda --data mnist --download --arch dit
   python meanflow.py --ckpt runs/meanflow-digits/ckpt.pt --steps 2      # 2-step samples of a trained model
   python meanflow.py --cfg-omega 2 --out runs/meanflow-digits-cfg        # guidance folded into training
+  python meanflow.py --cfg-max 4 --out runs/mf-w && python meanflow.py --ckpt runs/mf-w/ckpt.pt --cfg-scale 1.5
+                                              # the guidance scale as an input: train once, pick w when sampling
   python meanflow.py --resume                 # continue runs/meanflow-digits/ckpt.pt up to --iters
   python meanflow.py --ratio 0 --iters 1000 --out runs/mf-fm && python meanflow.py --resume --ratio 0.25 \
       --iters 1600 --out runs/mf-fm         # flow matching first, then MeanFlow
@@ -87,11 +94,12 @@ class MeanFlow:
     which gave better one-step digits on every seed measured at equal compute (two steps: on 2 of 3),
     where the paper's is "sample" (on the 2-D checkerboard the paper's did better: benchmarks/README.md,
     which also measures the time sampler at mu 0 and -0.4 and the weight's power at 0 and 0.5).
-    cfg_omega = 1, cfg_kappa = 0: nothing folded; null_class: the label index of dropped labels
-    (num_classes), needed only when folding."""
+    cfg_omega = 1, cfg_kappa = 0: nothing folded; cfg_max = 1: no guidance input (else the network
+    takes w, trained on [1, cfg_max]); null_class: the label index of dropped labels (num_classes),
+    needed only when folding."""
 
     def __init__(self, ratio=0.25, time_mu=0.4, time_sigma=1.0, adaptive_p=1.0, adaptive_c=1e-3,
-                 cfg_omega=1.0, cfg_kappa=0.0, null_class=None, tangent="model"):
+                 cfg_omega=1.0, cfg_kappa=0.0, null_class=None, tangent="model", cfg_max=1.0):
         if not 0 <= ratio <= 1:
             raise ValueError(f"--ratio (the fraction of pairs with r != t) must be in [0, 1], got {ratio}")
         if time_sigma <= 0:
@@ -99,16 +107,24 @@ class MeanFlow:
         if not 0 <= cfg_kappa < 1 or cfg_omega <= 0:
             raise ValueError(f"folded guidance needs --cfg-omega > 0 and 0 <= --cfg-kappa < 1 "
                              f"(1 and 0: none), got {cfg_omega} and {cfg_kappa}")
+        if cfg_max < 1 or (cfg_max > 1 and (cfg_omega != 1 or cfg_kappa != 0)):
+            raise ValueError(f"--cfg-max (the largest guidance scale trained as an input) must be at least 1 and "
+                             f"replaces --cfg-omega/--cfg-kappa (one fixed scale), got {cfg_max} with "
+                             f"{cfg_omega} and {cfg_kappa}")
         if tangent not in ("sample", "model"):
             raise ValueError(f"--tangent must be 'sample' (the paper's v = x1 - x0) or 'model' (iMF's u(z, t, t)), "
                              f"got {tangent!r}")
         self.ratio, self.time_mu, self.time_sigma, self.tangent = ratio, time_mu, time_sigma, tangent
         self.adaptive_p, self.adaptive_c = adaptive_p, adaptive_c
-        self.cfg_omega, self.cfg_kappa, self.null_class = cfg_omega, cfg_kappa, null_class
+        self.cfg_omega, self.cfg_kappa, self.cfg_max, self.null_class = cfg_omega, cfg_kappa, cfg_max, null_class
 
     @property
     def folds_guidance(self):
-        return self.cfg_omega != 1.0 or self.cfg_kappa != 0.0
+        return self.cfg_omega != 1.0 or self.cfg_kappa != 0.0 or self.cfg_max > 1.0
+
+    def sample_scales(self, n, generator=None):
+        """w, (n,): log-uniform on [1, cfg_max], the guidance scales trained as the network's input."""
+        return self.cfg_max ** torch.rand(n, generator=generator)
 
     def sample_times(self, n, device="cpu", generator=None):
         """(r, t), each (n,): logit-normal pairs with t <= r, and r = t for a fraction 1 - ratio."""
@@ -119,44 +135,53 @@ class MeanFlow:
         return r.to(device, non_blocking=True), t.to(device, non_blocking=True)
 
     @staticmethod
-    def u_and_dudt(net, z, r, t, v, y=None):
+    def u_and_dudt(net, z, r, t, v, y=None, w=None):
         """u_theta(z, r, t) and its total derivative du/dt = v d_z u + d_t u, from one forward-mode JVP
         with tangents (v, 0, 1) on (z, r, t). The primal u keeps its autograd graph. The JVP runs in
         float32 with autocast off, as the official MeanFlow code does: under bf16 autocast torch.func.jvp
         fails on CPU (mixed dtypes in the tangent convolution), and d_t u, scaled by (t - r), is the
-        term of the target that bf16 would round most."""
+        term of the target that bf16 would round most. w: the guidance scale input, if the network has one."""
         module = getattr(net, "module", net)  # a DDP wrapper's forward cannot run under torch.func.jvp
+        kw = {} if w is None else {"w": w}
         with torch.autocast(z.device.type, enabled=False):
             dtype = torch.promote_types(z.dtype, torch.float32)  # at least float32 (float64 stays)
             z, r, t, v = z.to(dtype), r.to(dtype), t.to(dtype), v.to(dtype)
-            return torch.func.jvp(lambda z_, r_, t_: module(z_, r_, t_, y), (z, r, t),
+            return torch.func.jvp(lambda z_, r_, t_: module(z_, r_, t_, y, **kw), (z, r, t),
                                   (v, torch.zeros_like(r), torch.ones_like(t)))
 
-    def target(self, net, z, r, t, v, y=None):
+    def target(self, net, z, r, t, v, y=None, w=None):
         """u_tgt = v - (t - r) (v' d_z u + d_t u), detached (the stop-gradient); the tangent v' is v
         itself (tangent "sample", the paper) or the network's own sg(u(z, t, t)) (tangent "model", iMF)."""
         if self.tangent == "model":  # iMF: du/dt along the learnt field, v' = sg(u_theta(z, t, t))
             with torch.no_grad():
-                v_tangent = getattr(net, "module", net)(z, t, t, y).to(v.dtype)
+                v_tangent = getattr(net, "module", net)(z, t, t, y, **({} if w is None else {"w": w})).to(v.dtype)
         else:
             v_tangent = v
-        _, dudt = self.u_and_dudt(net, z, r, t, v_tangent, y)
+        _, dudt = self.u_and_dudt(net, z, r, t, v_tangent, y, w)
         return (v - common.bcast(t - r, z) * dudt).detach()  # MeanFlow identity
 
-    @torch.no_grad()
-    def folded_velocity(self, net, z, t, v, y):
-        """v~ = omega v + kappa u(z, t, t | y) + (1 - omega - kappa) u(z, t, t | null), with v~ = v
-        where the label is already the null class (dropped for guidance) or when nothing is folded."""
-        if not self.folds_guidance or y is None:
-            return v
+    def dropped(self, y):
+        """(B,) bool: the labels already dropped to the null class (for guidance)."""
         if self.null_class is None:
             raise ValueError("folding guidance into the target needs null_class (the dropped-label index)")
+        return y == self.null_class
+
+    @torch.no_grad()
+    def folded_velocity(self, net, z, t, v, y, w=None):
+        """v~ = omega v + kappa u(z, t, t | y) + (1 - omega - kappa) u(z, t, t | null), with v~ = v
+        where the label is already the null class (dropped for guidance) or when nothing is folded.
+        w: per-example scales given to the network as its input; then omega = 1, kappa = 1 - 1/w."""
+        if not self.folds_guidance or y is None:
+            return v
         module = getattr(net, "module", net)
-        u_null = module(z, t, t, None)
-        v_folded = self.cfg_omega * v + (1 - self.cfg_omega - self.cfg_kappa) * u_null
-        if self.cfg_kappa:
-            v_folded = v_folded + self.cfg_kappa * module(z, t, t, y)
-        return torch.where(common.bcast(y == self.null_class, z).bool(), v, v_folded)  # dropped labels keep v
+        if w is None:  # one scale, omega / (1 - kappa), for every example
+            omega, kappa = self.cfg_omega, self.cfg_kappa
+            u_null, u_y = module(z, t, t, None), module(z, t, t, y) if kappa else 0.0
+        else:  # iMF: each example's own scale, also the network's input
+            omega, kappa = 1.0, common.bcast(1 - 1 / w, z)
+            u_null, u_y = module(z, t, t, None, w=torch.ones_like(w)), module(z, t, t, y, w=w)
+        v_folded = omega * v + kappa * u_y + (1 - omega - kappa) * u_null
+        return torch.where(common.bcast(self.dropped(y), z).bool(), v, v_folded)  # dropped labels keep v
 
     def loss(self, net, x1, y=None):
         B = x1.shape[0]
@@ -165,20 +190,27 @@ class MeanFlow:
         r, t = r.to(x1.device, non_blocking=True), t.to(x1.device, non_blocking=True)
         x0 = torch.randn_like(x1)
         z = (1 - common.bcast(t, x1)) * x0 + common.bcast(t, x1) * x1  # z_t = (1 - t) x0 + t x1
-        v = self.folded_velocity(net, z, t, x1 - x0, y)  # v = x1 - x0, or the folded v~
-        u = net(z, r, t, y)  # u_theta(z_t, r, t): the gradient-carrying forward (through a DDP wrapper too)
+        w, kw = None, {}
+        if self.cfg_max > 1 and y is not None:  # iMF: a guidance scale per example, 1 for the dropped labels
+            w = torch.where(self.dropped(y), 1.0, self.sample_scales(B).to(x1.device, non_blocking=True))
+            kw = {"w": w}
+        v = self.folded_velocity(net, z, t, x1 - x0, y, w)  # v = x1 - x0, or the folded v~
+        u = net(z, r, t, y, **kw)  # u_theta(z_t, r, t): the gradient-carrying forward (through a DDP wrapper too)
         u_tgt = v  # where r = t the target is v - 0 * du/dt = v: plain flow matching, no JVP
         if len(jump):  # the JVP only for the pairs with r != t (a fraction `ratio` of them)
             j = jump.to(x1.device, non_blocking=True)
+            yj, wj = (None, None) if y is None else (y[j], None if w is None else w[j])
             with torch.no_grad():
-                u_tgt = v.index_copy(0, j, self.target(net, z[j], r[j], t[j], v[j], None if y is None else y[j]))
+                u_tgt = v.index_copy(0, j, self.target(net, z[j], r[j], t[j], v[j], yj, wj))
         err = (u - u_tgt).pow(2).flatten(1).sum(1)  # ||u_theta - sg(u_tgt)||^2 per example, (B,)
-        w = (err.detach() + self.adaptive_c).pow(-self.adaptive_p)  # adaptive weight, sg
-        return (w * err).mean()
+        lam = (err.detach() + self.adaptive_c).pow(-self.adaptive_p)  # adaptive weight, sg
+        return (lam * err).mean()
 
     def guided(self, net, z, r, t, y=None, cfg_scale=1.0):
         """The network's average velocity u(z, r, t), with classifier-free guidance when w != 1 (two
-        network calls)."""
+        network calls, or one when the network takes w as its input)."""
+        if self.cfg_max > 1:  # iMF: the scale is an input (w = 1 for the null class)
+            return net(z, r, t, y, w=torch.full_like(t, 1.0 if y is None else cfg_scale))
         if y is None or cfg_scale == 1.0:
             return net(z, r, t, y)
         u_uncond = net(z, r, t, None)
@@ -216,6 +248,8 @@ def main(argv=None):
     g.add_argument("--adaptive-p", type=common.finite, help="power p of the weight 1/(||e||^2 + c)^p (default 1; 0: L2)")
     g.add_argument("--cfg-omega", type=common.finite, help="guidance omega folded into the target (default 1: none)")
     g.add_argument("--cfg-kappa", type=common.finite, help="the conditional u's share of the folded target (default 0)")
+    g.add_argument("--cfg-max", type=common.finite, help="train the guidance scale as the network's input, w in "
+                   "[1, this] (iMF; default 1: off); sample at any --cfg-scale in that range with one call per step")
     g.add_argument("--tangent", choices=["sample", "model"], help="the JVP's tangent: model, the network's own "
                    "u(z, t, t) (iMF; default: better on digits), or sample, v = x1 - x0 (the paper; better on 2-D data)")
     g.add_argument("--time-scale", type=common.finite, help="r and t are scaled by this before the sinusoidal features "
@@ -223,23 +257,28 @@ def main(argv=None):
     common.add_trajectory_flag(g)
     args, ckpt = common.parse_args(
         parser, argv, "meanflow", defaults=dict(steps=1, ratio=0.25, time_mu=0.4, time_sigma=1.0, adaptive_p=1.0,
-                                                cfg_omega=1.0, cfg_kappa=0.0, time_scale=10.0,
+                                                cfg_omega=1.0, cfg_kappa=0.0, cfg_max=1.0, time_scale=10.0,
                                                 tangent="model", trajectory=0),
         budgets={"digits": dict(iters=900)},  # a step costs about 2 flow-matching steps: cfm.py's 2000 in compute
-        model_flags=("ratio", "time_mu", "time_sigma", "adaptive_p", "cfg_omega", "cfg_kappa", "time_scale", "tangent"))
+        model_flags=("ratio", "time_mu", "time_sigma", "adaptive_p", "cfg_omega", "cfg_kappa", "cfg_max", "time_scale",
+                     "tangent"))
     if args.steps < 1 or args.time_scale <= 0:
         parser.error(f"--steps must be at least 1 and --time-scale positive, got {args.steps} and {args.time_scale}")
     meanflow = common.construct(parser, MeanFlow, args.ratio, args.time_mu, args.time_sigma, args.adaptive_p,
-                                cfg_omega=args.cfg_omega, cfg_kappa=args.cfg_kappa, tangent=args.tangent)
+                                cfg_omega=args.cfg_omega, cfg_kappa=args.cfg_kappa, tangent=args.tangent,
+                                cfg_max=args.cfg_max)
     if meanflow.folds_guidance and (args.uncond or args.p_uncond <= 0):
-        parser.error("--cfg-omega/--cfg-kappa fold guidance into training: they need labels and a trained null "
-                     "class, so drop --uncond and keep --p-uncond > 0")
+        parser.error("--cfg-omega/--cfg-kappa/--cfg-max fold guidance into training: they need labels and a trained "
+                     "null class, so drop --uncond and keep --p-uncond > 0")
+    if args.cfg_max > 1 and not 1 <= args.cfg_scale <= args.cfg_max:
+        parser.error(f"--cfg-scale {args.cfg_scale} is outside the scales the network was trained on, [1, --cfg-max "
+                     f"{args.cfg_max}]: choose one inside, or retrain with a larger --cfg-max")
     with common.session(args) as device:
         data = common.load_data(args.data, args.data_root, args.download)
         meanflow.null_class = data.num_classes  # the label common.train gives a dropped label
         num_classes = 0 if args.uncond else data.num_classes
-        u_theta = common.make_net(args.arch, data.shape, args.width, num_classes, two_times=True,
-                                  time_scale=args.time_scale).to(device)  # u_theta(z, r, t, y)
+        u_theta = common.make_net(args.arch, data.shape, args.width, num_classes, two_times=True, time_scale=args.time_scale,
+                                  guidance_input=args.cfg_max > 1).to(device)  # u_theta(z, r, t, y), and w=w
         if args.sample_only:
             u_theta = common.load_ema(ckpt, u_theta)
         else:

@@ -20,7 +20,10 @@ Variants (--variants picks some):
              for the other half (AlphaFlow arXiv 2510.20771, Decoupled MeanFlow arXiv 2510.24474);
   iMF, FM first   both;   iMF, ratio 0.5   iMF with half of the pairs r != t;
   iMF, p 0.5 / p 0 (L2)   the adaptive weight 1 / (||e||^2 + c)^p with a smaller power (the paper's ablation);
-  iMF, mu 0 / mu -0.4     logit-normal times centred at 1/2, or mirrored towards the noise end.
+  iMF, mu 0 / mu -0.4     logit-normal times centred at 1/2, or mirrored towards the noise end;
+  iMF, w input   --cfg-max 2: the guidance scale as the network's input, trained on w in [1, 2] (digits-cond),
+             sampled at each scale of SAMPLE_SCALES (one network call a step at any of them); beside it
+             cfm.py is also sampled with guidance at w 1.25 (two calls a step: NFE 200), for context.
 Each is sampled with 1 and 2 steps. Quality: the file's own figure (FD on digits, W2 on the
 checkerboard) of n samples against the held-out set, mean +- sd over the seeds, next to the floor
 (real against real, mean +- sd over 20 draws); digits also give the memorised share. A target
@@ -60,7 +63,10 @@ PARTS = {  # data flags, the reference's iterations, samples evaluated
 VARIANTS = {"paper": ["--tangent", "sample"], "iMF": ["--tangent", "model"], "FM first": ("fm", ["--tangent", "sample"]),  # ("fm", flags): two phases
             "iMF, FM first": ("fm", ["--tangent", "model"]), "iMF, ratio 0.5": ["--tangent", "model", "--ratio", "0.5"],
             "iMF, p 0.5": ["--tangent", "model", "--adaptive-p", "0.5"], "iMF, p 0 (L2)": ["--tangent", "model", "--adaptive-p", "0"],
-            "iMF, mu 0": ["--tangent", "model", "--time-mu", "0"], "iMF, mu -0.4": ["--tangent", "model", "--time-mu", "-0.4"]}
+            "iMF, mu 0": ["--tangent", "model", "--time-mu", "0"], "iMF, mu -0.4": ["--tangent", "model", "--time-mu", "-0.4"],
+            "iMF, w input": ["--tangent", "model", "--cfg-max", "2"]}
+SAMPLE_SCALES = {"iMF, w input": (1.0, 1.25, 1.5)}  # --cfg-scale of each evaluation; the others are sampled at 1
+REF_SCALES = {"digits-cond": (1.0, 1.25)}  # cfm.py's; the reference (the targets' denominator) is w = 1
 TARGETS = {1: 1.3, 2: 1.1}
 
 
@@ -110,9 +116,11 @@ def run_part(part, seeds, work, quick=False, variants=tuple(VARIANTS)):
         s = ["--seed", str(seed)]
         out = work / f"{part}-s{seed}-cfm"
         _, cpu = run(cfm, base + s + ["--iters", str(ref_iters), "--n-eval", "0", "--out", str(out)])
-        rows.append(dict(method="cfm.py", variant="Euler", nfe=100, iters=ref_iters, train_cpu_s=cpu, seed=seed,
-                         **evaluate(cfm, out / "ckpt.pt", n_eval, seed, out, ["--solver", "euler", "--steps", "100"])))
-        print(json.dumps(rows[-1]), flush=True)
+        for w in REF_SCALES.get(part, (1.0,)):
+            rows.append(dict(method="cfm.py", variant="Euler", nfe=100 if w == 1 else 200, cfg_scale=w, iters=ref_iters,
+                             train_cpu_s=cpu, seed=seed, **evaluate(cfm, out / "ckpt.pt", n_eval, seed, out,
+                                                                    ["--solver", "euler", "--steps", "100", "--cfg-scale", str(w)])))
+            print(json.dumps(rows[-1]), flush=True)
         budget = cpu  # this seed's reference run's own CPU seconds: the others get as many
         for name in variants:
             flags = VARIANTS[name]
@@ -128,9 +136,11 @@ def run_part(part, seeds, work, quick=False, variants=tuple(VARIANTS)):
                 iters = round(budget / c_mf[name])
                 _, cpu = run(meanflow, base + s + flags + ["--iters", str(iters), "--n-eval", "0", "--out", str(out)])
             for steps in (1, 2):
-                rows.append(dict(method="meanflow.py", variant=name, nfe=steps, iters=iters, train_cpu_s=cpu, seed=seed,
-                                 **evaluate(meanflow, out / "ckpt.pt", n_eval, seed, out, ["--steps", str(steps)])))
-                print(json.dumps(rows[-1]), flush=True)
+                for w in SAMPLE_SCALES.get(name, (1.0,)):
+                    rows.append(dict(method="meanflow.py", variant=name, nfe=steps, cfg_scale=w, iters=iters, train_cpu_s=cpu,
+                                     seed=seed, **evaluate(meanflow, out / "ckpt.pt", n_eval, seed, out,
+                                                           ["--steps", str(steps), "--cfg-scale", str(w)])))
+                    print(json.dumps(rows[-1]), flush=True)
     path = work / "meanflow_compute.json" if quick else RESULTS / "meanflow_compute.json"
     res = json.loads(path.read_text()) if path.exists() else {}
     old = res.get(part, {"costs": {}, "rows": []})
@@ -144,7 +154,7 @@ def _merge(old, rows, variants):
     the earlier one), in the order of VARIANTS (cfm.py first)."""
     kept = [r for r in old if r["method"] != "cfm.py" and r["variant"] not in variants]
     order = ["Euler"] + list(VARIANTS)
-    return sorted(rows + kept, key=lambda r: (order.index(r["variant"]), r["seed"], r["nfe"]))
+    return sorted(rows + kept, key=lambda r: (order.index(r["variant"]), r["seed"], r["nfe"], r.get("cfg_scale", 1.0)))
 
 
 def ms(values, f=".3g"):
@@ -160,33 +170,34 @@ def verdict(ratios, target):
     return "met" if m + s <= target else "not met" if m - s > target else "within noise"
 
 
-def table():
-    res = json.loads((RESULTS / "meanflow_compute.json").read_text())
+def table(path=RESULTS / "meanflow_compute.json"):
+    res = json.loads(Path(path).read_text())
     lines = []
     for part in PARTS:
         if part not in res:
             continue
         rows = res[part]["rows"]
-        ref = {r["seed"]: r["value"] for r in rows if r["method"] == "cfm.py"}
+        ref = {r["seed"]: r["value"] for r in rows if r["method"] == "cfm.py" and r.get("cfg_scale", 1.0) == 1}
         first = rows[0]
         lines += [f"#### {part}: {first['metric']} (floor {first['floor']:.3g} +- {first['floor_sd']:.2g}, real vs real), "
                   f"seeds {', '.join(map(str, sorted(ref)))}", "",
                   "| method | NFE | iterations | train CPU s | quality | / CFM-100 (per seed) | target | memorised |",
                   "|---|---:|---|---:|---|---|---|---:|"]
         keys = []
-        for r in rows:
-            if (r["method"], r["variant"], r["nfe"]) not in keys:
-                keys.append((r["method"], r["variant"], r["nfe"]))
+        for r in rows:  # (method, variant, NFE, guidance scale): rows of earlier runs were all sampled at w = 1
+            if (key := (r["method"], r["variant"], r["nfe"], r.get("cfg_scale", 1.0))) not in keys:
+                keys.append(key)
         for key in keys:
-            rs = [r for r in rows if (r["method"], r["variant"], r["nfe"]) == key]
+            rs = [r for r in rows if (r["method"], r["variant"], r["nfe"], r.get("cfg_scale", 1.0)) == key]
             ratios = [r["value"] / ref[r["seed"]] for r in rs if r["seed"] in ref]
             target = "" if key[0] == "cfm.py" else f"<= {TARGETS[key[2]]}: {verdict(ratios, TARGETS[key[2]])}"
             mem = [r["memorised"] for r in rs if r.get("memorised") is not None]
-            lines.append(f"| {key[0]} {key[1]} | {key[2]} | {rs[0]['iters']} | {ms([r['train_cpu_s'] for r in rs], '.0f')} | "
+            name = f"{key[0]} {key[1]}" + (f", sampled at w {key[3]:g}" if key[3] != 1 else "")
+            lines.append(f"| {name} | {key[2]} | {rs[0]['iters']} | {ms([r['train_cpu_s'] for r in rs], '.0f')} | "
                          f"{ms([r['value'] for r in rs])} | {ms(ratios)} | {target} | "
                          f"{ms([100 * m for m in mem], '.1f') + '%' if mem else ''} |")
         lines.append("")
-    (RESULTS / "meanflow_compute.md").write_text("\n".join(lines))
+    Path(path).with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 

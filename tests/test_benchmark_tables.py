@@ -45,3 +45,22 @@ def test_a_partial_rerun_keeps_the_other_variants_rows_and_replaces_its_own():
            dict(method="meanflow.py", variant="iMF", seed=0, nfe=1, value=2.0)]
     merged = mc._merge(old, new, ("iMF",))  # a rerun of iMF and of the reference
     assert [(r["variant"], r["value"]) for r in merged] == [("Euler", 2.0), ("paper", 1.0), ("iMF", 2.0)]
+
+
+def test_rows_sampled_at_several_guidance_scales_are_rows_of_their_own(tmp_path):
+    mc = load("meanflow_compute")
+    rows = [dict(method="cfm.py", variant="Euler", nfe=100, iters=10, train_cpu_s=1.0, seed=s, metric="FD", value=20.0,
+                 floor=10.0, floor_sd=1.0, memorised=0.0) for s in (0, 1)]
+    rows += [dict(r, nfe=200, cfg_scale=1.25, value=10.0) for r in rows]  # guided cfm.py: context, not the reference
+    for s in (0, 1):
+        rows += [dict(rows[0], method="meanflow.py", variant="iMF, w input", nfe=1, cfg_scale=w, seed=s, value=v + s)
+                 for w, v in ((1.0, 40.0), (1.5, 24.0))]
+    rows = mc._merge([], rows, ("iMF, w input",))
+    assert [(r["seed"], r.get("cfg_scale")) for r in rows[4:]] == [(0, 1.0), (0, 1.5), (1, 1.0), (1, 1.5)]
+    path = tmp_path / "meanflow_compute.json"
+    path.write_text(json.dumps({"digits-cond": {"rows": rows}}))
+    mc.table(path)
+    text = (tmp_path / "meanflow_compute.md").read_text()
+    assert "| meanflow.py iMF, w input | 1 | 10 | 1 +- 0 | 40.5 +- 0.71 | 2.02 +- 0.035 | <= 1.3: not met |" in text
+    assert "| cfm.py Euler, sampled at w 1.25 | 200 | 10 | 1 +- 0 | 10 +- 0 | 0.5 +- 0 |  |" in text
+    assert "| meanflow.py iMF, w input, sampled at w 1.5 | 1 | 10 | 1 +- 0 | 24.5 +- 0.71 | 1.23 +- 0.035 | <= 1.3: met |" in text

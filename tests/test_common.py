@@ -94,6 +94,23 @@ def test_networks_shapes_labels_and_null_class(arch, shape):
 
 
 @pytest.mark.parametrize("arch, shape", [("mlp", (2,)), ("unet", (1, 8, 8)), ("dit", (1, 8, 8))])
+def test_guidance_scale_as_an_input(arch, shape):
+    """With guidance_input the output depends on w; w=None is w = 1; a number is every example's w;
+    a network built without the input refuses a w."""
+    torch.manual_seed(0)
+    net = common.make_net(arch, shape, 8, num_classes=3, two_times=True, time_scale=10.0, guidance_input=True)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    x, r, t, y = torch.randn(3, *shape), torch.rand(3), torch.rand(3), torch.tensor([0, 2, 3])
+    assert torch.equal(net(x, r, t, y), net(x, r, t, y, w=torch.ones(3)))
+    assert torch.equal(net(x, r, t, y, w=2.5), net(x, r, t, y, w=torch.full((3,), 2.5)))
+    assert not torch.allclose(net(x, r, t, y, w=torch.ones(3)), net(x, r, t, y, w=torch.full((3,), 2.0)))
+    plain = common.make_net(arch, shape, 8, num_classes=3, two_times=True, time_scale=10.0)
+    with pytest.raises(TypeError, match="guidance_input"):
+        plain(x, r, t, y, w=torch.ones(3))
+
+
+@pytest.mark.parametrize("arch, shape", [("mlp", (2,)), ("unet", (1, 8, 8)), ("dit", (1, 8, 8))])
 def test_forward_mode_ad_through_every_network(arch, shape):
     """torch.func.jvp (MeanFlow's target) works through attention and matches finite differences."""
     torch.manual_seed(0)

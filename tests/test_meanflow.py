@@ -226,8 +226,8 @@ def test_jvp_only_on_pairs_with_r_not_t(monkeypatch):
     --ratio 0 runs none: plain flow matching at its price."""
     seen = []
     jvp = MeanFlow.u_and_dudt
-    monkeypatch.setattr(MeanFlow, "u_and_dudt", staticmethod(lambda net, z, r, t, v, y=None: seen.append((r, t)) or
-                                                             jvp(net, z, r, t, v, y)))
+    monkeypatch.setattr(MeanFlow, "u_and_dudt", staticmethod(lambda net, z, r, t, v, y=None, w=None: seen.append((r, t))
+                                                             or jvp(net, z, r, t, v, y, w)))
     net, x1 = perturbed_net("mlp", (2,), 0), torch.randn(64, 2)
     for ratio in (0.5, 0.0):
         seen.clear()
@@ -319,6 +319,102 @@ def test_folded_velocity_folds_cfg():
         MeanFlow(cfg_omega=2.0).folded_velocity(net, z, t, v, y)
 
 
+class GuidedGaussians1D:
+    """Classes c of a 1-D set, x1 | c ~ N(0, s_c^2), the null class x1 ~ N(0, s_0^2), x0 ~ N(0, 1). Each
+    velocity is linear in z: v(z, t | c) = z a_c(t), a_c = d/dt log sigma_c, sigma_c(t)^2 = (1 - t)^2 + t^2 s_c^2.
+    So the guided field v_null + w (v_c - v_null) = z ((1 - w) a_0 + w a_c) has the flow map
+    z_r = z_t (sigma_0(r) / sigma_0(t))^(1 - w) (sigma_c(r) / sigma_c(t))^w, and u = z (1 - that) / (t - r):
+    the exact network u(z, r, t | y, w) of a model that takes the scale w as its input."""
+
+    def __init__(self, s_null, s_class):
+        self.s_null, self.s_class = s_null, s_class
+
+    def __call__(self, z, r, t, y=None, w=None):
+        n = len(self.s_class)
+        s_c = torch.full_like(t, self.s_null) if y is None else torch.where(y == n, self.s_null, self.s_class[y.clamp(max=n - 1)])
+        w = torch.ones_like(t) if w is None else w
+        sigma = lambda tt, s: ((1 - tt) ** 2 + tt ** 2 * s ** 2).sqrt()
+        a = lambda s: (t * s ** 2 - (1 - t)) / sigma(t, s) ** 2  # d/dt log sigma at t
+        ratio = (sigma(r, self.s_null) / sigma(t, self.s_null)) ** (1 - w) * (sigma(r, s_c) / sigma(t, s_c)) ** w
+        gap = t - r
+        same = gap.abs() < 1e-12
+        v = (1 - w) * a(torch.full_like(t, self.s_null)) + w * a(s_c)
+        return z * torch.where(same, v, (1 - ratio) / torch.where(same, 1.0, gap))[:, None]
+
+
+@pytest.mark.parametrize("tangent", ["sample", "model"])
+def test_guidance_input_target_on_1d_gaussians(tangent):
+    """--cfg-max: with each example's v at its class's exact velocity, the folded v~ is the guided
+    velocity of that example's own scale w, and the target from the exact network is the guided field's
+    exact average velocity, for every w at once; the null class gets w = 1 and keeps v."""
+    exact, g = GuidedGaussians1D(1.0, torch.tensor([0.5, 2.0], dtype=torch.float64)), torch.Generator().manual_seed(0)
+    mf = MeanFlow(cfg_max=4.0, null_class=2, tangent=tangent)
+    n = 48
+    z = 2 * torch.randn(n, 1, generator=g, dtype=torch.float64)
+    r, t = torch.rand(n, generator=g, dtype=torch.float64), torch.rand(n, generator=g, dtype=torch.float64)
+    y = torch.arange(n) % 3  # 2: a dropped label
+    w = torch.where(y == 2, 1.0, mf.sample_scales(n, generator=g).double())
+    null_scales = []
+
+    def net(z, r, t, y=None, w=None):
+        if y is None:
+            null_scales.append(w)
+        return exact(z, r, t, y, w)
+    v_c = exact(z, t, t, y)  # E[x1 - x0 | z_t, c]: the unguided conditional velocity
+    v_folded = mf.folded_velocity(net, z, t, v_c, y, w)
+    torch.testing.assert_close(v_folded, exact(z, t, t, y, w), rtol=1e-12, atol=1e-12)
+    assert all(torch.equal(s, torch.ones(n, dtype=torch.float64)) for s in null_scales) and null_scales
+    torch.testing.assert_close(mf.target(net, z, r, t, v_folded, y, w), exact(z, r, t, y, w), rtol=1e-9, atol=1e-9)
+    # a draw of v instead: v~ = v + (1 - 1/w)(u(z, t, t | c, w) - u(z, t, t | null, 1)), and v where dropped
+    v = v_c + torch.randn(n, 1, generator=g, dtype=torch.float64)
+    want = v + (1 - 1 / w)[:, None] * (exact(z, t, t, y, w) - exact(z, t, t, None))
+    got = mf.folded_velocity(net, z, t, v, y, w)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert torch.equal(got[y == 2], v[y == 2])
+
+
+def test_sample_scales_are_log_uniform():
+    w = MeanFlow(cfg_max=8.0).sample_scales(20000, generator=torch.Generator().manual_seed(0))
+    assert (w >= 1).all() and (w <= 8).all()
+    assert stats.kstest((w.log() / math.log(8)).double().numpy(), "uniform").pvalue > 1e-3
+    with pytest.raises(ValueError, match="--cfg-max"):
+        MeanFlow(cfg_max=0.5)
+    with pytest.raises(ValueError, match="--cfg-max"):
+        MeanFlow(cfg_max=2.0, cfg_omega=2.0)
+
+
+def test_guidance_input_loss_and_sampler():
+    """The loss with --cfg-max replays by hand (per-example w, 1 where dropped, given to every network
+    call); the sampler makes one call per step with w = --cfg-scale (1 for the null class)."""
+    torch.manual_seed(0)
+    net = common.make_net("mlp", (2,), 8, num_classes=10, two_times=True, time_scale=10.0, guidance_input=True)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    mf = MeanFlow(ratio=0.5, cfg_max=4.0, null_class=10, adaptive_p=0.0)  # L2: the weight would flatten the loss
+    x1, y = torch.randn(64, 2), torch.randint(0, 11, (64,))
+    torch.manual_seed(5)
+    loss = mf.loss(net, x1, y)
+    torch.manual_seed(5)
+    r, t = mf.sample_times(64)
+    x0 = torch.randn_like(x1)
+    w = torch.where(y == 10, 1.0, mf.sample_scales(64))
+    z = (1 - t[:, None]) * x0 + t[:, None] * x1
+    tgt = mf.target(net, z, r, t, mf.folded_velocity(net, z, t, x1 - x0, y, w), y, w)
+    err = (net(z, r, t, y, w=w) - tgt).pow(2).sum(1)
+    torch.testing.assert_close(loss, err.mean(), rtol=1e-5, atol=1e-6)
+    calls = []
+
+    def fake(z, r, t, y, w=None):
+        calls.append((y is None, w.tolist()))
+        return torch.ones_like(z)
+    mf.sample(fake, (2, 2), steps=2, y=torch.tensor([0, 1]), cfg_scale=2.5)
+    assert calls == [(False, [2.5, 2.5])] * 2
+    calls.clear()
+    mf.sample(fake, (2, 2), steps=1, cfg_scale=2.5)
+    assert calls == [(True, [1.0, 1.0])]
+
+
 def test_ddp_wrapped_net(tmp_path):
     """A DDP-wrapped network (gloo, one process): the JVP runs on .module, the gradient flows through
     the wrapper, two steps in a row work, and the gradient equals the plain network's."""
@@ -393,11 +489,24 @@ def test_cli(tmp_path, capsys):
     assert math.isfinite(q2["value"]) and q2["value"] != q["value"]
     capsys.readouterr()
     for bad in (["--steps", "0"], ["--ratio", "1.5"], ["--cfg-kappa", "1"], ["--cfg-omega", "2", "--uncond"],
-                ["--time-sigma", "0"], ["--time-scale", "0"], ["--ratio", "nan"]):
+                ["--time-sigma", "0"], ["--time-scale", "0"], ["--ratio", "nan"], ["--cfg-max", "0.5"],
+                ["--cfg-max", "2", "--cfg-scale", "3"], ["--cfg-max", "2", "--uncond"], ["--cfg-max", "2", "--cfg-omega", "2"]):
         with pytest.raises(SystemExit) as e:
             meanflow.main(base + bad)
         err = capsys.readouterr().err.strip()
         assert e.value.code == 2 and bad[0] in err and len(err.splitlines()) == 1, (bad, err)
+
+
+def test_cli_guidance_input(tmp_path):
+    """--cfg-max trains a network with the scale as its input; the checkpoint rebuilds it, and sampling
+    it at another --cfg-scale gives other samples from the same noise."""
+    out = tmp_path / "run"
+    q = meanflow.main(["--data", "moons", "--width", "16", "--batch-size", "32", "--iters", "4", "--n-eval", "50",
+                       "--cfg-max", "3", "--out", str(out)])
+    assert common.load_checkpoint(out / "ckpt.pt", ("meanflow",))["args"]["cfg_max"] == 3.0
+    q1 = meanflow.main(["--ckpt", str(out / "ckpt.pt"), "--n-eval", "50", "--out", str(out)])
+    q2 = meanflow.main(["--ckpt", str(out / "ckpt.pt"), "--n-eval", "50", "--cfg-scale", "2.5", "--out", str(out)])
+    assert q1["value"] == q["value"] and q2["value"] != q["value"] and q2["cfg_scale"] == 2.5
 
 
 def test_main_budget_and_null_class(tmp_path, monkeypatch):
