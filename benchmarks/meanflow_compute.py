@@ -30,13 +30,14 @@ checkerboard) of n samples against the held-out set, mean +- sd over the seeds, 
 ("1 step within 1.3x of CFM-100", "2 steps within 1.1x") is met or not met when the mean +- sd over
 seeds of the per-seed ratio lies on one side of it, and within noise otherwise.
 
-Where the curves meet (--curve, digits unconditional): quality against training CPU seconds for both.
-cfm.py trains in segments of 250, 500, 1000, 2500 and 5000 iterations (each continuing the last
-exactly with --resume: the learning rate is constant after warm-up) and is scored with 100 Euler
-steps after each; meanflow.py (its default, iMF) trains in segments ending at the same cumulative
-CPU seconds, then on to 2x and 4x cfm.py's last, and is scored with 1 and 2 steps after each.
-  OMP_NUM_THREADS=1 python benchmarks/meanflow_compute.py --curve   # ~70 min on one core
-  python benchmarks/meanflow_compute.py --curve-table               # results/meanflow_curve.{json,md}
+Where the curves meet (--curve, with --part): quality against training CPU seconds for both. cfm.py
+trains in segments of 0.1, 0.2, 0.4, 1 and 2 times the reference's iterations (each continuing the
+last exactly with --resume: the learning rate is constant after warm-up) and is scored with 100 Euler
+steps after each; meanflow.py (its default, iMF; on conditional digits the best one step of the
+table, --cfg-max 2 sampled at w 1.25) trains in segments ending at the same cumulative CPU seconds,
+then on to 2x and 4x cfm.py's last, and is scored with 1 and 2 steps after each.
+  OMP_NUM_THREADS=1 python benchmarks/meanflow_compute.py --curve --part digits-uncond   # ~70 min on one core
+  python benchmarks/meanflow_compute.py --curve-table --part digits-uncond  # results/meanflow_curve_<part>.{json,md}
 """
 import argparse
 import contextlib
@@ -201,20 +202,24 @@ def table(path=RESULTS / "meanflow_compute.json"):
     print("\n".join(lines))
 
 
-CURVE_ITERS, CURVE_BEYOND = (250, 500, 1000, 2500, 5000), (2, 4)  # cfm.py's segments; MeanFlow's extra budgets
+CURVE_ITERS, CURVE_BEYOND = (0.1, 0.2, 0.4, 1, 2), (2, 4)  # cfm.py's segments (x the reference); MeanFlow's beyond
+CURVE_MEANFLOW = {"digits-cond": (["--cfg-max", "2"], 1.25)}  # meanflow.py's flags and sampling scale; default ([], 1)
 
 
-def curve(seeds, work, quick=False):
+def curve(part, seeds, work, quick=False):
     """Quality against cumulative training CPU seconds, cfm.py (Euler-100) and meanflow.py (1, 2 steps)."""
-    data_flags, _, n_eval = PARTS["digits-uncond"]
-    cfm_iters, n_eval = ((10, 20), 100) if quick else (CURVE_ITERS, n_eval)
+    data_flags, ref_iters, n_eval = PARTS[part]
+    cfm_iters = (10, 20) if quick else tuple(round(f * ref_iters) for f in CURVE_ITERS)
+    n_eval = 100 if quick else n_eval
+    mf_flags, w = CURVE_MEANFLOW.get(part, ([], 1.0))
     base = data_flags + ["--log-every", "1000"]
-    c_mf = cost_per_iter(meanflow, base, work)
-    path = (work if quick else RESULTS) / "meanflow_curve.json"
-    res = {"cost_meanflow": c_mf, "rows": [], "machine": f"{torch.__version__}, {torch.get_num_threads()} thread(s)"}
+    c_mf = cost_per_iter(meanflow, base + mf_flags, work)
+    path = work / f"meanflow_curve_{part}.json" if quick else RESULTS / f"meanflow_curve_{part}.json"
+    res = {"part": part, "meanflow_flags": mf_flags, "cfg_scale": w, "cost_meanflow": c_mf, "rows": [],
+           "machine": f"{torch.__version__}, {torch.get_num_threads()} thread(s)"}
     for seed in seeds:
         s = ["--seed", str(seed)]
-        out, cpu, marks = work / f"curve-s{seed}-cfm", 0.0, []
+        out, cpu, marks = work / f"curve-{part}-s{seed}-cfm", 0.0, []
         for k, iters in enumerate(cfm_iters):
             _, c = run(cfm, base + s + ["--iters", str(iters), "--n-eval", "0", "--out", str(out)] + ["--resume"] * (k > 0))
             cpu += c
@@ -222,35 +227,38 @@ def curve(seeds, work, quick=False):
             res["rows"].append(dict(method="cfm.py", nfe=100, point=k, iters=iters, train_cpu_s=cpu, seed=seed,
                                     **evaluate(cfm, out / "ckpt.pt", n_eval, seed, out, ["--solver", "euler", "--steps", "100"])))
             print(json.dumps(res["rows"][-1]), flush=True)
-        out, cpu, done = work / f"curve-s{seed}-meanflow", 0.0, 0
+        out, cpu, done = work / f"curve-{part}-s{seed}-meanflow", 0.0, 0
         for k, budget in enumerate(marks + [f * marks[-1] for f in CURVE_BEYOND]):
             iters = max(done + 1, done + round((budget - cpu) / c_mf))  # the next segment reaches this budget
-            _, c = run(meanflow, base + s + ["--iters", str(iters), "--n-eval", "0", "--out", str(out)] + ["--resume"] * (k > 0))
+            _, c = run(meanflow, base + mf_flags + s + ["--iters", str(iters), "--n-eval", "0", "--out", str(out)]
+                       + ["--resume"] * (k > 0))
             cpu, done = cpu + c, iters
             for steps in (1, 2):
                 res["rows"].append(dict(method="meanflow.py", nfe=steps, point=k, iters=iters, train_cpu_s=cpu, seed=seed,
-                                        **evaluate(meanflow, out / "ckpt.pt", n_eval, seed, out, ["--steps", str(steps)])))
+                                        **evaluate(meanflow, out / "ckpt.pt", n_eval, seed, out,
+                                                   ["--steps", str(steps), "--cfg-scale", str(w)])))
                 print(json.dumps(res["rows"][-1]), flush=True)
         path.write_text(json.dumps(res, indent=1))  # after every seed
     return res
 
 
-def curve_table(path=RESULTS / "meanflow_curve.json"):
+def curve_table(path):
     """One row per budget: mean +- sd over seeds of CPU seconds and quality; then where they meet."""
     res = json.loads(Path(path).read_text())
-    rows, first = res["rows"], res["rows"][0]
-    lines = [f"Digits unconditional, FD of {PARTS['digits-uncond'][2]} samples (floor {first['floor']:.3g} +- "
+    rows, first, part = res["rows"], res["rows"][0], res.get("part", "digits-uncond")
+    flags = " ".join(res.get("meanflow_flags", [])) + (f", sampled at w {res['cfg_scale']:g}" if res.get("cfg_scale", 1) != 1 else "")
+    lines = [f"{part}, {first['metric']} of {PARTS[part][2]} samples (floor {first['floor']:.3g} +- "
              f"{first['floor_sd']:.2g}, real vs real), seeds {', '.join(str(x) for x in sorted({r['seed'] for r in rows}))}; "
-             f"{res['machine']}.", "",
-             "| method | NFE | iterations | train CPU s | FD | memorised |", "|---|---:|---:|---:|---|---:|"]
+             f"meanflow.py {flags or 'default'}; {res['machine']}.", "",
+             f"| method | NFE | iterations | train CPU s | {first['metric']} | memorised |", "|---|---:|---:|---:|---|---:|"]
     for key in sorted({(r["method"], r["nfe"], r["point"]) for r in rows}):  # a point: the same budget on every seed
         rs = [r for r in rows if (r["method"], r["nfe"], r["point"]) == key]
         mem = [100 * r["memorised"] for r in rs if r.get("memorised") is not None]
         its = sorted({r["iters"] for r in rs})
         lines.append(f"| {key[0]} | {key[1]} | {its[0]}{f'-{its[-1]}' * (len(its) > 1)} | {ms([r['train_cpu_s'] for r in rs], '.0f')} | "
                      f"{ms([r['value'] for r in rs])} | {ms(mem, '.1f') + '%' if mem else ''} |")
-    lines += ["", "Where they meet (per seed): the first MeanFlow checkpoint whose FD is at most cfm.py's FD at "
-              f"its {PARTS['digits-uncond'][1]}-iteration point (the reference of the equal-compute table) times 1, 1.3 (1 step) or 1.1 (2 steps); "
+    lines += ["", f"Where they meet (per seed): the first MeanFlow checkpoint whose {first['metric']} is at most cfm.py's at "
+              f"its {PARTS[part][1]}-iteration point (the reference of the equal-compute table) times 1, 1.3 (1 step) or 1.1 (2 steps); "
               "its CPU seconds over cfm.py's at that point.", ""]
     for nfe, factor in ((1, 1.0), (1, TARGETS[1]), (2, 1.0), (2, TARGETS[2])):
         if not any(r["method"] == "meanflow.py" and r["nfe"] == nfe for r in rows):
@@ -258,7 +266,7 @@ def curve_table(path=RESULTS / "meanflow_curve.json"):
         found = []
         for seed in sorted({r["seed"] for r in rows}):
             ref = [r for r in rows if r["seed"] == seed and r["method"] == "cfm.py"]
-            ref = next((r for r in ref if r["iters"] == PARTS["digits-uncond"][1]), ref[-1])
+            ref = next((r for r in ref if r["iters"] == PARTS[part][1]), ref[-1])
             mf = sorted((r for r in rows if r["seed"] == seed and r["method"] == "meanflow.py" and r["nfe"] == nfe),
                         key=lambda r: r["train_cpu_s"])
             hit = next((r for r in mf if r["value"] <= factor * ref["value"]), None)
@@ -278,19 +286,21 @@ def main(argv=None):
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--work", default="/tmp/meanflow-compute")
     p.add_argument("--table", action="store_true")
-    p.add_argument("--curve", action="store_true", help="quality against training CPU seconds, both methods")
-    p.add_argument("--curve-table", action="store_true", help="results/meanflow_curve.json -> meanflow_curve.md")
+    p.add_argument("--curve", action="store_true", help="with --part: quality against training CPU seconds, both methods")
+    p.add_argument("--curve-table", action="store_true", help="with --part: results/meanflow_curve_<part>.json -> .md")
     p.add_argument("--quick", action="store_true", help="smoke test: 30 reference iterations, 100 samples")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    if args.part:
+    if (args.curve or args.curve_table) and not args.part:
+        p.error("--curve and --curve-table need --part (digits-uncond, digits-cond or checkerboard)")
+    if args.curve:
+        curve(args.part, args.seeds, Path(args.work), args.quick)
+    elif args.part:
         run_part(args.part, args.seeds, Path(args.work), args.quick, tuple(args.variants))
     if args.table:
         table()
-    if args.curve:
-        curve(args.seeds, Path(args.work), args.quick)
     if args.curve_table:
-        curve_table(Path(args.work) / "meanflow_curve.json" if args.quick else RESULTS / "meanflow_curve.json")
+        curve_table((Path(args.work) if args.quick else RESULTS) / f"meanflow_curve_{args.part}.json")
 
 
 if __name__ == "__main__":
