@@ -125,16 +125,17 @@ def plot_nfe(args):
 
 def compute_lines(results):
     """[(title, {label: [(seconds mean, sd, FD mean, sd)]}, (floor, floor sd), x label)] from
-    meanflow_curve.json and latent_diffusion_seed*.json, each line's points averaged over seeds."""
+    meanflow_curve_<part>.json and latent_diffusion_seed*.json, each line's points averaged over seeds."""
     panels = []
-    f = results / "meanflow_curve.json"
-    if f.exists():
-        rows, by = json.loads(f.read_text())["rows"], {}
+    for f in sorted(results.glob("meanflow_curve_*.json")):
+        res, by = json.loads(f.read_text()), {}
+        rows, part = res["rows"], f.stem.removeprefix("meanflow_curve_")
+        scale = f", w {res['cfg_scale']:g}" if res.get("cfg_scale", 1) != 1 else ""
         for r in rows:
-            label = "cfm.py, 100 Euler steps" if r["method"] == "cfm.py" else f"meanflow.py, {r['nfe']} step(s)"
+            label = "cfm.py, 100 Euler steps" if r["method"] == "cfm.py" else f"meanflow.py, {r['nfe']} step(s){scale}"
             by.setdefault(label, {}).setdefault(r["point"], []).append((r["train_cpu_s"], r["value"]))
-        panels.append(("digits, unconditional (benchmarks/meanflow_compute.py --curve)", by,
-                       (rows[0]["floor"], rows[0]["floor_sd"]), "training CPU seconds"))
+        panels.append((f"{part} (benchmarks/meanflow_compute.py --curve --part {part})", by,
+                       (rows[0]["floor"], rows[0]["floor_sd"]), "training CPU seconds", rows[0]["metric"]))
     files = sorted(results.glob("latent_diffusion_seed*.json"))
     if files:
         by, first = {}, None
@@ -145,12 +146,12 @@ def compute_lines(results):
                     first = first or c
                     by.setdefault(label, {}).setdefault(c["iters"], []).append((c["cumulative_seconds"], c["fd"]))
         panels.append(("digits32, conditional, NFE 20 (benchmarks/latent_diffusion.py)", by,
-                       (first["floor"], first["floor_sd"]), "training seconds (wall, one thread)"))
+                       (first["floor"], first["floor_sd"]), "training seconds (wall, one thread)", "FD"))
     out = []
-    for title, by, floor, xlabel in panels:
+    for title, by, floor, xlabel, metric in panels:
         lines = {label: [(*mean_sd([s for s, _ in pts]), *mean_sd([v for _, v in pts]))
                          for _, pts in sorted(points.items())] for label, points in by.items()}
-        out.append((title, lines, floor, xlabel))
+        out.append((title, lines, floor, xlabel, metric))
     return out
 
 
@@ -158,15 +159,19 @@ def plot_compute(args):
     plt = plt_()
     panels = compute_lines(args.results)
     if not panels:
-        sys.exit(f"figures.py: error: no meanflow_curve.json or latent_diffusion_seed*.json in {args.results}")
-    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 5.5), squeeze=False)
-    for ax, (title, lines, (floor, floor_sd), xlabel) in zip(axes[0], panels):
+        sys.exit(f"figures.py: error: no meanflow_curve_*.json or latent_diffusion_seed*.json in {args.results}")
+    cols = min(len(panels), 2)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(7 * cols, 5.5 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (title, lines, (floor, floor_sd), xlabel, metric) in zip(axes.flat, panels):
         for k, (label, pts) in enumerate(lines.items()):
             x, xs, y, ys = zip(*pts)
             ax.errorbar(x, y, xerr=xs, yerr=ys, color=f"C{k}", marker="osD^"[k % 4], ms=5, capsize=3, label=label)
         ax.axhspan(floor - floor_sd, floor + floor_sd, color="grey", alpha=0.25, lw=0)
         ax.axhline(floor, color="grey", lw=1, ls="--", label="floor, real vs real (mean +- sd)")
-        ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="FD (mean +- sd over seeds)", title=title)
+        ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=f"{metric} (mean +- sd over seeds)", title=title)
         ax.title.set_fontsize(9)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
@@ -275,7 +280,7 @@ def main(argv=None):
     s.add_argument("--cols", type=int, default=3, help="pictures per row (default 3)")
     s.add_argument("--out", default=img / "trajectories-2d.png")
     s.set_defaults(draw=plot_trajectories)
-    s = sub.add_parser("compute", help="quality against training seconds from meanflow_curve.json and "
+    s = sub.add_parser("compute", help="quality against training seconds from meanflow_curve_*.json and "
                        "latent_diffusion_seed*.json")
     s.add_argument("--results", type=Path, default=RESULTS, help="folder of the result files")
     s.add_argument("--out", default=img / "quality-vs-compute.png")

@@ -66,6 +66,7 @@ VARIANTS = {"paper": ["--tangent", "sample"], "iMF": ["--tangent", "model"], "FM
             "iMF, p 0.5": ["--tangent", "model", "--adaptive-p", "0.5"], "iMF, p 0 (L2)": ["--tangent", "model", "--adaptive-p", "0"],
             "iMF, mu 0": ["--tangent", "model", "--time-mu", "0"], "iMF, mu -0.4": ["--tangent", "model", "--time-mu", "-0.4"],
             "iMF, w input": ["--tangent", "model", "--cfg-max", "2"]}
+LABELLED = {"iMF, w input"}  # variants that need labels: not run on the unconditional parts
 SAMPLE_SCALES = {"iMF, w input": (1.0, 1.25, 1.5)}  # --cfg-scale of each evaluation; the others are sampled at 1
 REF_SCALES = {"digits-cond": (1.0, 1.25)}  # cfm.py's; the reference (the targets' denominator) is w = 1
 TARGETS = {1: 1.3, 2: 1.1}
@@ -283,7 +284,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--part", choices=list(PARTS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="default: all that the part can run")
     p.add_argument("--work", default="/tmp/meanflow-compute")
     p.add_argument("--table", action="store_true")
     p.add_argument("--curve", action="store_true", help="with --part: quality against training CPU seconds, both methods")
@@ -293,10 +294,14 @@ def main(argv=None):
     torch.set_num_threads(1)
     if (args.curve or args.curve_table) and not args.part:
         p.error("--curve and --curve-table need --part (digits-uncond, digits-cond or checkerboard)")
+    unlabelled = bool(args.part) and "--uncond" in PARTS[args.part][0]
+    if args.variants and unlabelled and LABELLED & set(args.variants):
+        p.error(f"{', '.join(sorted(LABELLED & set(args.variants)))} need labels: run them with --part digits-cond")
+    variants = args.variants or [v for v in VARIANTS if not (unlabelled and v in LABELLED)]
     if args.curve:
         curve(args.part, args.seeds, Path(args.work), args.quick)
-    elif args.part:
-        run_part(args.part, args.seeds, Path(args.work), args.quick, tuple(args.variants))
+    elif args.part and not args.curve_table:
+        run_part(args.part, args.seeds, Path(args.work), args.quick, tuple(variants))
     if args.table:
         table()
     if args.curve_table:
