@@ -33,10 +33,11 @@ and the loss, and in the time convention of its flow-matching slides (t = 0 nois
   guidance as an     (--cfg-max W > 1; iMF) the network takes the scale w as an input, u(z, r, t | y, w), each
   input              labelled example draws w log-uniform on [1, W] (W^U, U ~ U(0, 1); iMF's W = 8) and folds
                      it with omega = 1, kappa = 1 - 1/w:  v~ = v + (1 - 1/w) (u(z, t, t | c, w) - u(z, t, t | null, 1))
-                     (dropped labels: w = 1, v~ = v). Its fixed point at r = t is, for every w,
-                     u(z, t, t | c, w) = v_null + w (v_c - v_null): one network, any scale in [1, W] chosen
-                     when sampling (--cfg-scale), one call per step. The iMF tangent is u(z, t, t | c, w).
-                     (iMF also gives the network a guidance interval and a second, v, head: not here.)
+                     (dropped labels: w = 1, v~ = v). At r = t the fixed point u = E[v~ | z_t, c] =
+                     v_c + (1 - 1/w) (u - v_null), with v_c = E[v | z_t, c], solves for every w to
+                     u(z, t, t | c, w) = v_null + w (v_c - v_null): one network, any scale in [1, W] chosen when
+                     sampling (--cfg-scale), one call per step. The iMF tangent is u(z, t, t | c, w). (iMF also
+                     gives the network a guidance interval and a second, v, head: not here.)
 
 The paper's convention is the mirror image: its time tau_p = 1 - tau is 1 at the noise, its velocity is
 eps - x = -v, its pairs have t_p > r_p, and it samples x = eps - u_p(eps, 0, 1). Substituting tau_p = 1 - tau
