@@ -207,20 +207,26 @@ CURVE_ITERS, CURVE_BEYOND = (0.1, 0.2, 0.4, 1, 2), (2, 4)  # cfm.py's segments (
 CURVE_MEANFLOW = {"digits-cond": (["--cfg-max", "2"], 1.25)}  # meanflow.py's flags and sampling scale; default ([], 1)
 
 
-def curve(part, seeds, work, quick=False):
-    """Quality against cumulative training CPU seconds, cfm.py (Euler-100) and meanflow.py (1, 2 steps)."""
+def curve_name(part, variant=None):
+    """meanflow_curve_<part>.json, or meanflow_curve_<part>-<variant>.json for a variant's curve."""
+    return f"meanflow_curve_{part}" + (f"-{variant.replace(', ', '-').replace(' ', '-')}" if variant else "") + ".json"
+
+
+def curve(part, seeds, work, quick=False, variant=None):
+    """Quality against cumulative training CPU seconds, cfm.py (Euler-100) and meanflow.py (1, 2 steps):
+    meanflow.py's CURVE_MEANFLOW recipe for the part, or a one-phase variant's flags (sampled at w = 1)."""
     data_flags, ref_iters, n_eval = PARTS[part]
     cfm_iters = (10, 20) if quick else tuple(round(f * ref_iters) for f in CURVE_ITERS)
     n_eval = 100 if quick else n_eval
-    mf_flags, w = CURVE_MEANFLOW.get(part, ([], 1.0))
+    mf_flags, w = (variant_flags(variant), 1.0) if variant else CURVE_MEANFLOW.get(part, ([], 1.0))
     base = data_flags + ["--log-every", "1000"]
     c_mf = cost_per_iter(meanflow, base + mf_flags, work)
-    path = work / f"meanflow_curve_{part}.json" if quick else RESULTS / f"meanflow_curve_{part}.json"
-    res = {"part": part, "meanflow_flags": mf_flags, "cfg_scale": w, "cost_meanflow": c_mf, "rows": [],
+    path = (work if quick else RESULTS) / curve_name(part, variant)
+    res = {"part": part, "variant": variant, "meanflow_flags": mf_flags, "cfg_scale": w, "cost_meanflow": c_mf, "rows": [],
            "machine": f"{torch.__version__}, {torch.get_num_threads()} thread(s)"}
     for seed in seeds:
         s = ["--seed", str(seed)]
-        out, cpu, marks = work / f"curve-{part}-s{seed}-cfm", 0.0, []
+        out, cpu, marks = work / f"{path.stem}-s{seed}-cfm", 0.0, []
         for k, iters in enumerate(cfm_iters):
             _, c = run(cfm, base + s + ["--iters", str(iters), "--n-eval", "0", "--out", str(out)] + ["--resume"] * (k > 0))
             cpu += c
@@ -228,7 +234,7 @@ def curve(part, seeds, work, quick=False):
             res["rows"].append(dict(method="cfm.py", nfe=100, point=k, iters=iters, train_cpu_s=cpu, seed=seed,
                                     **evaluate(cfm, out / "ckpt.pt", n_eval, seed, out, ["--solver", "euler", "--steps", "100"])))
             print(json.dumps(res["rows"][-1]), flush=True)
-        out, cpu, done = work / f"curve-{part}-s{seed}-meanflow", 0.0, 0
+        out, cpu, done = work / f"{path.stem}-s{seed}-meanflow", 0.0, 0
         for k, budget in enumerate(marks + [f * marks[-1] for f in CURVE_BEYOND]):
             iters = max(done + 1, done + round((budget - cpu) / c_mf))  # the next segment reaches this budget
             _, c = run(meanflow, base + mf_flags + s + ["--iters", str(iters), "--n-eval", "0", "--out", str(out)]
@@ -248,6 +254,7 @@ def curve_table(path):
     res = json.loads(Path(path).read_text())
     rows, first, part = res["rows"], res["rows"][0], res.get("part", "digits-uncond")
     flags = " ".join(res.get("meanflow_flags", [])) + (f", sampled at w {res['cfg_scale']:g}" if res.get("cfg_scale", 1) != 1 else "")
+    flags = f"{res['variant']} ({flags})" if res.get("variant") else flags
     lines = [f"{part}, {first['metric']} of {PARTS[part][2]} samples (floor {first['floor']:.3g} +- "
              f"{first['floor_sd']:.2g}, real vs real), seeds {', '.join(str(x) for x in sorted({r['seed'] for r in rows}))}; "
              f"meanflow.py {flags or 'default'}; {res['machine']}.", "",
@@ -298,14 +305,17 @@ def main(argv=None):
     if args.variants and unlabelled and LABELLED & set(args.variants):
         p.error(f"{', '.join(sorted(LABELLED & set(args.variants)))} need labels: run them with --part digits-cond")
     variants = args.variants or [v for v in VARIANTS if not (unlabelled and v in LABELLED)]
+    one = args.variants[0] if args.variants else None  # a curve's MeanFlow: one one-phase variant, if given
+    if (args.curve or args.curve_table) and args.variants and (len(args.variants) > 1 or isinstance(VARIANTS[one], tuple)):
+        p.error("a curve takes one --variants name of one phase (not the 'FM first' ones), or none for the part's recipe")
     if args.curve:
-        curve(args.part, args.seeds, Path(args.work), args.quick)
+        curve(args.part, args.seeds, Path(args.work), args.quick, one)
     elif args.part and not args.curve_table:
         run_part(args.part, args.seeds, Path(args.work), args.quick, tuple(variants))
     if args.table:
         table()
     if args.curve_table:
-        curve_table((Path(args.work) if args.quick else RESULTS) / f"meanflow_curve_{args.part}.json")
+        curve_table((Path(args.work) if args.quick else RESULTS) / curve_name(args.part, one))
 
 
 if __name__ == "__main__":
