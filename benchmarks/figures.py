@@ -126,16 +126,22 @@ def plot_nfe(args):
 def compute_lines(results):
     """[(title, {label: [(seconds mean, sd, FD mean, sd)]}, (floor, floor sd), x label)] from
     meanflow_curve_<part>.json and latent_diffusion_seed*.json, each line's points averaged over seeds."""
-    panels = []
+    panels, curves = [], {}  # one panel a part: its default curve and any variant's MeanFlow lines
     for f in sorted(results.glob("meanflow_curve_*.json")):
-        res, by = json.loads(f.read_text()), {}
-        rows, part = res["rows"], f.stem.removeprefix("meanflow_curve_")
+        res = json.loads(f.read_text())
+        rows, variant = res["rows"], res.get("variant")
+        part = res.get("part", f.stem.removeprefix("meanflow_curve_"))
+        by = curves.setdefault(part, {})
+        if not by:
+            panels.append((f"{part} (benchmarks/meanflow_compute.py --curve --part {part})", by,
+                           (rows[0]["floor"], rows[0]["floor_sd"]), "training CPU seconds", rows[0]["metric"]))
         scale = f", w {res['cfg_scale']:g}" if res.get("cfg_scale", 1) != 1 else ""
         for r in rows:
-            label = "cfm.py, 100 Euler steps" if r["method"] == "cfm.py" else f"meanflow.py, {r['nfe']} step(s){scale}"
+            if r["method"] == "cfm.py" and variant:
+                continue  # the same cfm.py runs as in the part's own file
+            label = ("cfm.py, 100 Euler steps" if r["method"] == "cfm.py" else
+                     f"meanflow.py{' ' + variant if variant else ''}, {r['nfe']} step(s){scale}")
             by.setdefault(label, {}).setdefault(r["point"], []).append((r["train_cpu_s"], r["value"]))
-        panels.append((f"{part} (benchmarks/meanflow_compute.py --curve --part {part})", by,
-                       (rows[0]["floor"], rows[0]["floor_sd"]), "training CPU seconds", rows[0]["metric"]))
     files = sorted(results.glob("latent_diffusion_seed*.json"))
     if files:
         by, first = {}, None
