@@ -140,7 +140,7 @@ def compute_lines(results):
             if r["method"] == "cfm.py" and variant:
                 continue  # the same cfm.py runs as in the part's own file
             label = ("cfm.py, 100 Euler steps" if r["method"] == "cfm.py" else
-                     f"meanflow.py{' ' + variant if variant else ''}, {r['nfe']} step(s){scale}")
+                     f"meanflow.py {variant or 'default'}, {r['nfe']} step(s){scale}")
             by.setdefault(label, {}).setdefault(r["point"], []).append((r["train_cpu_s"], r["value"]))
     files = sorted(results.glob("latent_diffusion_seed*.json"))
     if files:
