@@ -1,5 +1,6 @@
 """The verdicts of benchmarks/meanflow_compute.py, on made-up rows: where the curves meet, and which
-rows a partial rerun keeps (the measurements themselves take an hour and run by hand)."""
+rows a partial rerun keeps (the measurements themselves take an hour and run by hand); and how
+figures.py gathers the curves into panels."""
 import importlib.util
 import json
 from pathlib import Path
@@ -64,3 +65,20 @@ def test_rows_sampled_at_several_guidance_scales_are_rows_of_their_own(tmp_path)
     assert "| meanflow.py iMF, w input | 1 | 10 | 1 +- 0 | 40.5 +- 0.71 | 2.02 +- 0.035 | <= 1.3: not met |" in text
     assert "| cfm.py Euler, sampled at w 1.25 | 200 | 10 | 1 +- 0 | 10 +- 0 | 0.5 +- 0 |  |" in text
     assert "| meanflow.py iMF, w input, sampled at w 1.5 | 1 | 10 | 1 +- 0 | 24.5 +- 0.71 | 1.23 +- 0.035 | <= 1.3: met |" in text
+
+
+def test_a_variants_curve_joins_its_parts_panel(tmp_path):
+    """figures.py compute: one panel a part; a variant's file adds its MeanFlow lines, not a second cfm.py."""
+    figures = load("figures")
+    rows = [row("cfm.py", 100, k, 10 * (k + 1), 1.0 * (k + 1), 0.2, s) for k in range(2) for s in (0, 1)]
+    mf = [row("meanflow.py", 1, k, 10 * (k + 1), 1.0 * (k + 1), 0.3 + s, s) for k in range(2) for s in (0, 1)]
+    (tmp_path / "meanflow_curve_checkerboard.json").write_text(json.dumps({"part": "checkerboard", "rows": rows + mf}))
+    (tmp_path / "meanflow_curve_checkerboard-paper.json").write_text(
+        json.dumps({"part": "checkerboard", "variant": "paper", "rows": [dict(r, value=9.0) for r in rows] + mf}))
+    panels = figures.compute_lines(tmp_path)
+    assert len(panels) == 1
+    title, lines, floor, xlabel, metric = panels[0]
+    assert list(lines) == ["cfm.py, 100 Euler steps", "meanflow.py paper, 1 step(s)", "meanflow.py default, 1 step(s)"]
+    assert lines["cfm.py, 100 Euler steps"][0][2] == 0.2  # the default file's cfm.py rows only
+    assert lines["meanflow.py default, 1 step(s)"][1][2:] == (0.8, figures.mean_sd([0.3, 1.3])[1])
+    assert "checkerboard" in title and metric == "FD" and floor == (10.0, 1.0)
