@@ -91,6 +91,11 @@ import common
 # -----------------------------------------------------------------------------
 # the method: time pairs, JVP target, folded guidance, loss, guided sampler
 
+def scale_input(w):
+    """The keyword that gives a network its guidance scale w (--cfg-max), or none when w is None."""
+    return {} if w is None else {"w": w}
+
+
 class MeanFlow:
     """Defaults are the paper's ablation winners: 25% of pairs with r != t, logit-normal(-0.4, 1) times
     (mirrored to +0.4 here), adaptive weight p = 1 with c = 1e-3; except the tangent: iMF's "model",
@@ -146,11 +151,10 @@ class MeanFlow:
         fails on CPU (mixed dtypes in the tangent convolution), and d_t u, scaled by (t - r), is the
         term of the target that bf16 would round most. w: the guidance scale input, if the network has one."""
         module = getattr(net, "module", net)  # a DDP wrapper's forward cannot run under torch.func.jvp
-        kw = {} if w is None else {"w": w}
         with torch.autocast(z.device.type, enabled=False):
             dtype = torch.promote_types(z.dtype, torch.float32)  # at least float32 (float64 stays)
             z, r, t, v = z.to(dtype), r.to(dtype), t.to(dtype), v.to(dtype)
-            return torch.func.jvp(lambda z_, r_, t_: module(z_, r_, t_, y, **kw), (z, r, t),
+            return torch.func.jvp(lambda z_, r_, t_: module(z_, r_, t_, y, **scale_input(w)), (z, r, t),
                                   (v, torch.zeros_like(r), torch.ones_like(t)))
 
     def target(self, net, z, r, t, v, y=None, w=None):
@@ -158,7 +162,7 @@ class MeanFlow:
         itself (tangent "sample", the paper) or the network's own sg(u(z, t, t)) (tangent "model", iMF)."""
         if self.tangent == "model":  # iMF: du/dt along the learnt field, v' = sg(u_theta(z, t, t))
             with torch.no_grad():
-                v_tangent = getattr(net, "module", net)(z, t, t, y, **({} if w is None else {"w": w})).to(v.dtype)
+                v_tangent = getattr(net, "module", net)(z, t, t, y, **scale_input(w)).to(v.dtype)
         else:
             v_tangent = v
         _, dudt = self.u_and_dudt(net, z, r, t, v_tangent, y, w)
@@ -194,12 +198,11 @@ class MeanFlow:
         r, t = r.to(x1.device, non_blocking=True), t.to(x1.device, non_blocking=True)
         x0 = torch.randn_like(x1)
         z = (1 - common.bcast(t, x1)) * x0 + common.bcast(t, x1) * x1  # z_t = (1 - t) x0 + t x1
-        w, kw = None, {}
+        w = None
         if self.cfg_max > 1 and y is not None:  # iMF: a guidance scale per example, 1 for the dropped labels
             w = torch.where(self.dropped(y), 1.0, self.sample_scales(B).to(x1.device, non_blocking=True))
-            kw = {"w": w}
         v = self.folded_velocity(net, z, t, x1 - x0, y, w)  # v = x1 - x0, or the folded v~
-        u = net(z, r, t, y, **kw)  # u_theta(z_t, r, t): the gradient-carrying forward (through a DDP wrapper too)
+        u = net(z, r, t, y, **scale_input(w))  # u_theta(z_t, r, t): the gradient-carrying forward (through a DDP wrapper too)
         u_tgt = v  # where r = t the target is v - 0 * du/dt = v: plain flow matching, no JVP
         if len(jump):  # the JVP only for the pairs with r != t (a fraction `ratio` of them)
             j = jump.to(x1.device, non_blocking=True)
