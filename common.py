@@ -654,6 +654,8 @@ def session(args):
         except OSError as e:
             raise UserError(f"cannot write to output folder {out} ({e.strerror}): pass --out to a writable folder")
         yield device
+        if started:  # every rank done before the group goes: a rank that tears down early can abort its peer
+            dist.barrier()
     except UserError as e:
         fail(f"{args.model}.py" + (f" (rank {dist.get_rank()})" if dist.is_initialized() else ""), e)
     finally:
