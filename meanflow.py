@@ -159,10 +159,15 @@ class MeanFlow:
 
     def target(self, net, z, r, t, v, y=None, w=None):
         """u_tgt = v - (t - r) (v' d_z u + d_t u), detached (the stop-gradient); the tangent v' is v
-        itself (tangent "sample", the paper) or the network's own sg(u(z, t, t)) (tangent "model", iMF)."""
-        if self.tangent == "model":  # iMF: du/dt along the learnt field, v' = sg(u_theta(z, t, t))
-            with torch.no_grad():
-                v_tangent = getattr(net, "module", net)(z, t, t, y, **scale_input(w)).to(v.dtype)
+        itself (tangent "sample", the paper) or the network's own sg(u(z, t, t)) (tangent "model", iMF).
+        Both of its network calls, the tangent's forward and the JVP, run in float32 with autocast off,
+        so under --amp bf16 the target is float32's, bit for bit, given the same v (tests/test_meanflow.py);
+        a tangent computed under autocast would carry bf16's rounding into du/dt through d_z u."""
+        if self.tangent == "model":  # iMF: du/dt along the learnt field, v' = sg(u_theta(z, t, t)), in float32
+            dtype = torch.promote_types(z.dtype, torch.float32)
+            with torch.no_grad(), torch.autocast(z.device.type, enabled=False):
+                v_tangent = getattr(net, "module", net)(z.to(dtype), t.to(dtype), t.to(dtype), y,
+                                                        **scale_input(w)).to(v.dtype)
         else:
             v_tangent = v
         _, dudt = self.u_and_dudt(net, z, r, t, v_tangent, y, w)
@@ -178,7 +183,9 @@ class MeanFlow:
     def folded_velocity(self, net, z, t, v, y, w=None):
         """v~ = omega v + kappa u(z, t, t | y) + (1 - omega - kappa) u(z, t, t | null), with v~ = v
         where the label is already the null class (dropped for guidance) or when nothing is folded.
-        w: per-example scales given to the network as its input; then omega = 1, kappa = 1 - 1/w."""
+        w: per-example scales given to the network as its input; then omega = 1, kappa = 1 - 1/w.
+        These calls run in the training's precision (under --amp bf16, autocast's): v~ carries its
+        rounding into the target, which `target` then computes in float32."""
         if not self.folds_guidance or y is None:
             return v
         module = getattr(net, "module", net)
