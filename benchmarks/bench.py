@@ -1,13 +1,16 @@
-"""What every benchmark script shares: where results go, the machine they ran on, and writing them.
+"""What every benchmark script shares: where results go, the machine they ran on, running a model
+file, and writing json and markdown.
 
 Each script measures through the model files' `main()` (the dict it returns holds the quality, the
-sampling and the training seconds) and writes one json file under benchmarks/results/; report.py
-turns those files into benchmarks/README.md.
+sampling and the training seconds), writes one json file under benchmarks/results/, and renders it
+with its own `markdown()`; report.py puts those renderings together into benchmarks/README.md.
 """
 import json
 import os
 import platform
+import statistics
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,13 +31,31 @@ def machine(device="cpu"):
 
 def describe(m):
     """One line for a table's caption: 'x86_64, 2 cores, 1 thread(s), torch 2.13.0+cpu' (and the GPU)."""
-    if isinstance(m, str):  # older files stored the line itself
-        return m
-    text = f"{m.get('processor') or m.get('machine')}, {m.get('cores')} cores"
-    if m.get("threads"):
-        text += f", {m['threads']} thread(s)"
-    text += f", torch {m.get('torch')}"
-    return text + (f", {m['gpu']}" if m.get("gpu") else "")
+    if isinstance(m, str):  # some files store the line itself; a bare version is torch's
+        return m if "torch" in m else f"torch {m}"
+    if not m:
+        return "machine not recorded"
+    text = ", ".join(str(x) for x in (m.get("gpu"), m.get("processor") or m.get("machine")) if x)
+    text += f", {m['cores']} cores" if m.get("cores") else ""
+    text += f", {m['threads']} thread(s)" if m.get("threads") else ""
+    return text + f", torch {m.get('torch', 'not recorded')}"
+
+
+def caption(m, command, what=""):
+    """A table's source line: what it shows, the machine and torch, and the command that reproduces it."""
+    return f"{what + '. ' if what else ''}Machine: {describe(m)}. Command: `{command}`"
+
+
+def run(main, argv, trains=True):
+    """A model file's main(argv) in this process: the dict it returns (quality, sample_seconds and,
+    when it trains, train_seconds and train_cpu_seconds), {} where it returns nothing. Where a
+    training run's dict lacks its seconds, the call's own wall and CPU seconds, less sampling, stand in."""
+    t0, c0 = time.time(), time.process_time()
+    q = dict(main(argv) or {})
+    if trains:
+        q.setdefault("train_seconds", time.time() - t0 - q.get("sample_seconds", 0.0))
+        q.setdefault("train_cpu_seconds", time.process_time() - c0)
+    return q
 
 
 def write_json(path, obj):
@@ -50,6 +71,14 @@ def read_json(name):
     """A results file by its name under benchmarks/results/ (or a path)."""
     path = Path(name) if os.sep in str(name) else RESULTS / name
     return json.loads(path.read_text())
+
+
+def ms(values, f=".3g"):
+    """'mean +- sd' of the values that are not None; one value as it is; '' for none."""
+    v = [x for x in values if x is not None]
+    if len(v) < 2:
+        return format(v[0], f) if v else ""
+    return f"{statistics.mean(v):{f}} +- {statistics.stdev(v):.2g}"
 
 
 def table(header, rows, align=None):

@@ -1,65 +1,54 @@
-"""Benchmark of ar.py (issue #8): held-out likelihood, the KV cache's speedup, sample quality.
+"""Benchmark of ar.py: held-out likelihood, the KV cache's speedup, sample quality.
 
 Fixed budget: two digits models trained by ar.py at its defaults (17 levels, 64 tokens, width 64,
-depth 2, 4 heads, dropout 0.1, 1000 iters, batch 128, lr 2e-3, seed 0, 10 classes with label
-dropout 0.1), one in raster order and one in random order (--order random). From their EMA
+depth 2, 4 heads, dropout 0.1, its default iterations, batch 128, lr 2e-3, seed 0, 10 classes with
+label dropout 0.1), one in raster order and one in random order (--order random). From their EMA
 weights:
-  - held-out NLL of the 500 test digits in bits/dim, exact: -log p_sigma(x | y) / (64 ln 2) with the
-    label; -log p_sigma(x) with p(x) = sum_y p(y) p(x | y), p(y) the training label frequencies
-    (AR.log_prob_marginal: the conditional model's own likelihood of x alone, the figure to set
-    beside unconditional models); and with the null label (y = None: the unconditional model
-    learnt through label dropout); the random-order model scored under one random order per image
-    (the same for every label), averaged over 5 draws, and under the raster order;
+  - held-out NLL of the 500 test digits in bits/dim: -log p_sigma(x | y) / (64 ln 2) with the label
+    (conditional); -log p_sigma(x) with p(x) = sum_y p(y) p(x | y), p(y) the training label
+    frequencies (AR.log_prob_marginal: the conditional model's own likelihood of x alone, the figure
+    to set beside unconditional models); and with the null label (y = None: the unconditional model
+    learnt through label dropout). Exact for the order used; the random-order model is scored under
+    one random order per image (the same for every label), averaged over 5 draws, which is an upper
+    bound for the model it samples (a mixture over orders, ar.py's docstring), and under the raster order;
   - n = 500 samples (balanced labels, generator seed 1 as ar.py's evaluation) with and
     without the KV cache: CPU and wall seconds, the same samples both ways, Frechet distance in
     the feature classifier's space with its floor (real vs real, n = 500);
   - the cache at MNIST's length (784 tokens of 16 levels, width 128 as ar.py --data mnist; an
     untrained model, n = 2: only the time matters).
+Training seconds come from the dict ar.main returns.
 
 Run (about 12 minutes single-threaded):
-  OMP_NUM_THREADS=1 python benchmarks/ar.py
-Writes benchmarks/results/ar.json and benchmarks/results/ar.md; checkpoints go to
-runs/benchmarks/ar-raster and runs/benchmarks/ar-random (not tracked).
+  OMP_NUM_THREADS=1 python benchmarks/bench_ar.py
+  python benchmarks/bench_ar.py --quick    # smoke test: 50 iterations, n = 50, nothing written
+Writes benchmarks/results/ar.json; checkpoints go to runs/benchmarks/ar-raster and
+runs/benchmarks/ar-random (not tracked).
 """
 import argparse
-import contextlib
-import io
-import json
 import math
-import os
-import platform
-import re
-import sys
 import time
-from pathlib import Path
 
+import bench
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-import ar  # noqa: E402
-import common  # noqa: E402
+import ar  # the model files: bench puts the repository's root on sys.path
+import common
+
+COMMAND = "OMP_NUM_THREADS=1 python benchmarks/bench_ar.py"
 
 
 def train(out, order, iters=None):
-    """ar.main at its defaults with a tiny evaluation; returns the training wall seconds (its log)
-    and the CPU seconds of the whole call."""
+    """ar.main at its defaults with a tiny evaluation: (training wall seconds, training CPU seconds)."""
     argv = ["--out", str(out), "--seed", "0", "--order", order, "--n-eval", "10"]
-    argv += ["--iters", str(iters)] if iters else []
-    buf, c0 = io.StringIO(), time.process_time()
-    with contextlib.redirect_stdout(buf):
-        ar.main(argv)
-    cpu = time.process_time() - c0
-    print(buf.getvalue(), end="", flush=True)
-    wall = float(re.search(r"trained ar in ([\d.]+)s", buf.getvalue()).group(1))
-    return wall, cpu
+    q = bench.run(ar.main, argv + (["--iters", str(iters)] if iters else []))
+    return q["train_seconds"], q["train_cpu_seconds"]
 
 
 def load_ema(path, data):
     """The checkpoint's EMA model, built as ar.main builds it."""
     ckpt = common.load_checkpoint(path, ("ar",))
     a = ckpt["args"]
-    levels = a["levels"] or (17 if data.name == "digits" else 16)  # 0: a checkpoint of an earlier ar.py
+    levels = a["levels"] or (17 if data.name == "digits" else 16)  # 0: a checkpoint that did not store its levels
     model = ar.AR(levels, math.prod(data.shape), 0 if a["uncond"] else data.num_classes,
                   dim=4 * a["width"], depth=a["depth"], heads=a["heads"], order=a["order"])
     return common.load_ema(ckpt, model), a
@@ -96,10 +85,10 @@ def main(argv=None):
     log_prior = (torch.bincount(data.y_train, minlength=data.num_classes).double() / len(data.y_train)).log()  # p(y)
     models = {}
     for order in ("raster", "random"):
-        out = ROOT / "runs" / "benchmarks" / f"ar-{order}"
+        out = bench.ROOT / "runs" / "benchmarks" / f"ar-{order}"
         wall, cpu = train(out, order, iters)
         model, saved = load_ema(out / "ckpt.pt", data)
-        row = dict(order=order, iters=saved["iters"], train_wall_s=wall, main_cpu_s=cpu,
+        row = dict(order=order, iters=saved["iters"], train_wall_s=wall, train_cpu_s=cpu,
                    bpd_raster_y=nll(model, xte, yte, "raster"), bpd_raster_null=nll(model, xte, None, "raster"),
                    bpd_raster_marginal=nll(model, xte, None, "raster", log_prior=log_prior))
         if order == "random":
@@ -132,60 +121,43 @@ def main(argv=None):
     long["same_samples"] = bool(torch.equal(*long.pop("samples")))
     print(long, flush=True)
 
-    machine = dict(processor=platform.processor() or platform.machine(), cores=os.cpu_count(),
-                   torch=torch.__version__, threads=torch.get_num_threads(),
-                   omp_num_threads=os.environ.get("OMP_NUM_THREADS"))
-    result = dict(config=dict(data="digits (17 levels, 64 tokens)", model="ar.py defaults: width 64, depth 2, "
-                              "heads 4, dropout 0.1, 1000 iters, batch 128, lr 2e-3, seed 0", n=n, sample_seed=1),
-                  machine=machine, models=models, mnist_length=long)
-    md = markdown(result)
-    print(md)
-    if args.quick:
-        return result
-    res = ROOT / "benchmarks" / "results"
-    res.mkdir(parents=True, exist_ok=True)
-    (res / "ar.json").write_text(json.dumps(result, indent=2) + "\n")
-    (res / "ar.md").write_text(md)
+    iters = models["raster"]["iters"]
+    result = dict(config=dict(data="digits (17 levels, 64 tokens)", model=f"ar.py defaults: width 64, depth 2, "
+                              f"heads 4, dropout 0.1, {iters} iters, batch 128, lr 2e-3, seed 0", n=n, sample_seed=1),
+                  machine=bench.machine(), models=models, mnist_length=long)
+    print(markdown(result))
+    if not args.quick:
+        bench.write_json(bench.RESULTS / "ar.json", result)
     return result
 
 
 def markdown(r):
-    m, ra, rr, lg = r["machine"], r["models"]["raster"], r["models"]["random"], r["mnist_length"]
-    lines = [f"AR on digits ({r['config']['model']}), n = {r['config']['n']} samples with balanced labels. "
-             f"Machine: {m['processor']}, {m['cores']} cores (shared), torch {m['torch']}, {m['threads']} thread(s) "
-             f"(OMP_NUM_THREADS={m['omp_num_threads']}). Uniform over 17 levels = {math.log2(17):.3f} bits/dim. "
-             "Every NLL is exact for the order used; the random-order rows average 5 random orders per image. "
-             "p(y): the training label frequencies; p(x) is the conditional model's likelihood of x alone, "
-             "the figure comparable with unconditional models. "
-             "Training CPU s: the whole ar.main call (1000 steps and a 10-sample check).",
-             "",
-             "| training order | held-out bits/dim, p(x given y) | bits/dim, p(x) = sum_y p(y) p(x given y) | "
-             "bits/dim, p(x given null label) | FD (floor), cached sampling | training: CPU s (wall s) |",
-             "|---|---|---|---|---|---|",
-             f"| raster | {ra['bpd_raster_y']:.3f} (raster) | {ra['bpd_raster_marginal']:.3f} (raster) | "
-             f"{ra['bpd_raster_null']:.3f} (raster) | "
-             f"{ra['fd_cache']:.3g} ({ra['floor']:.3g}) | {ra['main_cpu_s']:.0f} ({ra['train_wall_s']:.0f}) |",
-             f"| random | {rr['bpd_random_y']:.3f} (random), {rr['bpd_raster_y']:.3f} (raster) | "
-             f"{rr['bpd_random_marginal']:.3f} (random), {rr['bpd_raster_marginal']:.3f} (raster) | "
-             f"{rr['bpd_random_null']:.3f} (random), {rr['bpd_raster_null']:.3f} (raster) | "
-             f"{rr['fd_cache']:.3g} ({rr['floor']:.3g}) | {rr['main_cpu_s']:.0f} ({rr['train_wall_s']:.0f}) |",
-             "",
-             "| sampling | tokens | network calls per sample (NFE) | positions computed per sample | "
-             "CPU s (wall) | same samples |",
-             "|---|---|---|---|---|---|",
-             f"| digits, KV cache, n = {r['config']['n']} | 64 | 64 | 64 | {ra['sample_cpu_s_cache']:.1f} "
-             f"({ra['sample_wall_s_cache']:.1f}) | - |",
-             f"| digits, no cache, n = {r['config']['n']} | 64 | 64 | {64 * 65 // 2} | "
-             f"{ra['sample_cpu_s_nocache']:.1f} "
-             f"({ra['sample_wall_s_nocache']:.1f}) | {ra['cache_same_samples']} (FD {ra['fd_nocache']:.3g}) |",
-             f"| MNIST length, KV cache, n = 2 | 784 | 784 | 784 | {lg['cpu_s_cache']:.1f} "
-             f"({lg['wall_s_cache']:.1f}) | - |",
-             f"| MNIST length, no cache, n = 2 | 784 | 784 | {784 * 785 // 2} | {lg['cpu_s_nocache']:.1f} "
-             f"({lg['wall_s_nocache']:.1f}) | {lg['same_samples']} |",
-             "",
-             f"KV cache speedup: {ra['sample_cpu_s_nocache'] / ra['sample_cpu_s_cache']:.1f}x at 64 tokens, "
-             f"{lg['cpu_s_nocache'] / lg['cpu_s_cache']:.1f}x at 784 tokens (CPU seconds)."]
-    return "\n".join(lines) + "\n"
+    """The likelihood table, the sampling table and the cache's speedup."""
+    ra, rr, lg, n = r["models"]["raster"], r["models"]["random"], r["mnist_length"], r["config"]["n"]
+    bits = lambda row, key: f"{row[key]:.3f}" if key in row else "not measured"
+    train = lambda row: f"{row.get('train_cpu_s', row.get('main_cpu_s')):.0f} ({row['train_wall_s']:.0f})"
+    likelihood = bench.table(
+        ["training order", "scored in order", "-log p(x given y), conditional", "-log p(x) = -log sum_y p(y) p(x given y)",
+         "-log p(x given null label)", "FD (floor), cached sampling", "training CPU s (wall)"],
+        [["raster", "raster", bits(ra, "bpd_raster_y"), bits(ra, "bpd_raster_marginal"), bits(ra, "bpd_raster_null"),
+          f"{ra['fd_cache']:.3g} ({ra['floor']:.3g})", train(ra)],
+         ["random", "random, one per image (upper bound)", bits(rr, "bpd_random_y"), bits(rr, "bpd_random_marginal"),
+          bits(rr, "bpd_random_null"), f"{rr['fd_cache']:.3g} ({rr['floor']:.3g})", train(rr)],
+         ["random", "raster", bits(rr, "bpd_raster_y"), bits(rr, "bpd_raster_marginal"), bits(rr, "bpd_raster_null"), "", ""]],
+        ["l", "l", "r", "r", "r", "r", "r"])
+    sampling = bench.table(
+        ["sampling", "tokens = NFE", "positions computed per sample", "CPU s (wall)", "same samples"],
+        [[f"digits, KV cache, n = {n}", 64, 64, f"{ra['sample_cpu_s_cache']:.1f} ({ra['sample_wall_s_cache']:.1f})", "-"],
+         [f"digits, no cache, n = {n}", 64, 64 * 65 // 2,
+          f"{ra['sample_cpu_s_nocache']:.1f} ({ra['sample_wall_s_nocache']:.1f})", ra["cache_same_samples"]],
+         ["MNIST length, KV cache, n = 2", 784, 784, f"{lg['cpu_s_cache']:.1f} ({lg['wall_s_cache']:.1f})", "-"],
+         ["MNIST length, no cache, n = 2", 784, 784 * 785 // 2, f"{lg['cpu_s_nocache']:.1f} ({lg['wall_s_nocache']:.1f})",
+          lg["same_samples"]]])
+    return "\n".join([
+        bench.caption(r["machine"], COMMAND, f"Held-out bits/dim of the 500 test digits, {r['config']['model']}"), "",
+        likelihood, "", sampling, "",
+        f"KV cache speedup (CPU seconds): {ra['sample_cpu_s_nocache'] / ra['sample_cpu_s_cache']:.1f}x at 64 tokens, "
+        f"{lg['cpu_s_nocache'] / lg['cpu_s_cache']:.1f}x at 784 tokens."]) + "\n"
 
 
 if __name__ == "__main__":

@@ -15,27 +15,25 @@ likelihood of the data, not of the data given its label, and OT pairs the whole 
   on dequantized data (--dequantize), so that the bound is the one the model was fitted to; the
   Frechet distance rounds samples to the 17 levels, so in-bin noise does not change it.
 
-Run (on one core; the measured times are in benchmarks/results/cfm.md):
-  OMP_NUM_THREADS=1 python benchmarks/cfm.py            # writes benchmarks/results/cfm.{json,md}
-  OMP_NUM_THREADS=1 python benchmarks/cfm.py --quick --work /tmp/cfm-bench   # smoke test, tiny budgets
+Training seconds come from the dict cfm.main returns.
+
+Run (on one core):
+  OMP_NUM_THREADS=1 python benchmarks/bench_cfm.py            # writes benchmarks/results/cfm.json
+  OMP_NUM_THREADS=1 python benchmarks/bench_cfm.py --quick --work /tmp/cfm-bench   # smoke test, tiny budgets
 """
 import argparse
-import json
 import math
 import os
-import platform
-import sys
 import time
 from pathlib import Path
 
+import bench
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import cfm  # the model files: bench puts the repository's root on sys.path
+import common
 
-import cfm  # noqa: E402
-import common  # noqa: E402
-
+COMMAND = "OMP_NUM_THREADS=1 python benchmarks/bench_cfm.py"
 NFE_BUDGETS = (1, 2, 5, 10, 20, 100)
 BPD_STEPS = 40  # cfm.py's --bpd-steps default: RK4 at 40 and 80 steps
 
@@ -43,11 +41,11 @@ BPD_STEPS = 40  # cfm.py's --bpd-steps default: RK4 at 40 and 80 steps
 def train(data_name, coupling, iters, work, extra):
     """Train one unconditional model with cfm.main; returns (EMA net, training seconds)."""
     out = work / f"{data_name}-{coupling}"
-    t0 = time.time()
     # the run's own final evaluation is made cheap (Euler, 1 step); the grid below is the measurement
-    cfm.main(["--data", data_name, "--uncond", "--coupling", coupling, "--iters", str(iters), "--out", str(out),
-              "--solver", "euler", "--steps", "1", "--device", "cpu", "--log-every", "500"] + extra)
-    seconds = time.time() - t0
+    q = bench.run(cfm.main, ["--data", data_name, "--uncond", "--coupling", coupling, "--iters", str(iters),
+                             "--out", str(out), "--solver", "euler", "--steps", "1", "--device", "cpu",
+                             "--log-every", "500"] + extra)
+    seconds = q["train_seconds"]
     ckpt = common.load_checkpoint(out / "ckpt.pt", ("cfm",))
     return common.ema_net(ckpt, common.load_data(data_name), False, 1000.0), ckpt["args"], seconds
 
@@ -83,60 +81,56 @@ def bits(net, data, n, steps, dequantized):
 
 
 def markdown(result):
-    m = result["machine"]
-    lines = [f"Machine: {m['processor'] or m['machine']}, {m['cores']} cores, torch {m['torch']}, "
-             f"{m['threads']} thread(s). Unconditional models; budgets in benchmarks/cfm.py.", ""]
+    """Per data set: quality against NFE for each coupling and solver, then held-out bits/dim (digits)."""
+    out = [bench.caption(result["machine"], COMMAND, "Unconditional models; budgets in benchmarks/bench_cfm.py"), ""]
+    budgets = result["nfe_budgets"]
     for name, part in result["data"].items():
         first = part["runs"][0]["grid"][0]
-        lines += [f"### {name}: {first['metric']} of {first['n']} samples vs held-out data "
-                  f"(floor, real vs real: {first['floor']:.4g}); lower is better", "",
-                  "| coupling | solver | " + " | ".join(f"NFE {b}" for b in NFE_BUDGETS) + " |",
-                  "|---|---|" + "---|" * len(NFE_BUDGETS)]
+        rows = []
         for run in part["runs"]:
-            for solver in cfm.STAGES:
+            for k, solver in enumerate(dict.fromkeys(r["solver"] for r in run["grid"])):
                 cells = {r["budget"]: r for r in run["grid"] if r["solver"] == solver}
-                row = []
-                for b in NFE_BUDGETS:
-                    r = cells.get(b)
-                    row.append("-" if r is None else f"{r['value']:.4g}" + ("" if r["nfe"] == b else f" ({r['nfe']})"))
-                lines.append(f"| {run['coupling']} | {solver} | " + " | ".join(row) + " |")
-        lines += ["", "| coupling | iterations | training s | sampling s (rk4, NFE 100) |", "|---|---|---|---|"]
-        for run in part["runs"]:
-            s = [r["sample_seconds"] for r in run["grid"] if r["solver"] == "rk4" and r["nfe"] == 100]
-            lines.append(f"| {run['coupling']} | {run['iters']} | {run['train_seconds']:.0f} | "
-                         f"{s[0] if s else float('nan'):.1f} |")
-        lines.append("")
-        if any("likelihood" in run for run in part["runs"]):
-            lines += ["Held-out log-likelihood (bits/dim; uniform dequantization, upper bound on the discrete NLL; "
-                      "models trained on dequantized data; 17-level uniform model = 4.087):", "",
-                      "| coupling | bits/dim | std. error | solver | at half the steps | change | NFE (forward + VJP, "
-                      "both step counts) | seconds |", "|---|---|---|---|---|---|---|---|"]
-            for run in part["runs"]:
+                rows.append([run["coupling"], solver] + ["-" if b not in cells else f"{cells[b]['value']:.4g}"
+                             + ("" if cells[b]["nfe"] == b else f" ({cells[b]['nfe']})") for b in budgets]
+                            + [f"{run['iters']} in {run['train_seconds']:.0f} s" if k == 0 else ""])
+        out += [f"{name}: {first['metric']} of {first['n']} samples (floor, one draw of real against real: "
+                f"{first['floor']:.4g}); a cell's NFE in brackets where the solver's steps spend fewer than the budget.",
+                "", bench.table(["coupling", "solver"] + [f"NFE {b}" for b in budgets] + ["training"], rows,
+                                ["l", "l"] + ["r"] * (len(budgets) + 1)), ""]
+        runs = [run for run in part["runs"] if "likelihood" in run]
+        if runs:
+            dequantized = "--dequantize" in result["budgets"][name].get("extra", [])
+            rows = []
+            for run in runs:
                 b = run["likelihood"]
-                lines.append(f"| {run['coupling']} | {b['bits_per_dim']:.3f} | {b['stderr']:.3f} | {b['method']} x "
-                             f"{b['steps']} | {b['half_steps']:.3f} | {b['change']:+.3f}"
-                             f"{'' if b['converged'] else ' (NOT converged)'} | {b['nfe']} | {b['seconds']:.0f} |")
-            lines.append("")
-    return "\n".join(lines)
+                half = (f"{b['half_steps']:.3f} ({b['change']:+.3f}{'' if b['converged'] else ', not converged'})"
+                        if "half_steps" in b else "not measured")
+                rows.append([run["coupling"], f"{b['bits_per_dim']:.3f} +- {b['stderr']:.3f}", f"{b['method']} x {b['steps']}",
+                             half, b["nfe"], f"{b['seconds']:.0f}"])
+            out += [f"{name}: held-out bits/dim (uniform dequantization: an upper bound on the discrete NLL), models "
+                    + ("trained on dequantized data." if dequantized else
+                       "trained on the grid values, not on dequantized data: not comparable with the likelihood table."),
+                    "", bench.table(["coupling", "bits/dim", "solver", "at half the steps (change)", "NFE", "seconds"],
+                                    rows), ""]
+    return "\n".join(out)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test of this script")
     parser.add_argument("--results", default=None, help="output folder (default benchmarks/results; with --quick, WORK)")
-    parser.add_argument("--work", default=str(ROOT / "runs" / "bench-cfm"), help="folder for the checkpoints")
+    parser.add_argument("--work", default=str(bench.ROOT / "runs" / "bench-cfm"), help="folder for the checkpoints")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     torch.manual_seed(0)
     work = Path(args.work)
-    results = Path(args.results or (work if args.quick else ROOT / "benchmarks" / "results"))
+    results = Path(args.results or (work if args.quick else bench.RESULTS))
     q = args.quick
     plans = {"8gaussians": dict(iters=30 if q else 1500, n=200 if q else 1000, extra=["--n-eval", "100" if q else "1000"]),
              "digits": dict(iters=10 if q else 1200, n=100 if q else 500,
                             extra=["--n-eval", "100" if q else "500", "--dequantize"])}
     budgets = (1, 5) if q else NFE_BUDGETS
-    result = {"machine": dict(processor=platform.processor(), machine=platform.machine(), cores=os.cpu_count(),
-                              torch=torch.__version__, threads=torch.get_num_threads()),
+    result = {"machine": bench.machine(),
               "budgets": plans, "nfe_budgets": budgets, "data": {}}
     t_start = time.time()
     for name, plan in plans.items():
@@ -152,9 +146,7 @@ def main(argv=None):
                       f"+- {run['likelihood']['stderr']:.3f} ({run['likelihood']['seconds']:.0f}s)", flush=True)
             part["runs"].append(run)
     result["total_seconds"] = time.time() - t_start
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "cfm.json").write_text(json.dumps(result, indent=1))
-    (results / "cfm.md").write_text(markdown(result) + f"\nTotal benchmark time {result['total_seconds']:.0f}s.\n")
+    bench.write_json(results / "cfm.json", result)
     print(markdown(result))
 
 

@@ -23,33 +23,30 @@ Setup (single thread, OMP_NUM_THREADS=1; every model conditional on the class, a
              here when its fidelity approaches the concat model's while its FD stays at or below the
              base's; the tables say whether it does.
 
-Outputs: benchmarks/results/controlnet.{json,md} (the tables) and results/img/controlnet-lowres.png,
+Outputs: benchmarks/results/controlnet.json (rendered by markdown()) and results/img/controlnet-lowres.png,
 controlnet-edges.png (rows of: the condition, the base's sample, the ControlNet's, the concat
 model's at equal time, all from the same noise and label, then the real digit it came from).
 
 Run:
-  OMP_NUM_THREADS=1 python benchmarks/controlnet.py
-  OMP_NUM_THREADS=1 python benchmarks/controlnet.py --quick --work /tmp/controlnet-bench   # smoke test
+  OMP_NUM_THREADS=1 python benchmarks/bench_controlnet.py
+  OMP_NUM_THREADS=1 python benchmarks/bench_controlnet.py --quick --work /tmp/controlnet-bench   # smoke test
 """
 import argparse
 import copy
-import json
-import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import bench
 import torch
 import torch.nn as nn
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import cfm  # the model files: bench puts the repository's root on sys.path
+import common
+import controlnet
 
-import cfm  # noqa: E402
-import common  # noqa: E402
-import controlnet  # noqa: E402
+COMMAND = "OMP_NUM_THREADS=1 python benchmarks/bench_controlnet.py"
+CONDITIONS = ("lowres", "edges")  # controlnet.CONDITIONS, in the order of the tables
 
 FULL = dict(base_iters=2000, iters=600, seeds=3, n=250, width=16, batch=128)
 QUICK = dict(base_iters=40, iters=10, seeds=1, n=50, width=8, batch=32)
@@ -105,17 +102,16 @@ def main(argv=None):
     a = parser.parse_args(argv)
     B = QUICK if a.quick else FULL
     work = Path(a.work)
-    results = Path(a.results or (work if a.quick else ROOT / "benchmarks" / "results"))
+    results = Path(a.results or (work if a.quick else bench.RESULTS))
     (results / "img").mkdir(parents=True, exist_ok=True)
     data = common.load_data("digits")
-    t0 = time.time()
-    cfm.main(["--iters", str(B["base_iters"]), "--width", str(B["width"]), "--batch-size", str(B["batch"]),
-              "--out", str(work / "base"), "--n-eval", "0", "--device", "cpu", "--log-every", "500"])
-    base_seconds = time.time() - t0
+    base_seconds = bench.run(cfm.main, ["--iters", str(B["base_iters"]), "--width", str(B["width"]), "--batch-size",
+                                        str(B["batch"]), "--out", str(work / "base"), "--n-eval", "0", "--device", "cpu",
+                                        "--log-every", "500"])["train_seconds"]
     base = common.ema_net(common.load_checkpoint(work / "base" / "ckpt.pt", ("cfm",)), data, time_scale=1000.0)
     x, y = data.x_test[B["n"]:2 * B["n"]], data.y_test[B["n"]:2 * B["n"]]  # quality is against x_test[:n]
     rows = []
-    for kind in controlnet.CONDITIONS:
+    for kind in CONDITIONS:
         flow = controlnet.FlowMatching(kind)
         control = flow.condition(x)
         for seed in range(B["seeds"]):
@@ -149,27 +145,30 @@ def main(argv=None):
 
 
 def write(rows, B, base_seconds, results, quick):
-    lines = [f"# controlnet.py: ControlNet vs concatenation fine-tuning{' (QUICK smoke budgets)' if quick else ''}", "",
-             f"digits 8x8, base cfm.py {B['base_iters']} iterations ({base_seconds:.0f} s), width {B['width']}, "
-             f"batch {B['batch']}; n = {B['n']} held-out conditions; {B['seeds']} seed(s), mean +- sd over seeds; "
-             f"{platform.machine()}, torch {torch.__version__}, {os.environ.get('OMP_NUM_THREADS', 'default')} "
-             "OMP threads", ""]
-    for kind in controlnet.CONDITIONS:
-        stat = "lowres MSE (real digits 0)" if kind == "lowres" else "edge IoU (real digits 1)"
-        lines += [f"## {kind}", "", f"| method | iterations | train seconds | {stat} | FD (floor) |", "|---|---|---|---|---|"]
+    result = {"budgets": B, "base_seconds": base_seconds, "machine": bench.machine(), "rows": rows}
+    bench.write_json(results / f"controlnet{'-quick' if quick else ''}.json", result)
+    print(markdown(result))
+
+
+def markdown(result):
+    """One table: per condition and method, mean +- sd over seeds of fidelity and FD."""
+    B, rows = result["budgets"], result["rows"]
+    out = []
+    for kind in CONDITIONS:
         for method in ("base", "controlnet", "concat, equal iterations", "concat, equal time"):
             rs = [r for r in rows if r["control"] == kind and r["method"] == method]
             f, fsd = mean_sd(r["fidelity"] for r in rs)
             d, dsd = mean_sd(r["fd"] for r in rs)
-            s, _ = mean_sd(r["train_seconds"] for r in rs)
-            i, _ = mean_sd(r["iters"] for r in rs)
-            lines.append(f"| {method} | {i:.0f} | {s:.1f} | {f:.4f} +- {fsd:.2g} | {d:.2f} +- {dsd:.2g} "
-                         f"({rs[0]['floor']:.2f} +- {rs[0]['floor_sd']:.2g}) |")
-        lines.append("")
-    name = "controlnet-quick" if quick else "controlnet"
-    (results / f"{name}.md").write_text("\n".join(lines))
-    (results / f"{name}.json").write_text(json.dumps({"budgets": B, "base_seconds": base_seconds, "rows": rows}, indent=1))
-    print("\n".join(lines))
+            out.append([kind, method, f"{mean_sd(r['iters'] for r in rs)[0]:.0f}",
+                        f"{mean_sd(r['train_seconds'] for r in rs)[0]:.1f}", f"{f:.4f} +- {fsd:.2g}",
+                        f"{d:.2f} +- {dsd:.2g}"])
+    what = (f"Digits 8x8, base cfm.py {B['base_iters']} iterations ({result['base_seconds']:.0f} s), width {B['width']}, "
+            f"batch {B['batch']}; n = {B['n']} held-out conditions; mean +- sd over {B['seeds']} seed(s). Fidelity: "
+            "lowres MSE (0 for the real digits; lower is better), edges IoU (1 for the real digits; higher is better); "
+            f"FD floor (real vs real) {rows[0]['floor']:.2f} +- {rows[0]['floor_sd']:.2g}")
+    return "\n".join([bench.caption(result.get("machine"), COMMAND, what), "",
+                      bench.table(["condition", "method", "iterations", "train s", "fidelity", "FD"], out,
+                                  ["l", "l", "r", "r", "r", "r"])]) + "\n"
 
 
 if __name__ == "__main__":

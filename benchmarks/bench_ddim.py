@@ -1,4 +1,4 @@
-"""Benchmark of ddim.py (issue #3): does DDIM sample a DDPM checkpoint 10-50x faster at its quality?
+"""Benchmark of ddim.py: does DDIM sample a DDPM checkpoint 10-50x faster at its quality?
 (The 10-50x speedup is the claim of the lecture "Advanced Generative Models: From VAE to Diffusion
 and Flow Matching" (NICE Lab, Zhejiang University, 2026); this measures it.)
 
@@ -11,37 +11,32 @@ measured as CPU and wall seconds. Quality: Frechet
 distance in the feature classifier's space, with its floor (real vs real, n = 500). Also the
 invert -> sample reconstruction error of 500 held-out digits at 50 steps.
 
-Run (single-threaded; the measured times are in benchmarks/results/ddim.md):
-  OMP_NUM_THREADS=1 python benchmarks/ddim.py
-Writes benchmarks/results/ddim.json and benchmarks/results/ddim.md; the checkpoint goes to
-runs/benchmarks/ddim (not tracked).
+Run (single-threaded):
+  OMP_NUM_THREADS=1 python benchmarks/bench_ddim.py
+  python benchmarks/bench_ddim.py --quick    # smoke test: 200 iterations, n = 100, nothing written
+Writes benchmarks/results/ddim.json; the checkpoint goes to runs/benchmarks/ddim (not tracked).
 """
 import argparse
-import json
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
+import bench
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-import common  # noqa: E402
-import ddim  # noqa: E402
-import ddpm  # noqa: E402
+import common  # the model files: bench puts the repository's root on sys.path
+import ddim
+import ddpm
+
+COMMAND = "OMP_NUM_THREADS=1 python benchmarks/bench_ddim.py"
 
 STEPS = (10, 20, 50, 100, 1000)
 ETAS = (0.0, 1.0)
 
 
 def train_ddpm(out, iters=None):
-    """ddpm.main at its defaults, without its own evaluation; returns (wall, CPU) seconds."""
-    argv = ["--out", str(out), "--seed", "0", "--n-eval", "0"] + (["--iters", str(iters)] if iters else [])
-    t0, c0 = time.time(), time.process_time()
-    ddpm.main(argv)
-    return time.time() - t0, time.process_time() - c0
+    """ddpm.main at its defaults, without its own evaluation; returns its training (wall, CPU) seconds."""
+    q = bench.run(ddpm.main, ["--out", str(out), "--seed", "0", "--n-eval", "0"] + (["--iters", str(iters)] if iters else []))
+    return q["train_seconds"], q["train_cpu_seconds"]
 
 
 def timed_generate(sample_fn, data, n, uncond, seed):
@@ -62,7 +57,7 @@ def load_ema(path, data):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=str(ROOT / "runs" / "benchmarks" / "ddim"), help="checkpoint folder")
+    parser.add_argument("--out", default=str(bench.ROOT / "runs" / "benchmarks" / "ddim"), help="checkpoint folder")
     parser.add_argument("--reuse", action="store_true", help="reuse OUT/ckpt.pt if present (no training time)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: 200 iters, n = 100, few steps, no results written")
@@ -108,56 +103,45 @@ def main(argv=None):
                         x_T_std=x_T.std().item()))
         print(f"invert+sample refine={refine}: RMSE {inv[-1]['rmse']:.4f}, {dt:.1f}s CPU", flush=True)
 
-    machine = dict(processor=platform.processor() or platform.machine(), cores=os.cpu_count(),
-                   torch=torch.__version__, threads=torch.get_num_threads(),
-                   omp_num_threads=os.environ.get("OMP_NUM_THREADS"))
     result = dict(config=dict(data="digits", model="ddpm.py defaults (unet width 16, 2500 iters, batch 128, "
                               "T 1000, linear), seed 0", n=n, seed=seed),
-                  machine=machine, train_wall_s=train_s and train_s[0], train_cpu_s=train_s and train_s[1],
+                  machine=bench.machine(), train_wall_s=train_s and train_s[0], train_cpu_s=train_s and train_s[1],
                   rows=rows, inversion=inv)
-    md = markdown(result)
-    print(md)
-    if args.quick:
-        return result
-    res = ROOT / "benchmarks" / "results"
-    res.mkdir(parents=True, exist_ok=True)
-    (res / "ddim.json").write_text(json.dumps(result, indent=2) + "\n")
-    (res / "ddim.md").write_text(md)
+    print(markdown(result))
+    if not args.quick:
+        bench.write_json(bench.RESULTS / "ddim.json", result)
     return result
 
 
 def markdown(r):
-    m, rows = r["machine"], r["rows"]
-    ddpm_row = rows[0]
-    trained = (f"trained in {r['train_wall_s']:.0f}s wall, {r['train_cpu_s']:.0f}s CPU" if r["train_wall_s"]
-               else "training time not measured (--reuse)")
-    lines = [f"DDIM vs DDPM sampling one ddpm.py digits checkpoint ({r['config']['model']}; {trained}); "
-             f"n = {r['config']['n']} samples, the same seed (same x_T, same labels) for every row. "
-             f"Machine: {m['processor']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} thread(s) "
-             f"(OMP_NUM_THREADS={m['omp_num_threads']}). Speedup = DDPM's CPU seconds / the row's CPU seconds "
-             "(CPU time: the machine is shared, so wall time is noisier).",
-             "",
-             "| sampler | eta | steps = NFE | FD (floor) | sampling s CPU (wall) | speedup vs DDPM-1000 |",
-             "|---|---|---|---|---|---|"]
-    for row in rows:
-        lines.append(f"| {row['sampler']} | {row['eta']:g} | {row['nfe']} | {row['fd']:.3g} ({row['floor']:.3g}) | "
-                     f"{row['sample_cpu_s']:.1f} ({row['sample_wall_s']:.1f}) | "
-                     f"{ddpm_row['sample_cpu_s'] / row['sample_cpu_s']:.1f}x |")
+    """The step counts of both etas side by side against DDPM-1000, the fewest steps within 10% of
+    DDPM's FD, and the inversion's reconstruction error."""
+    rows, (ddpm_row, *ddim_rows) = [], r["rows"]
+    etas = sorted({row["eta"] for row in ddim_rows})
+    cpu = lambda row: f"{row['sample_cpu_s']:.1f} ({ddpm_row['sample_cpu_s'] / row['sample_cpu_s']:.0f}x)"
+    for steps in sorted({row["steps"] for row in ddim_rows}):
+        cells = {row["eta"]: row for row in ddim_rows if row["steps"] == steps}
+        rows.append([steps] + [x for eta in etas for x in (f"{cells[eta]['fd']:.3g}", cpu(cells[eta]))])
+    trained = (f"trained in {r['train_cpu_s']:.0f} CPU s" if r.get("train_cpu_s") else "training not timed")
+    what = (f"DDIM and DDPM sampling one ddpm.py digits checkpoint ({r['config']['model']}, {trained}); "
+            f"n = {r['config']['n']} samples from the same x_T and labels for every row; FD floor (one draw of real "
+            f"against real) {ddpm_row['floor']:.3g}. DDPM's 1000 ancestral steps: FD {ddpm_row['fd']:.3g} in "
+            f"{ddpm_row['sample_cpu_s']:.1f} CPU s; speedup = DDPM's CPU seconds / the row's")
     target = 1.1 * ddpm_row["fd"]  # the claim: the fewest DDIM steps whose FD is at most DDPM-1000's + 10%
-    lines.append("")
-    for eta in ETAS:
-        ok = [row for row in rows[1:] if row["eta"] == eta and row["fd"] <= target]
+    verdicts = []
+    for eta in etas:
+        ok = [row for row in ddim_rows if row["eta"] == eta and row["fd"] <= target]
         best = min(ok, key=lambda row: row["nfe"]) if ok else None
-        lines.append(f"- eta = {eta:g}: fewest steps with FD <= 1.1 x DDPM-1000's ({target:.3g}): "
-                     + (f"{best['nfe']}, {ddpm_row['sample_cpu_s'] / best['sample_cpu_s']:.0f}x faster" if best
-                        else "none of the step counts tried"))
-    lines += ["", f"| invert -> sample, {r['config']['n']} held-out digits, 50 steps | NFE | RMSE | max abs error "
-              "| CPU s |",
-              "|---|---|---|---|---|"]
-    for row in r["inversion"]:
-        lines.append(f"| {row['refine']} fixed-point iterations per step | {row['nfe']} | {row['rmse']:.4f} | "
-                     f"{row['max_abs']:.3f} | {row['cpu_s']:.1f} |")
-    return "\n".join(lines) + "\n"
+        verdicts.append(f"eta = {eta:g}: " + (f"{best['nfe']} steps, {ddpm_row['sample_cpu_s'] / best['sample_cpu_s']:.0f}x "
+                                              "faster" if best else "none of the step counts"))
+    inversion = [[row["refine"], row["nfe"], f"{row['rmse']:.4f}", f"{row['max_abs']:.3f}", f"{row['cpu_s']:.1f}"]
+                 for row in r["inversion"]]
+    return "\n".join([
+        bench.caption(r["machine"], COMMAND, what), "",
+        bench.table(["steps = NFE"] + [x for eta in etas for x in (f"FD, eta {eta:g}", f"CPU s (speedup), eta {eta:g}")], rows),
+        "", f"Fewest steps with FD <= 1.1 x DDPM-1000's ({target:.3g}): " + "; ".join(verdicts) + ".", "",
+        f"Inversion: {r['config']['n']} held-out digits inverted to x_T with 50 steps, then sampled back:", "",
+        bench.table(["fixed-point iterations per step", "NFE", "RMSE", "max abs error", "CPU s"], inversion)]) + "\n"
 
 
 if __name__ == "__main__":

@@ -10,13 +10,13 @@ scored:
   FD            Frechet distance of n samples to the n held-out digits in the feature classifier's
                 space, beside its floor (n random training digits vs the same held-out ones, mean +- sd
                 over 20 draws): the model is as good as real data when its FD is within the floor's spread
-  train seconds the segment's wall time (the command line's run with --n-eval 0: loading, training,
-                checkpoints); cumulative, and for latent_diffusion.py including stage 1, whose cost
-                is the wall time of a run with --iters 1 (stage 1, encoding the data set, one step)
+  train seconds the segment's training wall seconds (the train_seconds of the dict main() returns,
+                run with --n-eval 0); cumulative, and for latent_diffusion.py including stage 1, whose
+                cost is the wall time of a run with --iters 1 (stage 1, encoding the data set, one step)
   per iteration seconds per training step over the segment's last logged stretch (common.train's
                 it/s in OUT/metrics.jsonl; stage 2 alone for latent_diffusion.py)
   time to FD    the cumulative seconds at the first checkpoint whose FD is at most the target: the
-                pixel model's FD at its last checkpoint; the issue's target is a latent model that gets
+                pixel model's FD at its last checkpoint; the target is a latent model that gets
                 there in at most a third of the pixel model's time. Both models reach the floor's band
                 on digits32, where a single FD moves by the floor's sd, so the time to the band
                 (FD <= floor + sd) is given for both as well
@@ -24,32 +24,31 @@ scored:
   parameters    the sampling network; latent_diffusion.py's autoencoder beside it (its decoder runs
                 at sampling time, its encoder at training time)
 
-Run (measured numbers go to benchmarks/results/latent_diffusion_seed<S>.json, latent_diffusion.md and
-the picture beside them; --seed S seeds both models' training and sampling):
-  OMP_NUM_THREADS=1 python benchmarks/latent_diffusion.py                  # the real measurement, seed 0
-  OMP_NUM_THREADS=1 python benchmarks/latent_diffusion.py --seed 1 --cfm-iters 100 250 500 1000
-  python benchmarks/latent_diffusion.py --table                            # every seed's file -> .md
-  OMP_NUM_THREADS=1 python benchmarks/latent_diffusion.py --quick --work /tmp/ld-bench   # smoke test
-  python benchmarks/latent_diffusion.py --device cuda                      # on a GPU
+Run (measured numbers go to benchmarks/results/latent_diffusion_seed<S>.json and the picture beside
+them; --seed S seeds both models' training and sampling; markdown() renders every seed's file):
+  OMP_NUM_THREADS=1 python benchmarks/bench_latent_diffusion.py                  # the measurement, seed 0
+  OMP_NUM_THREADS=1 python benchmarks/bench_latent_diffusion.py --seed 1 --cfm-iters 100 250 500 1000
+  python benchmarks/bench_latent_diffusion.py --table                            # print the table
+  OMP_NUM_THREADS=1 python benchmarks/bench_latent_diffusion.py --quick --work /tmp/ld-bench   # smoke test
+  python benchmarks/bench_latent_diffusion.py --device cuda                      # on a GPU
 """
 import argparse
 import json
 import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import bench
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import cfm  # the model files: bench puts the repository's root on sys.path
+import common
+import latent_diffusion as ld
 
-import cfm  # noqa: E402
-import common  # noqa: E402
-import latent_diffusion as ld  # noqa: E402
-
+COMMANDS = ("OMP_NUM_THREADS=1 python benchmarks/bench_latent_diffusion.py --seed 0; "
+            "for s in 1 2; do OMP_NUM_THREADS=1 python benchmarks/bench_latent_diffusion.py --seed $s "
+            "--cfm-iters 100 250 500 1000; done")
 ITERS = {"cfm": (250, 500, 1000, 2000), "latent_diffusion": (250, 500, 1000, 1500, 2000, 3000)}  # cfm.py: its default 2000
 QUICK = {"cfm": (2, 4), "latent_diffusion": (2, 4)}
 STEPS, SOLVER = 10, "midpoint"  # NFE 20 for both
@@ -104,13 +103,13 @@ def run(model, iters, work, data, n, device, common_flags, seed=0):
     extra = []
     if model == "latent_diffusion":  # stage 1, counted: a run with one stage-2 step
         stage1 = work / "stage1"
-        record["setup_seconds"] = seconds(lambda: ld.main(common_flags + ["--iters", "1", "--out", str(stage1)]))
+        record["setup_seconds"] = seconds(lambda: ld.main(common_flags + ["--iters", "1", "--out", str(stage1)]))  # the whole run
         extra = ["--ae", str(stage1 / "ae" / "ckpt.pt")]
         print(f"{model}: stage 1 (autoencoder) {record['setup_seconds']:.1f}s", flush=True)
     total, done = record["setup_seconds"], 0
     for k in iters:
         flags = common_flags + extra + ["--iters", str(k), "--out", str(out)] + (["--resume"] if done else [])
-        seg = seconds(lambda: main(flags))
+        seg = bench.run(main, flags)["train_seconds"]
         total += seg
         ckpt = common.load_checkpoint(out / "ckpt.pt", (accept,))
         x, sample_s, sizes = sampler(ckpt, data, n, device, seed)
@@ -142,14 +141,19 @@ def ms(values, f=".3g"):
     return format(values[0], f) if len(values) < 2 else f"{statistics.mean(values):{f}} +- {statistics.stdev(values):.2g}"
 
 
+def seed_files(results=bench.RESULTS):
+    """Every seed's result, by seed."""
+    paths = sorted(Path(results).glob("latent_diffusion_seed*.json"), key=lambda p: int(p.stem.split("seed")[1]))
+    return [json.loads(p.read_text()) for p in paths]
+
+
 def markdown(results):
     """One table over the seeds' results (mean +- sd where a checkpoint has several seeds), then the
     times to the targets per seed."""
     m, first = results[0]["machine"], results[0]["runs"]["cfm"]["checkpoints"][0]
-    lines = [f"Machine: {m['processor'] or m['machine']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} "
-             f"thread(s), device {m['device']}. digits32, conditional, midpoint x {STEPS} (NFE {2 * STEPS}); "
-             f"FD of {first['n']} samples, floor {first['floor']:.3g} +- {first['floor_sd']:.2g} (real vs real); "
-             f"seeds {', '.join(str(r['seed']) for r in results)}.", "",
+    lines = [bench.caption(m, COMMANDS, f"digits32, conditional, midpoint x {STEPS} (NFE {2 * STEPS}); FD of {first['n']} "
+                           f"samples, floor {first['floor']:.3g} +- {first['floor_sd']:.2g} (real vs real); seeds "
+                           f"{', '.join(str(r['seed']) for r in results)}; seconds are wall seconds on one thread"), "",
              "| model | iterations | seeds | cumulative s | s / iteration | FD | sampling s |", "|---|---|---|---|---|---|---|"]
     for model in ("cfm", "latent_diffusion"):
         for k in sorted({c["iters"] for r in results for c in r["runs"][model]["checkpoints"]}):
@@ -162,7 +166,7 @@ def markdown(results):
               f"{ms([r['runs']['latent_diffusion']['setup_seconds'] for r in results], '.0f')} s. Parameters: cfm.py UNet "
               f"{results[0]['runs']['cfm']['parameters']['net'] / 1e6:.2f}M; latent_diffusion.py DiT "
               f"{lat['parameters']['net'] / 1e6:.2f}M + autoencoder {lat['parameters']['autoencoder'] / 1e6:.3f}M.", "",
-              "Per seed: the time to the pixel model's final FD (the issue's target: the latent model within 1/3 of "
+              "Per seed: the time to the pixel model's final FD (the target: the latent model within 1/3 of "
               "the pixel model's total time), and each model's time to the floor's band (FD <= floor + sd).", ""]
     for r in results:
         pix, lat = r["runs"]["cfm"], r["runs"]["latent_diffusion"]
@@ -173,8 +177,8 @@ def markdown(results):
         lines.append(f"- seed {r['seed']}: pixel final FD {target:.4g} after {total:.0f} s; latent reaches it: "
                      f"{when(reached)}" + ("" if reached is None else f" ({reached / total:.2f} of {total:.0f} s)")
                      + f". Band {band:.3g}: pixel {when(time_to(pix, band))}, latent {when(time_to(lat, band))}.")
-    lines += ["", f"Samples ({results[0]['picture']}): top 5 rows cfm.py, bottom 5 rows latent_diffusion.py, "
-              f"each at its last checkpoint, seed {results[0]['seed']}.", ""]
+    lines += ["", f"![cfm.py (top 5 rows) and latent_diffusion.py (bottom 5 rows), each at its last checkpoint, seed "
+              f"{results[0]['seed']}](results/{results[0]['picture']})", ""]
     return "\n".join(lines)
 
 
@@ -188,8 +192,7 @@ def measure(args, work, results):
     flags += ["--batch-size", "32"] if q else []
     own = {"cfm": [], "latent_diffusion": ["--ae-iters", "5"] if q else []}
     iters = dict(QUICK if q else ITERS, **({"cfm": tuple(args.cfm_iters)} if args.cfm_iters else {}))
-    result = {"machine": dict(processor=platform.processor(), machine=platform.machine(), cores=os.cpu_count(),
-                              torch=torch.__version__, threads=torch.get_num_threads(), device=args.device),
+    result = {"machine": dict(bench.machine(args.device), device=args.device),
               "seed": args.seed, "iters": iters, "steps": STEPS, "solver": SOLVER, "runs": {},
               "picture": "latent_diffusion-samples.png"}
     for model, its in iters.items():
@@ -198,28 +201,25 @@ def measure(args, work, results):
     samples = torch.cat([result["runs"][model].pop("samples") for model in ("cfm", "latent_diffusion")])
     if args.seed == 0 or q:
         common.save_grid(samples, results / result["picture"])
-    (results / f"latent_diffusion_seed{args.seed}.json").write_text(json.dumps(result, indent=1))
+    bench.write_json(results / f"latent_diffusion_seed{args.seed}.json", result)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test of this script")
     parser.add_argument("--results", default=None, help="output folder (default benchmarks/results; with --quick, WORK)")
-    parser.add_argument("--work", default=str(ROOT / "runs" / "bench-latent_diffusion"), help="folder for the runs")
+    parser.add_argument("--work", default=str(bench.ROOT / "runs" / "bench-latent_diffusion"), help="folder for the runs")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seed", type=int, default=0, help="both models' training and sampling seed")
     parser.add_argument("--cfm-iters", type=int, nargs="+", help=f"cfm.py's segments (default {ITERS['cfm']})")
-    parser.add_argument("--table", action="store_true", help="only rewrite latent_diffusion.md from the seeds' files")
+    parser.add_argument("--table", action="store_true", help="only print the table of the seeds' files")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     work, q = Path(args.work) / f"seed{args.seed}", args.quick
-    results = Path(args.results or (work if q else ROOT / "benchmarks" / "results"))
+    results = Path(args.results or (work if q else bench.RESULTS))
     if not args.table:
         measure(args, work, results)
-    seeds = sorted(results.glob("latent_diffusion_seed*.json"), key=lambda p: int(p.stem.split("seed")[1]))
-    text = markdown([json.loads(p.read_text()) for p in seeds])
-    (results / "latent_diffusion.md").write_text(text)
-    print(text)
+    print(markdown(seed_files(results)))
 
 
 if __name__ == "__main__":

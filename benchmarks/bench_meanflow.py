@@ -6,29 +6,28 @@ step (loss + backward + AdamW) relative to flow matching's.
 The flow-matching baseline is cfm.py (independent coupling, sigma_min 0, Euler, 100 steps) when it
 runs here, else the plain loss written below (linear path, v = x1 - x0); the output names which.
 
+Every run records meanflow.py's recipe (tangent, ratio of pairs with r != t) from its checkpoint;
+timings and quality come from the dict each model file's main() returns.
+
 Run (single-threaded; the results record the time it took):
-  OMP_NUM_THREADS=1 python benchmarks/meanflow.py
-Writes benchmarks/results/meanflow.json and benchmarks/results/meanflow.md.
+  OMP_NUM_THREADS=1 python benchmarks/bench_meanflow.py
+Writes benchmarks/results/meanflow.json.
 """
 import argparse
-import contextlib
-import io
-import json
-import os
-import platform
-import re
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import bench
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-import common  # noqa: E402
-import meanflow  # noqa: E402
+import common  # the model files: bench puts the repository's root on sys.path
+import meanflow
+
+COMMAND = "OMP_NUM_THREADS=1 python benchmarks/bench_meanflow.py"
+# a run that records no recipe is meanflow.py of commit 0de1276: the paper's tangent, the JVP on every pair
+UNRECORDED = "the paper's tangent (--tangent sample) with the JVP on every pair (meanflow.py of commit 0de1276)"
 
 # fixed budgets: one network size per data set, the same for both methods
 BUDGETS = {
@@ -77,7 +76,7 @@ def fm_loss_fn():
         import cfm
         return cfm.CFM().loss, "cfm.py"
     except Exception:
-        return fm_loss, "plain FM in benchmarks/meanflow.py"
+        return fm_loss, "plain FM in benchmarks/bench_meanflow.py"
 
 
 # -----------------------------------------------------------------------------
@@ -90,29 +89,21 @@ def flags(data, out):
             "--out", str(out), "--log-every", "500", "--ckpt-every", "100000", "--device", "cpu"]
 
 
-def timed(fn, argv):
-    """Run a model file's main, return (quality dict, training seconds from its log, wall seconds)."""
-    buf = io.StringIO()
-    t0 = time.time()
-    with contextlib.redirect_stdout(buf):
-        q = fn(argv)
-    wall = time.time() - t0
-    m = re.search(r"trained \S+ in ([\d.]+)s", buf.getvalue())
-    if q is None:
-        raise RuntimeError(buf.getvalue()[-2000:])
-    return q, (float(m.group(1)) if m else None), wall
+def recipe(out):
+    """meanflow.py's recipe as its checkpoint in OUT records it."""
+    a = common.load_checkpoint(Path(out) / "ckpt.pt", ("meanflow",))["args"]
+    return {k: a.get(k) for k in ("tangent", "ratio", "time_scale")}
 
 
 def baseline(data, out):
     """cfm.py's 100-step Euler quality, or the local plain FM when cfm.py is absent or fails."""
     try:
         import cfm
-        q, train_s, _ = timed(cfm.main, flags(data, out) + ["--solver", "euler", "--steps", str(FM_STEPS)])
-        return q, train_s, "cfm.py (independent coupling, Euler)"
+        q = bench.run(cfm.main, flags(data, out) + ["--solver", "euler", "--steps", str(FM_STEPS)])
+        return q, "cfm.py (independent coupling, Euler)"
     except (Exception, SystemExit) as e:
         print(f"  cfm.py unusable here ({type(e).__name__}: {e}); using the local plain FM", flush=True)
-        q, train_s, _ = timed(fm_main, flags(data, out / "fm"))
-        return q, train_s, "plain FM in benchmarks/meanflow.py (Euler)"
+        return bench.run(fm_main, flags(data, out / "fm")), "plain FM in benchmarks/bench_meanflow.py (Euler)"
 
 
 def step_cost(arch, shape, width, batch, reps=3, n=15):
@@ -142,65 +133,65 @@ def step_cost(arch, shape, width, batch, reps=3, n=15):
             "ratio": mf_s / fm_s, "fm_loss": fm_name}
 
 
-def main():
+def main(argv=None):
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args(argv)
     torch.manual_seed(0)
-    results = {"machine": {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                           "torch": torch.__version__, "threads": torch.get_num_threads()},
-               "budgets": BUDGETS, "runs": [], "step_cost": []}
+    results = {"machine": bench.machine(), "budgets": BUDGETS, "runs": [], "step_cost": []}
     t_start = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         for data in BUDGETS:
             b = BUDGETS[data]
             print(f"{data}: flow matching, {FM_STEPS} steps", flush=True)
-            q, train_s, name = baseline(data, Path(tmp) / f"fm-{data}")
-            results["runs"].append(dict(data=data, method=f"flow matching ({name})", nfe=FM_STEPS,
-                                        train_s=train_s, **q))
-            print(f"  {common.format_quality(q)}", flush=True)
+            q, name = baseline(data, Path(tmp) / f"fm-{data}")
+            results["runs"].append(dict(q, data=data, method=f"flow matching ({name})", nfe=FM_STEPS,
+                                        train_s=q["train_seconds"]))
             for ts in TIME_SCALES[data]:
                 out = Path(tmp) / f"mf-{data}-{ts:g}"
                 method = f"MeanFlow, --time-scale {ts:g}"
                 print(f"{data}: {method}", flush=True)
-                q, train_s, _ = timed(meanflow.main, flags(data, out) + ["--time-scale", str(ts)])
-                results["runs"].append(dict(data=data, method=method, nfe=1, train_s=train_s, **q))
-                print(f"  1 step: {common.format_quality(q)}", flush=True)
-                q, _, _ = timed(meanflow.main, ["--ckpt", str(out / "ckpt.pt"), "--steps", "2", "--out", str(out),
-                                                "--n-eval", str(b["n_eval"]), "--device", "cpu"])
-                results["runs"].append(dict(data=data, method=method, nfe=2, train_s=None, **q))
-                print(f"  2 steps: {common.format_quality(q)}", flush=True)
+                q = bench.run(meanflow.main, flags(data, out) + ["--time-scale", str(ts)])
+                results["runs"].append(dict(q, data=data, method=method, nfe=1, train_s=q["train_seconds"], **recipe(out)))
+                q = bench.run(meanflow.main, ["--ckpt", str(out / "ckpt.pt"), "--steps", "2", "--out", str(out),
+                                              "--n-eval", str(b["n_eval"]), "--device", "cpu"], trains=False)
+                results["runs"].append(dict(q, data=data, method=method, nfe=2, train_s=None, **recipe(out)))
         for arch, shape, width, batch in (("mlp", (2,), 128, 256), ("unet", (1, 8, 8), 16, 128)):
             c = step_cost(arch, shape, width, batch)
             results["step_cost"].append(c)
             print(f"step cost {arch}: FM {c['fm_ms']:.1f} ms, MeanFlow {c['mf_ms']:.1f} ms, x{c['ratio']:.2f}", flush=True)
     results["total_s"] = time.time() - t_start
-    write(results)
+    bench.write_json(bench.RESULTS / "meanflow.json", results)
+    print(markdown(results) + "\n" + step_cost_table(results))
 
 
-def write(results):
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "meanflow.json").write_text(json.dumps(results, indent=2) + "\n")
-    m = results["machine"]
-    lines = ["# MeanFlow: 1- and 2-step quality vs flow matching's 100 steps", "",
-             f"Machine: {m['processor']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} thread(s); "
-             f"total {results['total_s'] / 60:.1f} min.", "",
-             "Same network, batch, lr, iterations and training loop for both methods per data set; "
-             "quality on the EMA weights, conditional sampling (balanced labels, no guidance).", "",
-             "| data | net | iters | method | NFE | quality | floor | train s | sample s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def recorded(r):
+    """The run's recipe in words, or UNRECORDED."""
+    if not r.get("tangent"):
+        return UNRECORDED
+    return f"--tangent {r['tangent']}, ratio {r['ratio']:g}"
+
+
+def markdown(results):
+    """1- and 2-step MeanFlow against flow matching's 100 steps, per data set."""
+    rows = []
     for r in results["runs"]:
         b = results["budgets"][r["data"]]
-        train = f"{r['train_s']:.0f}" if r["train_s"] is not None else "(same model)"
-        lines.append(f"| {r['data']} | {b['arch']} w{b['width']} | {b['iters']} | {r['method']} | {r['nfe']} | "
-                     f"{r['metric']} {r['value']:.4g} | {r['floor']:.4g} | {train} | {r['sample_seconds']:.2f} |")
-    lines += ["", "Training cost per step (loss + backward + AdamW, median of 3 interleaved rounds of 15 steps):", "",
-              "| net | batch | flow matching ms | MeanFlow ms | ratio |", "|---|---|---|---|---|"]
-    for c in results["step_cost"]:
-        lines.append(f"| {c['arch']} w{c['width']} | {c['batch']} | {c['fm_ms']:.1f} | {c['mf_ms']:.1f} | "
-                     f"x{c['ratio']:.2f} |")
-    lines += ["", "W2: exact 2-Wasserstein distance to held-out points; FD: Frechet distance in the features "
-              "of common.py's small digit classifier; floor: the same metric between real training and held-out data."]
-    (out / "meanflow.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        rows.append([r["data"], f"{b['arch']} width {b['width']}, {b['iters']} iterations", r["method"], r["nfe"],
+                     f"{r['metric']} {r['value']:.4g} ({r['floor']:.3g})",
+                     "" if r["train_s"] is None else f"{r['train_s']:.0f}", f"{r['sample_seconds']:.2f}"])
+    recipes = sorted({recorded(r) for r in results["runs"] if r["method"].startswith("MeanFlow")})
+    what = ("One seed; the same network, batch, lr, iterations and training loop for both methods per data set; quality "
+            "(floor: one draw of real against real) of the EMA weights, conditional sampling without guidance; "
+            f"MeanFlow's recipe: {'; '.join(recipes)}")
+    return "\n".join([bench.caption(results["machine"], COMMAND, what), "",
+                      bench.table(["data", "network, budget", "method", "NFE", "quality (floor)", "train s", "sample s"],
+                                  rows, ["l", "l", "l", "r", "r", "r", "r"])]) + "\n"
+
+
+def step_cost_table(results):
+    """The training cost per step of both methods (loss + backward + AdamW)."""
+    rows = [[f"{c['arch']} width {c['width']}", c["batch"], f"{c['fm_ms']:.1f}", f"{c['mf_ms']:.1f}", f"{c['ratio']:.2f}x"]
+            for c in results["step_cost"]]
+    return bench.table(["net", "batch", "flow matching ms", "MeanFlow ms", "ratio"], rows) + "\n"
 
 
 if __name__ == "__main__":

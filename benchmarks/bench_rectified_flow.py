@@ -14,25 +14,26 @@ Every model is then sampled from the same noise with 1 Euler step and with MANY 
 straightness S and the transport cost E||Z1 - Z0||^2 of its coupling are measured along the
 MANY-step Euler paths.
 
-Run (single-threaded; writes benchmarks/results/rectified_flow.{json,md}, with the time it took):
-  OMP_NUM_THREADS=1 python benchmarks/rectified_flow.py
-  python benchmarks/rectified_flow.py --rerender    # only rewrite the .md from the .json
+A stage's training seconds come from the dict rectified_flow.main returns; its pairs are timed by
+wrapping rectified_flow.make_pairs.
+
+Run (single-threaded; writes benchmarks/results/rectified_flow.json, with the time it took):
+  OMP_NUM_THREADS=1 python benchmarks/bench_rectified_flow.py
+  python benchmarks/bench_rectified_flow.py --table    # print the table of the json
 """
-import json
 import os
-import platform
 import shutil
 import sys
 import time
-from pathlib import Path
 
+import bench
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-import common  # noqa: E402
-import rectified_flow  # noqa: E402
-from rectified_flow import RectifiedFlow, transport_cost  # noqa: E402
+import common  # the model files: bench puts the repository's root on sys.path
+import rectified_flow
+from rectified_flow import RectifiedFlow, transport_cost
+
+COMMAND = "OMP_NUM_THREADS=1 python benchmarks/bench_rectified_flow.py"
 
 MANY = 100  # Euler steps of the "many steps" column (the paper's RK45 took 104-127)
 BUDGETS = {  # per data set: iterations of each stage, pairs, the pairs' Euler steps, samples evaluated
@@ -53,11 +54,11 @@ def timed_stage(argv, timings):
     rectified_flow.make_pairs = timed_pairs
     try:
         t0, c0 = time.time(), time.process_time()
-        rectified_flow.main(argv)
+        q = rectified_flow.main(argv) or {}
         timings.update(stage_s=time.time() - t0, stage_cpu_s=time.process_time() - c0)
     finally:
         rectified_flow.make_pairs = make_pairs
-    timings["train_s"] = timings["stage_s"] - timings.get("pairs_s", 0.0)
+    timings["train_s"] = q.get("train_seconds", timings["stage_s"] - timings.get("pairs_s", 0.0))
     return timings
 
 
@@ -75,7 +76,7 @@ def evaluate(ckpt_path, data, noise, steps):
     return row
 
 
-def bench(name, budget, root):
+def measure(name, budget, root):
     root = root / name
     shutil.rmtree(root, ignore_errors=True)
     data = common.load_data(name)
@@ -105,51 +106,38 @@ def bench(name, budget, root):
     return {"budget": budget, "rows": rows, "independent_cost": independent}
 
 
-def table(results, machine):
-    lines = [f"Rectified flow, reflow and distillation (unconditional; Euler sampler; the same noise for every "
-             f"model). Machine: {machine['processor']}, {machine['cores']} cores, torch {machine['torch']}, "
-             f"{machine['threads']} thread(s). Times are wall seconds on a machine shared with other jobs (CPU "
-             "seconds of the process in brackets); a stage is one run of rectified_flow.py: its pairs, made once "
-             "(the 1-RF distillation reuses 2-RF's), and its training.", "",
-             "| data | model | NFE | quality (floor) | straightness S | E\\|\\|Z1 - Z0\\|\\|^2 | stage s (CPU s) | of which pairs s | sample s |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|"]
-    for name, res in results.items():
-        for r in res["rows"]:
+def markdown(res):
+    """One table: every model of both data sets at 1 and MANY steps, with its stage's cost."""
+    rows = []
+    for name, part in res["results"].items():
+        for r in part["rows"]:
             q = r["quality"]
-            s = f"{r['straightness']:.4f}" if "straightness" in r else ""
-            c = f"{r['transport_cost']:.3f}" if "transport_cost" in r else ""
-            p = f"{r['pairs_s']:.0f}" if "pairs_s" in r else ""
-            lines.append(f"| {name} | {r['model']} | {r['nfe']} | {q['metric']} {q['value']:.3f} ({q['floor']:.3f}) | {s} | {c} "
-                         f"| {r['stage_s']:.0f} ({r['stage_cpu_s']:.0f}) | {p} | {r['sample_s']:.2f} |")
-        lines.append(f"| {name} | independent coupling (data, noise) | | | | {res['independent_cost']:.3f} | | | |")
-    lines += ["", "Budgets (iterations of 1-RF / 2-RF / each distillation, pairs x Euler steps): " + "; ".join(
-        f"{n}: {r['budget']['rf1']} / {r['budget']['rf2']} / {r['budget']['distill']}, "
-        f"{r['budget']['n_pairs']} x {r['budget']['pair_steps']}" for n, r in results.items())]
-    return "\n".join(lines) + "\n"
-
-
-def rerender():
-    """Rewrite the markdown table from the JSON results (no training)."""
-    out = ROOT / "benchmarks" / "results"
-    res = json.loads((out / "rectified_flow.json").read_text())
-    (out / "rectified_flow.md").write_text(table(res["results"], res["machine"]))
+            rows.append([name, r["model"], r["nfe"], f"{q['metric']} {q['value']:.3f} ({q['floor']:.3f})",
+                         f"{r['straightness']:.4f}" if "straightness" in r else "",
+                         f"{r['transport_cost']:.3f}" if "transport_cost" in r else "",
+                         f"{r['stage_s']:.0f} ({r['stage_cpu_s']:.0f})", f"{r['pairs_s']:.0f}" if "pairs_s" in r else "",
+                         f"{r['sample_s']:.2f}"])
+        rows.append([name, "independent coupling (data, noise)", "", "", "", f"{part['independent_cost']:.3f}", "", "", ""])
+    budgets = "; ".join(f"{n}: {r['budget']['rf1']} / {r['budget']['rf2']} / {r['budget']['distill']}, "
+                        f"{r['budget']['n_pairs']} x {r['budget']['pair_steps']}" for n, r in res["results"].items())
+    what = ("Rectified flow, reflow and distillation: unconditional, Euler, the same noise for every model; quality "
+            "(floor: one draw of real against real); a stage is one run of rectified_flow.py, its pairs made once (the "
+            "1-RF distillation reuses 2-RF's), wall seconds on a shared machine (CPU seconds in brackets). Iterations of "
+            f"1-RF / 2-RF / each distillation, pairs x Euler steps: {budgets}")
+    return "\n".join([bench.caption(res["machine"], COMMAND, what), "", bench.table(
+        ["data", "model", "NFE", "quality (floor)", "straightness S", "E\\|\\|Z1 - Z0\\|\\|^2", "stage s (CPU s)",
+         "of which pairs s", "sample s"], rows, ["l", "l", "r", "r", "r", "r", "r", "r", "r"])]) + "\n"
 
 
 def main():
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    machine = {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-               "torch": torch.__version__, "threads": torch.get_num_threads()}
     t0 = time.time()
-    results = {name: bench(name, budget, ROOT / "runs" / "bench-rectified_flow") for name, budget in BUDGETS.items()}
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    md = table(results, machine)
-    (out / "rectified_flow.json").write_text(json.dumps({"machine": machine, "many_steps": MANY, "results": results,
-                                                         "total_s": time.time() - t0}, indent=1))
-    (out / "rectified_flow.md").write_text(md)
-    print(md)
+    results = {name: measure(name, budget, bench.ROOT / "runs" / "bench-rectified_flow") for name, budget in BUDGETS.items()}
+    res = {"machine": bench.machine(), "many_steps": MANY, "results": results, "total_s": time.time() - t0}
+    bench.write_json(bench.RESULTS / "rectified_flow.json", res)
+    print(markdown(res))
     print(f"total {time.time() - t0:.0f}s")
 
 
 if __name__ == "__main__":
-    rerender() if "--rerender" in sys.argv else main()
+    print(markdown(bench.read_json("rectified_flow.json"))) if "--table" in sys.argv else main()

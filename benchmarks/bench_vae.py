@@ -1,11 +1,12 @@
 """Benchmark of vae.py: held-out likelihoods and sample quality at fixed budgets.
 
 Run from the repository root (about 5 minutes on one CPU thread):
-  OMP_NUM_THREADS=1 python benchmarks/vae.py
-Writes benchmarks/results/vae.json and benchmarks/results/vae.md.
+  OMP_NUM_THREADS=1 python benchmarks/bench_vae.py
+Writes benchmarks/results/vae.json.
 
-Measured, each on the data set's default training budget (digits: 2500 iterations, batch 128;
-moons: 3000, batch 512), seed 0, vae.py's default model flags unless stated:
+Measured, seed 0, vae.py's default model flags unless stated, each at the budget DIGITS_ITERS below
+sets (digits: 2500 iterations, batch 128, set here above the command line's default) or at the
+command line's default (moons: 3000 iterations, batch 512); the json records each run's iterations:
   digits, the default model: held-out -ELBO and IWAE (k = 1000) NLL in nats per image and bits per
     dimension (500 test images; a categorical decoder over the 17 levels, so these are code lengths),
     Frechet distance of 500 samples (pixels drawn, and decoder means) next to its floor;
@@ -15,23 +16,21 @@ moons: 3000, batch 512), seed 0, vae.py's default model flags unless stated:
     with independent pixels (smoothed training frequencies);
   moons: W2 of 1000 samples next to its floor, and -ELBO / IWAE NLL in nats per point (a continuous
     density, not comparable to the digits' code lengths).
+Training seconds come from the dict vae.main returns.
 """
-import json
 import math
-import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import bench
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-import common  # noqa: E402
-import vae  # noqa: E402
+import common  # the model files: bench puts the repository's root on sys.path
+import vae
 
+COMMAND = "OMP_NUM_THREADS=1 python benchmarks/bench_vae.py"
+DIGITS_ITERS = 2500  # the measured budget on digits; moons trains at the command line's default
 K = 1000
 
 
@@ -47,14 +46,12 @@ def independent_pixels_nll(data):
 def run_config(name, data, flags, tmp):
     """Train with `flags`, then re-load the checkpoint for likelihoods and for mean-pixel samples."""
     out = str(Path(tmp) / name)
-    t0 = time.time()
-    budget = ["--iters", "2500"] if data == "digits" else []  # the measured budget (the default is now 2000)
-    q = vae.main(["--data", data, "--out", out, "--iwae-k", "0", "--device", "cpu"] + budget + flags)
-    train_wall = time.time() - t0 - q["sample_seconds"]
+    budget = ["--iters", str(DIGITS_ITERS)] if data == "digits" else []
+    q = bench.run(vae.main, ["--data", data, "--out", out, "--iwae-k", "0", "--device", "cpu"] + budget + flags)
     t0 = time.time()
     q_nll = vae.main(["--ckpt", f"{out}/ckpt.pt", "--out", out, "--iwae-k", str(K), "--device", "cpu"])
     nll_wall = time.time() - t0 - q_nll["sample_seconds"]
-    row = {"name": name, "data": data, "flags": " ".join(flags), "train_and_eval_seconds": train_wall,
+    row = {"name": name, "data": data, "flags": " ".join(flags), "train_seconds": q["train_seconds"],
            "nll_seconds": nll_wall, "quality": q, "likelihood": q_nll["likelihood"]}
     if data == "digits":
         row["quality_mean_pixels"] = vae.main(["--ckpt", f"{out}/ckpt.pt", "--out", out, "--iwae-k", "0",
@@ -74,45 +71,34 @@ def main():
         rows.append(run_config("digits (default)", "digits", [], tmp))
         rows.append(run_config("digits, full head", "digits", ["--hidden", "256", "--head-dim", "16"], tmp))
         rows.append(run_config("moons (default)", "moons", [], tmp))
-    machine = {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-               "torch": torch.__version__, "threads": torch.get_num_threads()}
-    result = {"machine": machine, "k": K, "references": refs, "runs": rows,
+    result = {"machine": bench.machine(), "k": K, "references": refs, "runs": rows,
               "total_seconds": time.time() - t_start}
-    res_dir = ROOT / "benchmarks" / "results"
-    res_dir.mkdir(parents=True, exist_ok=True)
-    (res_dir / "vae.json").write_text(json.dumps(result, indent=2) + "\n")
+    bench.write_json(bench.RESULTS / "vae.json", result)
+    print(markdown(result))
 
-    bpd = 64 * math.log(2)
-    lines = [f"# vae.py benchmark (seed 0, CPU, {machine['threads']} thread(s))", "",
-             f"Machine: {machine['processor']}, {machine['cores']} cores, torch {machine['torch']}, "
-             f"threads {machine['threads']}. Held-out: 500 test digits / 500 test moons points; "
-             f"IWAE with k = {K} importance samples. NFE: 1 decoder call per sample.", "",
-             "| run | params | iters | -ELBO (nats) | IWAE NLL (nats) | bits/dim (-ELBO / IWAE) "
-             "| quality, pixels drawn (floor) | quality, decoder mean | train+eval s | IWAE s | sampling s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+
+def markdown(result):
+    """One row per run: likelihoods, sample quality and seconds; then the references."""
+    K, bpd, rows = result["k"], 64 * math.log(2), []
+    for r in result["runs"]:
         lk, q = r["likelihood"], r["quality"]
         ne, nl = lk["neg_elbo_nats"], lk[f"iwae{K}_nll_nats"]
-        if r["data"] == "digits":
-            bits = f"{ne / bpd:.3f} / {nl / bpd:.3f}"
-            qm = f"{r['quality_mean_pixels']['value']:.2f}"
-            qs = f"FD {q['value']:.2f} ({q['floor']:.2f})"
-        else:
-            bits, qm = "n/a (density)", "n/a"
-            qs = f"W2 {q['value']:.3f} ({q['floor']:.3f})"
-        lines.append(f"| {r['name']} | {r['params'] / 1e3:.0f}k | {r['iters']} | {ne:.2f} | {nl:.2f} | {bits} | {qs} "
-                     f"| {qm} | {r['train_and_eval_seconds']:.0f} | {r['nll_seconds']:.0f} "
-                     f"| {q['sample_seconds']:.2f} |")
-    uni, ind = refs["uniform_nats"], refs["independent_pixels_nats"]
-    lines += ["", "References on the same 500 test digits (no training): uniform over 17 levels "
-              f"{uni:.2f} nats ({uni / bpd:.3f} bits/dim); independent per-pixel categoricals "
-              f"{ind:.2f} nats ({ind / bpd:.3f} bits/dim).",
-              "Moons NLL is a continuous density in nats per 2-D point (can be negative; not a code length).",
-              "FD: Frechet distance in common.py's small digit classifier's features, 500 samples vs 500 test "
-              "images; floor = 500 training images vs the same test images.",
-              f"Total benchmark time {result['total_seconds']:.0f} s."]
-    (res_dir / "vae.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        digits = r["data"] == "digits"
+        rows.append([r["name"], f"{r['params'] / 1e3:.0f}k", r["iters"], f"{ne:.2f}", f"{nl:.2f}",
+                     f"{ne / bpd:.3f} / {nl / bpd:.3f}" if digits else "n/a (density)",
+                     f"{q['metric']} {q['value']:.3g} ({q['floor']:.3g})",
+                     f"{r['quality_mean_pixels']['value']:.3g}" if digits else "n/a",
+                     f"{r.get('train_seconds', r.get('train_and_eval_seconds')):.0f}", f"{r['nll_seconds']:.0f}"])
+    uni, ind = result["references"]["uniform_nats"], result["references"]["independent_pixels_nats"]
+    what = (f"Seed 0; held-out: 500 test digits / 500 test moons points; IWAE with k = {K} importance samples; "
+            "quality of 500 samples (floor: one draw of real against real); moons' NLL is a continuous density in nats "
+            "per 2-D point, not a code length")
+    return "\n".join([
+        bench.caption(result["machine"], COMMAND, what), "",
+        bench.table(["run", "params", "iterations", "-ELBO (nats)", "IWAE NLL (nats)", "bits/dim (-ELBO / IWAE)",
+                     "quality, pixels drawn (floor)", "quality, decoder mean", "train s", "IWAE s"], rows), "",
+        f"References on the same 500 test digits, no training: uniform over 17 levels {uni:.2f} nats "
+        f"({uni / bpd:.3f} bits/dim); independent per-pixel categoricals {ind:.2f} nats ({ind / bpd:.3f} bits/dim)."]) + "\n"
 
 
 if __name__ == "__main__":

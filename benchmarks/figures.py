@@ -7,13 +7,12 @@ benchmarks/requirements.txt; the model files draw their own pictures with common
   python benchmarks/figures.py trajectories ddpm=runs/ddpm-checkerboard ...       # trajectory.png side by side
   python benchmarks/figures.py compute                   # quality against training seconds: MeanFlow vs
                                                          # cfm.py, latent vs pixel (meanflow_compute.py
-                                                         # --curve, latent_diffusion.py's seed files)
+                                                         # --curve, bench_latent_diffusion.py's seed files)
 
 nfe reads benchmarks/results/all_<part>_seed<s>.json (run_all.py, one file a seed; part 2d or
 digits) and plots each sampler family's quality against its network calls (log-log): the mean over
-seeds with +- sd bars, and the floor (real against real) as a band, mean +- sd. Where no seed file
-exists yet it falls back to the older single-run files (all_2d.json, all_digits*.json: one seed,
-no floor sd). A folder argument may be written LABEL=FOLDER; without a label the folder's name is used.
+seeds with +- sd bars, and the floor (real against real) as a band, mean +- sd. A folder argument
+may be written LABEL=FOLDER; without a label the folder's name is used.
 """
 import argparse
 import json
@@ -43,17 +42,13 @@ def plt_():
 # quality against NFE
 
 def result_files(part, results=RESULTS):
-    """The seed files of a part (all_<part>_seed<s>.json, quick runs left out), else the older
-    single-run files (all_2d.json; all_digits.json and all_digits_<runs>.json)."""
-    files = [f for f in sorted(results.glob(f"all_{part}_seed*.json")) if "quick" not in f.name]
-    if files:
-        return files
-    return sorted(f for f in results.glob(f"all_{part}*.json") if "quick" not in f.name)
+    """The seed files of a part (all_<part>_seed<s>.json, quick runs left out)."""
+    return [f for f in sorted(results.glob(f"all_{part}_seed*.json")) if "quick" not in f.name]
 
 
 def load_rows(files):
-    """Every row of the files, each with its seed (the file's, else 0); a seed's later file
-    replaces an earlier row of the same (run, sampler)."""
+    """Every row of the files, each with its seed (the file's, else 0); of rows with the same seed,
+    run and sampler, the last file's is kept."""
     by_key = {}
     for f in files:
         res = json.loads(Path(f).read_text())
@@ -151,7 +146,7 @@ def compute_lines(results):
                 for c in res["runs"][model]["checkpoints"]:
                     first = first or c
                     by.setdefault(label, {}).setdefault(c["iters"], []).append((c["cumulative_seconds"], c["fd"]))
-        panels.append(("digits32, conditional, NFE 20 (benchmarks/latent_diffusion.py)", by,
+        panels.append(("digits32, conditional, NFE 20 (benchmarks/bench_latent_diffusion.py)", by,
                        (first["floor"], first["floor_sd"]), "training seconds (wall, one thread)", "FD"))
     out = []
     for title, by, floor, xlabel, metric in panels:
