@@ -1,25 +1,33 @@
-"""The seeds' claims measured side by side: every model file trained under a fixed, stated budget
-on a 2-D set and on digits, sampled with the samplers each claim is about, on several seeds.
+"""The lectures' claims measured side by side: every model file trained under a fixed, stated budget
+on a 2-D set and on digits, sampled with the samplers each claim is about, on several seeds, and
+every claim decided by a paired comparison with its 95% bootstrap interval.
 
-  for s in 0 1 2; do python benchmarks/run_all.py --part 2d --seed $s; done      # ~10 min a seed, one core
-  for s in 0 1 2; do python benchmarks/run_all.py --part digits --seed $s; done  # ~30 min a seed, one core
-  python benchmarks/run_all.py --readme   # the tables (mean +- sd over seeds), the claims' verdicts, the pictures
+  for s in 0 1 2; do OMP_NUM_THREADS=1 python benchmarks/run_all.py --part 2d --seed $s; done      # ~25 min a seed
+  for s in 0 1 2; do OMP_NUM_THREADS=1 python benchmarks/run_all.py --part digits --seed $s; done  # ~30 min a seed
+  python benchmarks/run_all.py --analyse   # the paired bootstrap over the seeds' samples -> results/claims_<part>.json
+  python benchmarks/report.py              # the tables and verdicts of benchmarks/README.md and README.md
 
-Each run writes benchmarks/results/all_<part>_seed<s>.json (and, for seed 0, pictures in
-benchmarks/results/img/) as it goes; --readme reads every seed's file. Everything goes through the
-model files' own command lines: train with `--n-eval 0` (its CPU time is recorded), then sample the
-checkpoint with `--ckpt` and read the quality figure the file prints. A claim's verdict follows
-issue 14's rule: its statistic's mean +- sd over seeds wholly on one side of the target, else
-"within noise". Likelihoods are not measured here: benchmarks/likelihood.py puts them on one footing.
-Budgets: digits 2500 iterations (meanflow.py 800, ar.py 1000: their defaults), batch 128, UNet
+Everything goes through the model files' own `main()`: train with `--n-eval 0`, then sample the
+checkpoint with `--ckpt` and take the quality, the seconds and the samples from the dict `main()`
+returns. Every sampler of a seed draws its starting noise from the same generator (`--seed`), so
+the ODE samplers, DDIM and the one-step models start from the same noise, row for row; all are scored
+against the same held-out set. Digits: 2000 samples against the 500 held-out digits, FD and KID in
+the feature classifier's space; 2-D: 5000 points against 5000 held-out points, W2 (exact) and the
+energy distance (unbiased, like KID, so it has no small-sample floor).
+
+A claim is a ratio of two rows' figures (FD on digits, the energy distance on 2-D). Its interval is a
+paired bootstrap: each replicate resamples the generated samples (the same indices for every row,
+so a noise is kept with its noise) and the held-out items (the same for every row and seed), and
+recomputes every row's figure; the claim's statistic is the mean over seeds of the per-seed ratio,
+its interval the 2.5% and 97.5% points over replicates. That interval holds the sampling and
+held-out noise of these trained models; the spread over training seeds is shown beside it. A claim
+holds (or does not) when its interval lies on one side of the target, else it is "within noise".
+
+Budgets: digits 2500 iterations (meanflow.py 900 and ar.py 1000: their defaults), batch 128, UNet
 width 16; 2-D 3000 iterations, batch 512, MLP width 256; reflow 1000 and distillation 500
-iterations; unconditional.
+iterations; unconditional, one thread.
 """
 import argparse
-import contextlib
-import io
-import json
-import platform
 import re
 import shutil
 import statistics
@@ -27,17 +35,20 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import bench  # noqa: F401 (puts the repository's root on the path)
+
 import common  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
-DATA_2D = "checkerboard"
+ROOT, RESULTS = bench.ROOT, bench.RESULTS
+PARTS = {"2d": dict(data="checkerboard", n_gen=5000, n_test=5000, metric="energy distance"),
+         "digits": dict(data="digits", n_gen=2000, n_test=500, metric="FD")}
+REPLICATES = 500
 
 
-def jobs(data, n_eval):
+def jobs(data):
     """(model file, run name, training flags, [(row label, sampler flags, NFE)])."""
     two_d = data != "digits"
     it = [] if two_d else ["--iters", "2500"]  # the measured budget on digits (the command lines' default is 2000)
@@ -64,229 +75,354 @@ def jobs(data, n_eval):
     ])
 
 
-def run_cli(module, argv):
-    """Run `module.main(argv)`, returning (its result, its printed output, seconds)."""
-    mod = __import__(module)
-    buf = io.StringIO()
-    t0 = time.time()
-    with contextlib.redirect_stdout(buf):
-        q = mod.main(argv)
-    sys.stdout.write(buf.getvalue()[-2000:])
-    return q, buf.getvalue(), time.time() - t0
+# -----------------------------------------------------------------------------
+# measuring: train, sample, keep every row's samples (as features) for the paired analysis
+
+def run_main(module, argv):
+    """`module.main(argv)` in this process: (the dict it returns, or {}, and its CPU seconds)."""
+    cpu0 = time.process_time()
+    q = __import__(module).main(argv)
+    return q or {}, time.process_time() - cpu0
 
 
-def run_part(part, device, work, quick=False, only=None, resample=False, seed=0):
-    data = DATA_2D if part == "2d" else "digits"
-    n_eval = (1000 if part == "2d" else 500) if not quick else 100
-    out_json = RESULTS / f"all_{part}_seed{seed}{'_quick' if quick else ''}{'_' + '_'.join(only) if only else ''}.json"
-    (RESULTS / "img").mkdir(parents=True, exist_ok=True)
-    rows, ckpts = [], {}
-    previous = json.loads(out_json.read_text())["rows"] if resample else None
-    machine = (f"{platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}"
-               + (f", {torch.cuda.get_device_name()}" if device == "cuda" else ", CPU"))
-    base = ["--data", data, "--uncond", "--device", device, "--log-every", "500", "--seed", str(seed)]
-    for job in jobs(data, n_eval):
-        if only and job[1] not in only:
+def run_part(part, seed, device, work, quick=False, only=None):
+    cfg = PARTS[part]
+    data = common.load_data(cfg["data"])
+    n_gen = 100 if quick else cfg["n_gen"]
+    out_json = RESULTS / f"all_{part}_seed{seed}{'_quick' if quick else ''}.json"
+    keep = work / f"seed{seed}" / f"{part}-samples.pt"  # every row's samples, for --analyse
+    samples = torch.load(keep, weights_only=True) if keep.exists() and only else {}
+    rows = [r for r in bench.read_json(out_json)["rows"] if r["run"] not in only] if only and out_json.exists() else []
+    base = ["--data", cfg["data"], "--uncond", "--device", device, "--log-every", "500", "--seed", str(seed)]
+    ckpts = {}
+    for module, name, train_flags, samplers in jobs(cfg["data"]):
+        folder = work / f"seed{seed}" / f"{part}-{name}"
+        ckpts[name] = str(folder / "ckpt.pt")
+        if only and name not in only:
             continue
-        try:
-            run_job(part, job, base, device, n_eval, work / f"seed{seed}", ckpts, rows, quick, previous, seed)
-        except (Exception, SystemExit) as e:  # one failing model must not lose the others' rows
-            print(f"FAILED {job[1]}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        out_json.write_text(json.dumps({"machine": machine, "data": data, "n_eval": n_eval, "seed": seed,
-                                        "rows": rows}, indent=1))
+        trained = {}
+        if train_flags is not None:  # ddim samples ddpm's checkpoint: no training of its own
+            short = (["--iters", "20", "--n-pairs", "600", "--pair-steps", "4"] if module == "rectified_flow" else
+                     ["--iters", "20"]) if quick else []
+            q, cpu = run_main(module, base + [f.format(**ckpts) for f in train_flags] + short
+                              + ["--n-eval", "0", "--out", str(folder)])
+            trained = dict(train_s=q.get("train_seconds"), train_cpu_s=q.get("train_cpu_seconds", cpu))
+        ckpt = ckpts["ddpm"] if train_flags is None else ckpts[name]
+        for label, sflags, nfe in samplers:
+            q, _ = run_main(module, ["--ckpt", ckpt, "--device", device, "--n-eval", str(n_gen), "--seed", str(seed),
+                                     "--out", str(folder)] + sflags)
+            x = q.pop("samples")
+            samples[label] = common.features(data, x) if data.is_image else x.double()
+            row = dict(model=module, run=name, sampler=label, nfe=nfe, seed=seed, sample_s=q.get("sample_seconds"),
+                       **trained, **{k: q[k] for k in ("metric", "value", "floor", "floor_sd", "floor_n", "n", "kid",
+                                                         "kid_floor", "kid_floor_sd", "memorised") if k in q})
+            if not data.is_image:
+                row["energy"] = energy_distance(x.double(), data.x_test[:cfg["n_test"]].double())
+            if module in ("rectified_flow", "cfm") and nfe == 100:
+                row["straightness"] = straightness(ckpt, cfg["data"], device)
+            img = RESULTS / "img" / f"{part}-{re.sub('[^a-z0-9]+', '-', label.lower()).strip('-')}.png"
+            grid = folder / f"samples-{module}.png"  # a folder with a checkpoint keeps its training grid
+            if seed == 0 and not quick:  # the pictures: seed 0's
+                img.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(grid if grid.exists() else folder / "samples.png", img)
+            row["img"] = str(img.relative_to(ROOT))
+            rows.append(row)
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            common.atomic_save(samples, keep)
+            bench.write_json(out_json, {"machine": bench.machine(device), "data": cfg["data"], "n_gen": n_gen,
+                                        "n_test": cfg["n_test"], "seed": seed, "rows": rows})
+            print({k: v for k, v in row.items() if k != "img"}, flush=True)
     return rows
 
 
-def run_job(part, job, base, device, n_eval, work, ckpts, rows, quick=False, resample=None, seed=0):
-    module, name, train_flags, samplers = job
-    folder = work / f"{part}-{name}"
-    t_train = None
-    cpu0 = time.process_time()
-    cpu_train = None
-    if train_flags is None:  # ddim: samples the ddpm checkpoint, no training of its own
-        ckpt = ckpts["ddpm"]
-    elif resample is not None and (folder / "ckpt.pt").exists():  # keep the trained model and its timing
-        ckpt = folder / "ckpt.pt"
-        ckpts[name] = str(ckpt)
-        t_train, cpu_train = next((r["train_s"], r.get("train_cpu_s")) for r in resample if r["run"] == name)
-    else:
-        flags = [f.format(**ckpts) for f in train_flags] + (["--iters", "20", "--n-pairs", "600", "--pair-steps", "4"]
-                                                            if quick and module == "rectified_flow" else
-                                                            ["--iters", "20"] if quick else [])
-        _, _, t_train = run_cli(module, base + flags + ["--n-eval", "0", "--out", str(folder)])
-        ckpt = folder / "ckpt.pt"
-        ckpts[name] = str(ckpt)
-        cpu_train = time.process_time() - cpu0
-    for label, sflags, nfe in samplers:
-        q, text, _ = run_cli(module, ["--ckpt", str(ckpt), "--device", device, "--n-eval", str(n_eval),
-                                      "--seed", str(seed), "--out", str(folder)] + sflags)
-        row = dict(model=module, run=name, sampler=label, nfe=nfe, metric=q["metric"], value=q["value"],
-                   floor=q["floor"], floor_sd=q.get("floor_sd"), train_s=t_train, train_cpu_s=cpu_train,
-                   sample_s=q["sample_seconds"], seed=seed)
-        if module in ("rectified_flow", "cfm") and nfe == 100:
-            row["straightness"] = straightness(ckpt, base[1], device)
-        img = RESULTS / "img" / f"{part}-{re.sub('[^a-z0-9]+', '-', label.lower()).strip('-')}.png"
-        grid = folder / f"samples-{module}.png"  # a folder with a checkpoint keeps its training grid
-        if seed == 0 and not quick:  # the pictures: seed 0's
-            shutil.copy(grid if grid.exists() else folder / "samples.png", img)
-        row["img"] = str(img.relative_to(ROOT))
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-
-
-def straightness(ckpt_path, data_name, device):
-    """E int ||(x1 - x0) - v(x_t, t)||^2 dt along the flow's own paths (rectified_flow.straightness)."""
+def straightness(ckpt_path, data_name, device, paths=1000, chunks=20):
+    """rectified_flow.straightness on `paths` Euler paths of 100 steps, as the means of `chunks`
+    equal chunks of paths (their mean is the figure; the chunks are what the bootstrap resamples)."""
     import rectified_flow
     data = common.load_data(data_name)
     net = common.ema_net(common.load_checkpoint(ckpt_path, ("cfm", "rectified_flow")), data, time_scale=1000.0).to(device)
-    noise = torch.randn((1000,) + data.shape, generator=torch.Generator().manual_seed(0)).to(device)
-    return float(rectified_flow.RectifiedFlow().straightness(net, noise, steps=100))
+    noise = torch.randn((paths,) + data.shape, generator=torch.Generator().manual_seed(0)).to(device)
+    return [float(rectified_flow.RectifiedFlow().straightness(net, z, steps=100)) for z in noise.chunk(chunks)]
 
 
 # -----------------------------------------------------------------------------
-# README: the table, the claims with their targets, the pictures
+# the paired bootstrap: every row's figure on the same resamples
 
-def mean_sd(values):
-    """'m +- s (n)' over seeds; one value alone is printed as it is."""
-    v = [x for x in values if x is not None]
-    if len(v) < 2:
-        return f"{v[0]:.3g}" if v else ""
-    return f"{statistics.mean(v):.3g} +- {statistics.stdev(v):.2g}"
+def counts(index, n):
+    """Resampled indices (B, m) as how often each of the n items was drawn (B, n), float64."""
+    return torch.zeros(len(index), n, dtype=torch.float64).scatter_add_(1, index, torch.ones_like(index, dtype=torch.float64))
 
 
-# each claim: (text, target, (value, threshold, sense) on one seed's rows by sampler, or None where absent)
-def _ratio(q, a, b):
-    return q[a] / q[b] if a in q and b in q else None
+def weighted_moments(f, w):
+    """Means (B, d) and covariances (B, d, d, ddof 1) of features f (n, d) under count weights w (B, n)."""
+    m = w.sum(1, keepdim=True)
+    mu = w @ f / m
+    second = torch.einsum("bn,nd,ne->bde", w, f, f) / m[..., None]
+    cov = (second - mu[:, :, None] * mu[:, None, :]) * (m / (m - 1))[..., None]
+    return mu, cov
 
 
+def fd_batch(f_gen, f_test, w_gen, w_test):
+    """Frechet distance of each replicate (B,): ||mu1 - mu2||^2 + tr S1 + tr S2 - 2 tr (S1^1/2 S2 S1^1/2)^1/2."""
+    mu1, s1 = weighted_moments(f_gen, w_gen)
+    mu2, s2 = weighted_moments(f_test, w_test)
+    e, v = torch.linalg.eigh(s1)
+    root = v @ torch.diag_embed(e.clamp(min=0).sqrt()) @ v.transpose(1, 2)  # S1^1/2
+    cross = torch.linalg.eigvalsh(root @ s2 @ root).clamp(min=0).sqrt().sum(1)
+    return (mu1 - mu2).pow(2).sum(1) + s1.diagonal(dim1=1, dim2=2).sum(1) + s2.diagonal(dim1=1, dim2=2).sum(1) - 2 * cross
+
+
+def mmd_batch(k_gg, k_tt, k_gt, w_gen, w_test):
+    """The unbiased squared MMD of each replicate (B,), from the kernel matrices and count weights:
+    a resample's pairs of distinct positions sum to w^T K w - sum_i w_i K_ii."""
+    m, n = w_gen.sum(1), w_test.sum(1)
+    gg = ((w_gen @ k_gg) * w_gen).sum(1) - w_gen @ k_gg.diagonal()
+    tt = ((w_test @ k_tt) * w_test).sum(1) - w_test @ k_tt.diagonal()
+    gt = ((w_gen @ k_gt) * w_test).sum(1)
+    return gg / (m * (m - 1)) + tt / (n * (n - 1)) - 2 * gt / (m * n)
+
+
+def energy_distance(a, b):
+    """The unbiased energy distance 2 E|X - Y| - E|X - X'| - E|Y - Y'| between point sets (zero in
+    expectation for equal distributions): the squared MMD of the kernel -|x - y|."""
+    w_a, w_b = torch.ones(1, len(a), dtype=torch.float64), torch.ones(1, len(b), dtype=torch.float64)
+    return float(mmd_batch(-torch.cdist(a, a), -torch.cdist(b, b), -torch.cdist(a, b), w_a, w_b)[0])
+
+
+def cubic(a, b):
+    return (a @ b.T / a.shape[1] + 1) ** 3  # KID's kernel
+
+
+def replicate_figures(samples, test, is_image, index_gen, index_test, chunk=50):
+    """{row: (figure (B,), kid (B,) or None)} on the replicates; replicate 0 is the sample itself."""
+    out = {}
+    w_gen_all, w_test_all = counts(index_gen, len(index_gen[0])), counts(index_test, len(test))
+    k_tt = cubic(test, test) if is_image else -torch.cdist(test, test)
+    for label, x in samples.items():
+        x = x.double()[:index_gen.shape[1]]
+        k_gg, k_gt = (cubic(x, x), cubic(x, test)) if is_image else (-torch.cdist(x, x), -torch.cdist(x, test))
+        figs, kids = [], []
+        for w_g, w_t in zip(w_gen_all.split(chunk), w_test_all.split(chunk)):
+            mmd = mmd_batch(k_gg, k_tt, k_gt, w_g, w_t)
+            figs.append(fd_batch(x, test, w_g, w_t) if is_image else mmd)
+            kids.append(mmd)
+        out[label] = (torch.cat(figs), torch.cat(kids) if is_image else None)
+    return out
+
+
+def analyse(part, work, replicates=REPLICATES, suffix=""):
+    """Read every seed's samples, run the paired bootstrap, write results/claims_<part><suffix>.json."""
+    cfg = PARTS[part]
+    data = common.load_data(cfg["data"])
+    test = (common.features(data, data.x_test[:cfg["n_test"]]) if data.is_image else data.x_test[:cfg["n_test"]]).double()
+    files = sorted(RESULTS.glob(f"all_{part}_seed[0-9]{suffix}.json"))
+    runs = [bench.read_json(f) for f in files]
+    g = torch.Generator().manual_seed(0)
+    n_gen = runs[0]["n_gen"]
+    index_gen = torch.cat([torch.arange(n_gen)[None], torch.randint(n_gen, (replicates, n_gen), generator=g)])
+    index_test = torch.cat([torch.arange(len(test))[None], torch.randint(len(test), (replicates, len(test)), generator=g)])
+    per_seed = {}
+    for run in runs:
+        seed = run["seed"]
+        samples = torch.load(work / f"seed{seed}" / f"{part}-samples.pt", weights_only=True)
+        figs = replicate_figures(samples, test, data.is_image, index_gen, index_test)
+        strt = {r["run"]: torch.tensor(r["straightness"], dtype=torch.float64) for r in run["rows"] if "straightness" in r}
+        ichunk = torch.cat([torch.arange(20)[None], torch.randint(20, (replicates, 20), generator=torch.Generator().manual_seed(1))])
+        strt = {k: v[ichunk].mean(1) for k, v in strt.items()}
+        best = min((r for r in run["rows"]), key=lambda r: r["energy"] if not data.is_image else r["value"])
+        per_seed[seed] = dict(figs=figs, straightness=strt, best=best["sampler"],
+                              vs_floor=vs_floor(data, samples[best["sampler"]], best, cfg, test, index_test, seed))
+        print(f"seed {seed}: analysed {len(figs)} rows", flush=True)
+    claims = []
+    for text, target, num, den, threshold, sense in CLAIMS:
+        values = {}
+        for seed, s in per_seed.items():
+            if num == "straightness":
+                if "cfm-ot" in s["straightness"] and "cfm" in s["straightness"]:
+                    values[seed] = s["straightness"]["cfm-ot"] / s["straightness"]["cfm"]
+            elif num == "best":
+                values[seed] = s["vs_floor"]
+            elif num in s["figs"] and den in s["figs"]:
+                values[seed] = s["figs"][num][0] / s["figs"][den][0]
+        if not values:
+            continue
+        stack = torch.stack(list(values.values()))  # (seeds, 1 + B)
+        pooled = stack.mean(0)
+        lo, hi = (float(v) for v in torch.quantile(pooled[1:], torch.tensor([0.025, 0.975], dtype=torch.float64)))
+        per = {str(k): dict(ratio=float(v[0]), lo=float(torch.quantile(v[1:], 0.025)), hi=float(torch.quantile(v[1:], 0.975)))
+               for k, v in values.items()}
+        claims.append(dict(claim=text, target=target, threshold=threshold, sense=sense, ratio=float(pooled[0]),
+                           lo=lo, hi=hi, verdict=verdict(lo, hi, threshold, sense), seeds=per,
+                           seed_sd=float(stack[:, 0].std()) if len(values) > 1 else None))
+    kid_rows = {}
+    if data.is_image:
+        for seed, s in per_seed.items():
+            for label, (_, k) in s["figs"].items():
+                kid_rows.setdefault(label, []).append(float(k[0]))
+    bench.write_json(RESULTS / f"claims_{part}{suffix}.json", dict(
+        part=part, data=cfg["data"], metric=cfg["metric"], n_gen=n_gen, n_test=len(test), replicates=replicates,
+        seeds=sorted(per_seed), best={str(k): v["best"] for k, v in per_seed.items()}, claims=claims,
+        command=f"python benchmarks/run_all.py --analyse --part {part}", machine=bench.machine()))
+
+
+def vs_floor(data, x, best, cfg, test, index_test, seed, replicates=100):
+    """The best row against the real-vs-real floor at the floor's own n: its FD on its first 500
+    samples (digits) or its W2 on its first 1000 points (2-D), over the floor's mean; (1 + B,)."""
+    n = min(500 if data.is_image else 1000, len(x))
+    floor = common.floor_of(data, n)["floor"]
+    g = torch.Generator().manual_seed(2 + seed)
+    ig = torch.cat([torch.arange(n)[None], torch.randint(n, (replicates, n), generator=g)])
+    it = torch.cat([torch.arange(n)[None], torch.randint(n, (replicates, n), generator=g)])
+    x = x.double()[:n]
+    if data.is_image:
+        t = test[:n]
+        fig = fd_batch(x, t, counts(ig, n), counts(it, n))
+    else:
+        t = data.x_test[:n].double()
+        fig = torch.tensor([common.w2_exact(x[i], t[j]) for i, j in zip(ig, it)], dtype=torch.float64)
+    return fig / floor
+
+
+# each claim: (text, target, numerator row, denominator row, threshold, sense)
 CLAIMS = [
-    ("DDIM with 50 steps matches DDPM's 1000", "DDIM-50 / DDPM-1000 <= 1.2",
-     lambda q, s, floor: _ratio(q, "DDIM eta=0, 50 steps", "DDPM ancestral"), 1.2, "<="),
-    ("flow matching needs far fewer steps than DDPM", "CFM Euler-100 / DDPM-1000 <= 1.2",
-     lambda q, s, floor: _ratio(q, "CFM euler x 100", "DDPM ancestral"), 1.2, "<="),
-    ("one-step 2-RF beats one-step 1-RF", "2-RF-1 / 1-RF-1 < 1",
-     lambda q, s, floor: _ratio(q, "2-RF, 1 step", "1-RF, 1 step"), 1.0, "<"),
-    ("distillation improves one-step 2-RF", "distilled-1 / 2-RF-1 < 1",
-     lambda q, s, floor: _ratio(q, "2-RF + distill, 1 step", "2-RF, 1 step"), 1.0, "<"),
-    ("2-RF + distill at one step >= 10x better than 1-RF at one step", "1-RF-1 / distilled-1 >= 10",
-     lambda q, s, floor: _ratio(q, "1-RF, 1 step", "2-RF + distill, 1 step"), 10.0, ">="),
-    ("MeanFlow's one step is close to multi-step flow matching", "MeanFlow-1 / CFM Euler-100 <= 1.5",
-     lambda q, s, floor: _ratio(q, "MeanFlow, 1 step", "CFM euler x 100"), 1.5, "<="),
-    ("OT coupling straightens paths", "straightness OT / independent < 1",
-     lambda q, s, floor: s["cfm-ot"] / s["cfm"] if "cfm" in s and "cfm-ot" in s else None, 1.0, "<"),
-    ("CFM RK4 at 20 NFE matches Euler at 1000", "RK4-5 / Euler-1000 <= 1.1",
-     lambda q, s, floor: _ratio(q, "CFM rk4 x 5", "CFM euler x 1000"), 1.1, "<="),
-    ("the best model is close to real data", "best row / floor <= 2",
-     lambda q, s, floor: min(q.values()) / floor, 2.0, "<="),
+    ("DDIM with 50 steps matches DDPM's 1000", "DDIM-50 / DDPM-1000 <= 1.2", "DDIM eta=0, 50 steps", "DDPM ancestral", 1.2, "<="),
+    ("flow matching needs far fewer steps than DDPM", "CFM Euler-100 / DDPM-1000 <= 1.2", "CFM euler x 100",
+     "DDPM ancestral", 1.2, "<="),
+    ("one-step 2-RF beats one-step 1-RF", "2-RF-1 / 1-RF-1 < 1", "2-RF, 1 step", "1-RF, 1 step", 1.0, "<"),
+    ("distillation improves one-step 2-RF", "distilled-1 / 2-RF-1 < 1", "2-RF + distill, 1 step", "2-RF, 1 step", 1.0, "<"),
+    ("2-RF + distill at one step >= 10x better than 1-RF at one step", "1-RF-1 / distilled-1 >= 10", "1-RF, 1 step",
+     "2-RF + distill, 1 step", 10.0, ">="),
+    ("MeanFlow's one step is close to multi-step flow matching", "MeanFlow-1 / CFM Euler-100 <= 1.5", "MeanFlow, 1 step",
+     "CFM euler x 100", 1.5, "<="),
+    ("OT coupling straightens paths", "straightness OT / independent < 1", "straightness", None, 1.0, "<"),
+    ("CFM RK4 at 20 NFE matches Euler at 1000", "RK4-5 / Euler-1000 <= 1.1", "CFM rk4 x 5", "CFM euler x 1000", 1.1, "<="),
+    ("the best model is close to real data", "best row / floor <= 2", "best", None, 2.0, "<="),
 ]
 
 
-def verdict(values, threshold, sense):
-    """The issue's rule: mean +- sd over seeds wholly on one side of the target, else "within noise"."""
+def verdict(lo, hi, threshold, sense):
+    """'holds' or 'does not hold' when the whole 95% interval is on one side of the target, else 'within noise'."""
     ok = {"<=": lambda v: v <= threshold, "<": lambda v: v < threshold, ">=": lambda v: v >= threshold}[sense]
-    if len(values) < 2:
-        return ("holds" if ok(values[0]) else "does not hold") + " (one seed)"
-    m, sd = statistics.mean(values), statistics.stdev(values)
-    if ok(m - sd) and ok(m + sd):
+    if ok(lo) and ok(hi):
         return "holds"
-    if not ok(m - sd) and not ok(m + sd):
+    if not ok(lo) and not ok(hi):
         return "does not hold"
     return "within noise"
 
 
-def claims(rows_by_seed, floor):
+# -----------------------------------------------------------------------------
+# markdown for report.py: the rows (mean +- sd over seeds), the claims with their intervals, the pictures
+
+def mean_sd(values, scale=1.0, digits=3):
+    v = [x * scale for x in values if x is not None]
+    if len(v) < 2:
+        return f"{v[0]:.{digits}g}" if v else ""
+    return f"{statistics.mean(v):.{digits}g} +- {statistics.stdev(v):.2g}"
+
+
+def load(part):
+    files = sorted(RESULTS.glob(f"all_{part}_seed[0-9].json"))
+    claims = RESULTS / f"claims_{part}.json"
+    return [bench.read_json(f) for f in files], (bench.read_json(claims) if claims.exists() else None)
+
+
+def rows_table(part, runs):
+    data = PARTS[part]["data"]
+    order = [j[1] for j in jobs(data)]
+    by_key = {}
+    for run in runs:
+        for r in run["rows"]:
+            by_key.setdefault((r["run"], r["sampler"]), []).append(r)
+    keys = sorted(by_key, key=lambda k: order.index(k[0]))
+    first = runs[0]["rows"][0]
+    image = data == "digits"
+    head = ["model", "sampler", "NFE", f"FD (n={runs[0]['n_gen']})" if image else f"W2 (n={runs[0]['n_gen']})",
+            "KID x 1e3" if image else "energy distance x 1e3", "straightness", "train CPU s"]
+    if image:
+        head.insert(5, "memorised %")
+    rows = []
+    for k in keys:
+        rs = by_key[k]
+        cells = [f"{rs[0]['model']}.py", k[1], rs[0]["nfe"], mean_sd([r["value"] for r in rs]),
+                 mean_sd([r.get("kid" if image else "energy") for r in rs], 1e3, 2)]
+        if image:
+            cells.append(mean_sd([r.get("memorised") for r in rs], 100, 2))
+        cells += [mean_sd([statistics.mean(r["straightness"]) if r.get("straightness") else None for r in rs]),
+                  mean_sd([r.get("train_cpu_s") for r in rs])]
+        rows.append(cells)
+    floor = (f"floor (real vs real, {first['floor_n']} training vs {first['floor_n']} held-out, mean +- sd over 20 draws): "
+             f"{first['metric']} {first['floor']:.3g} +- {first['floor_sd']:.2g}")
+    if image:
+        floor += f", KID x 1e3 {1e3 * first['kid_floor']:.2g} +- {1e3 * first['kid_floor_sd']:.2g}"
+    return bench.table(head, rows, ["l", "l"] + ["r"] * (len(head) - 2)), floor
+
+
+def fmt_claim(c):
+    seeds = ", ".join(f"{v['ratio']:.3g}" for v in c["seeds"].values())
+    return [c["claim"], c["target"], f"**{c['verdict']}**", f"{c['ratio']:.3g}", f"{c['lo']:.3g} - {c['hi']:.3g}",
+            f"{(c['hi'] - c['lo']) / 2:.2g}", seeds]
+
+
+def claims_block(claims):
+    head = ["claim of the lectures", "target", "verdict", "ratio", "95% interval", "half-width", "per seed"]
+    return bench.table(head, [fmt_claim(c) for c in claims["claims"]], ["l", "l", "l", "r", "r", "r", "l"])
+
+
+def markdown():
+    """The side-by-side section of benchmarks/README.md, from the results files."""
     out = []
-    for text, target, stat, threshold, sense in CLAIMS:
-        values = []
-        for rows in rows_by_seed:
-            q = {r["sampler"]: r["value"] for r in rows}
-            s = {r["run"]: r["straightness"] for r in rows if r.get("straightness") is not None}
-            v = stat(q, s, floor)
-            if v is not None:
-                values.append(v)
-        if values:
-            out.append(f"| {text} | {target} | {verdict(values, threshold, sense)} | {mean_sd(values)} "
-                       f"(seeds: {', '.join(f'{v:.3g}' for v in values)}) |")
-    return out
-
-
-NOTES = """How to read these tables. Every model is unconditional and trained with one thread, under the
-budgets in benchmarks/run_all.py's docstring, once per seed (the seed sets the weights' initialisation,
-the batches, the training noise and the sampling noise); each quality cell is the mean +- sd over the
-seeds of one figure on n samples against the same held-out set. The floor is real against real: the
-mean +- sd of 20 draws of training examples against that held-out set, so the sd of a single figure
-is at least about the floor's. A claim holds (or does not) when the mean +- sd over seeds of its
-statistic lies wholly on one side of its target, and is "within noise" when that interval straddles
-it. "train CPU s" is the training process's own CPU time (the seeds ran two at a time on the
-2 cores, so wall-clock sampling times are not shown). Straightness is rectified_flow.straightness on
-1000 paths of 100 Euler steps. W2 on 1000 2-D points cannot resolve differences below its floor.
-Likelihoods are in the likelihood table above, on their own footing. The MeanFlow rows were measured
-with meanflow.py's earlier defaults (the paper's tangent, 800 iterations); its recipes are compared
-at equal training compute in the MeanFlow section above (benchmarks/meanflow_compute.py)."""
-
-
-def readme():
-    parts = []
-    for part in ("2d", "digits"):
-        files = [f for f in sorted(RESULTS.glob(f"all_{part}_seed*.json")) if "quick" not in f.name]
-        if not files:
+    for part in ("digits", "2d"):
+        runs, claims = load(part)
+        if not runs:
             continue
-        runs = [json.loads(f.read_text()) for f in files]
-        res = runs[0]
-        order = [j[1] for j in jobs(res["data"], res["n_eval"])]
-        by_seed = {}
-        for r in runs:
-            by_seed.setdefault(r["seed"], {}).update({(x["run"], x["sampler"]): x for x in r["rows"]})
-        seeds = sorted(by_seed)
-        rows_by_seed = [list(by_seed[s].values()) for s in seeds]
-        keys = list(dict.fromkeys(k for s in seeds for k in by_seed[s]))  # in the order the runs wrote them
-        keys.sort(key=lambda k: order.index(k[0]))
-        first = rows_by_seed[0][0]
-        floor, floor_sd = first["floor"], first.get("floor_sd") or 0.0
-        metric = first["metric"]
-        lines = [f"#### {res['data']}: {metric} of {res['n_eval']} samples, mean +- sd over seeds "
-                 f"{', '.join(map(str, seeds))}; floor {floor:.3g} +- {floor_sd:.2g} (real vs real); {res['machine']}", "",
-                 f"| model | sampler | NFE | {metric} | straightness | train CPU s |", "|---|---|---:|---|---:|---:|"]
-        for k in keys:
-            rs = [by_seed[s][k] for s in seeds if k in by_seed[s]]
-            lines.append(f"| {rs[0]['model']}.py | {k[1]} | {rs[0]['nfe']} | {mean_sd([r['value'] for r in rs])} | "
-                         f"{mean_sd([r.get('straightness') for r in rs])} | "
-                         f"{mean_sd([r.get('train_cpu_s') for r in rs]) if rs[0].get('train_cpu_s') else ''} |")
-        lines += ["", "| claim of the seeds | target | verdict | measured: mean +- sd over seeds |", "|---|---|---|---|"]
-        lines += claims(rows_by_seed, floor)
-        pics = [by_seed[seeds[0]][k] for k in keys if k[1] in (
-            "DDPM ancestral", "DDIM eta=0, 50 steps", "CFM midpoint x 10", "2-RF + distill, 1 step", "MeanFlow, 1 step",
-            "VAE decoder", "AR raster, KV cache", "1-RF, 1 step")]
-        lines += ["", " ".join(f"![{r['sampler']}]({Path(r['img']).relative_to('benchmarks')})" for r in pics), "",
-                  f"Pictures (seed {seeds[0]}), left to right: " + "; ".join(r["sampler"] for r in pics)
-                  + (" (each: held-out points on the left, the model's on the right)." if part == "2d" else
-                     " (100 samples each).")]
-        parts.append("\n".join(lines))
-    parts.append(NOTES)
-    text = (ROOT / "benchmarks" / "README.md").read_text()
-    start, end = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
-    if start not in text:
-        raise SystemExit("benchmarks/README.md has no <!-- benchmark:start --> marker")
-    head, rest = text.split(start)
-    (ROOT / "benchmarks" / "README.md").write_text(head + start + "\n" + "\n\n".join(parts) + "\n" + end + rest.split(end)[1])
+        cfg = PARTS[part]
+        table, floor = rows_table(part, runs)
+        seeds = ", ".join(str(r["seed"]) for r in runs)
+        out += [f"#### {cfg['data']}: {runs[0]['n_gen']} samples against {runs[0]['n_test']} held-out, "
+                f"mean +- sd over seeds {seeds}", "",
+                f"Machine: {bench.describe(runs[0]['machine'])}. Command: `for s in 0 1 2; do OMP_NUM_THREADS=1 python "
+                f"benchmarks/run_all.py --part {part} --seed $s; done`.", "", table, "", floor + ".", ""]
+        if claims:
+            widest = max(claims["claims"], key=lambda c: c["hi"] - c["lo"])
+            out += [f"Claims on {cfg['data']}: ratios of {claims['metric']}, the mean over seeds "
+                    f"{', '.join(map(str, claims['seeds']))} of each seed's ratio, with the 95% interval of a paired "
+                    f"bootstrap ({claims['replicates']} replicates; `{claims['command']}`). Widest interval: "
+                    f"+-{(widest['hi'] - widest['lo']) / 2:.2g} ({widest['claim']}).", "", claims_block(claims), ""]
+    return "\n".join(out)
+
+
+def claims_table():
+    """README.md's claims table: every claim on both parts, with its interval."""
+    head = ["claim of the lectures", "target", "digits (FD ratio, 95% interval)", "checkerboard (energy-distance ratio, 95% interval)"]
+    parts = {p: load(p)[1] for p in ("digits", "2d")}
+    rows = []
+    for text, target, *_ in CLAIMS:
+        cells = [text, target]
+        for p in ("digits", "2d"):
+            c = next((c for c in (parts[p] or {}).get("claims", []) if c["claim"] == text), None)
+            cells.append(f"{c['verdict']}: {c['ratio']:.3g} ({c['lo']:.3g} - {c['hi']:.3g})" if c else "not measured")
+        rows.append(cells)
+    return bench.table(head, rows, ["l", "l", "l", "l"])
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--part", choices=["2d", "digits"], help="which half to run")
-    p.add_argument("--seed", type=int, default=0, help="one seed per run; --readme reads every seed's file")
+    p.add_argument("--part", choices=list(PARTS), help="which half to run (or to analyse: both if not given)")
+    p.add_argument("--seed", type=int, default=0, help="one seed per run; --analyse reads every seed's samples")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--work", default=str(ROOT / "benchmarks" / "work"), help="checkpoints go here")
-    p.add_argument("--readme", action="store_true", help="write the results into benchmarks/README.md")
+    p.add_argument("--work", default=str(ROOT / "benchmarks" / "work"), help="checkpoints and samples go here")
+    p.add_argument("--analyse", action="store_true", help="the paired bootstrap over every seed's samples")
     p.add_argument("--quick", action="store_true", help="smoke test: 20 iterations each, 100 samples")
-    p.add_argument("--resample", action="store_true", help="sample the trained checkpoints again (no training)")
-    p.add_argument("--only", default=None, help="comma-separated runs (e.g. vae,ar) to run in a second process")
+    p.add_argument("--only", default=None, help="comma-separated runs (e.g. vae,ar) to (re)run, keeping the others' rows")
     args = p.parse_args(argv)
-    if args.part:
-        run_part(args.part, args.device, Path(args.work) / ("quick" if args.quick else ""), args.quick,
-                 args.only.split(",") if args.only else None, args.resample, args.seed)
-    if args.readme:
-        readme()
+    work = Path(args.work) / ("quick" if args.quick else "")
+    if args.analyse:
+        for part in [args.part] if args.part else list(PARTS):
+            analyse(part, work, suffix="_quick" if args.quick else "")
+    elif args.part:
+        run_part(args.part, args.seed, args.device, work, args.quick, args.only.split(",") if args.only else None)
+    else:
+        p.error("give --part (to measure) or --analyse")
 
 
 if __name__ == "__main__":
