@@ -40,8 +40,9 @@ t = 1 the data q(x_1); u is the target field, v_theta the network.
                     lacks (with sigma_0 = 0 the geometric sigma is not defined and the field's
                     sigma'/sigma is infinite at t = 1). sigma_max (--sigma-max, default 10; 50 for mnist
                     and cifar10, 40 for digits32) follows Song et al.'s rule sigma_max ~ the largest
-                    distance between training points (9.4 for digits 8x8, at most 6.5 for the 2-D toy
-                    sets): the prior at t = 0 is N(0, sigma_max^2 I), whereas p_0 = N(x_1, sigma_max^2 I).
+                    distance between training points (tests/test_cfm.py checks that each default is at
+                    least that distance for the bundled data sets): the prior at t = 0 is
+                    N(0, sigma_max^2 I), whereas p_0 = N(x_1, sigma_max^2 I).
                     The VE field is large near t = 0 (|d/dt psi| = log(sigma_max / sigma_min) sigma_{1-t}
                     |x_0|, 69 |x_0| at t = 0 with the defaults).
     the lecture     "Generative Modeling" (T.-W. Ke, 2026) reproduces Example I: Eq. 17 (VE) and both
@@ -75,7 +76,7 @@ t = 1 the data q(x_1); u is the target field, v_theta the network.
   sampling          x_0 ~ the path's prior (N(0, I); VE: N(0, sigma_max^2 I)), integrate
                     dx/dt = v_theta(x, t) from t = 0 to 1 in N steps of h = 1/N: Euler (1 network call
                     per step), midpoint (2), classic RK4 (4).
-                    The command line's default is midpoint x 10 steps (20 calls); benchmarks/cfm.py
+                    The command line's default is midpoint x 10 steps (20 calls); benchmarks/README.md
                     measures quality against calls for each solver.
   guidance          v = v_theta(x, t, None) + w (v_theta(x, t, y) - v_theta(x, t, None))  (2 calls;
                     classifier-free guidance, Ho & Salimans, 2022; arXiv 2207.12598)
@@ -470,29 +471,33 @@ def main(argv=None):
                                                  solver="midpoint", bpd=0, bpd_steps=40, trajectory=0),
                                    budgets={k: dict(sigma_max=v) for k, v in (("mnist", 50.0), ("cifar10", 50.0),
                                                                               ("digits32", 40.0))})
-    if args.sigma_min is None:  # the path's own default (SIGMA_MIN), saved in the checkpoint
-        args.sigma_min = SIGMA_MIN[args.path]
-    if args.dequantize is None:  # a model flag: the checkpoint's (none before the flag: off), else on with --bpd
-        args.dequantize = ckpt["args"].get("dequantize", False) if ckpt else args.bpd > 0
+    sigma_min = SIGMA_MIN[args.path] if args.sigma_min is None else args.sigma_min  # unset: the path's own
+    if args.dequantize is not None:
+        dequantize = args.dequantize
+    else:  # a model flag: the checkpoint's (none before the flag: off), else on with --bpd
+        dequantize = ckpt["args"].get("dequantize", False) if ckpt else args.bpd > 0
     if args.steps < 1 or args.bpd_steps < 1:  # sampler and evaluation flags, checked here once
         parser.error(f"--steps and --bpd-steps must be at least 1, got {args.steps} and {args.bpd_steps}")
     if args.bpd < 0:
         parser.error(f"--bpd N takes N >= 0 held-out images, got {args.bpd}")
-    if (args.bpd or args.dequantize) and args.data in common.TOY_SETS:
+    if (args.bpd or dequantize) and args.data in common.TOY_SETS:
         parser.error(f"--bpd and --dequantize are for images: {args.data} is 2-D points, with no bins")
     with common.session(args) as device:
         data = common.load_data(args.data, args.data_root, args.download)
         num_classes = 0 if args.uncond else data.num_classes
         v_theta = common.make_net(args.arch, data.shape, args.width, num_classes, time_scale=1000.0).to(device)
-        flow = common.construct(parser, CFM, args.sigma_min, args.coupling, args.path, sigma_max=args.sigma_max,
-                                dequantize_levels=data.levels if args.dequantize else 0)  # path, loss, sampler, ...
+        flow = common.construct(parser, CFM, sigma_min, args.coupling, args.path, sigma_max=args.sigma_max,
+                                dequantize_levels=data.levels if dequantize else 0)  # path, loss, sampler, ...
+        q = {}  # what main returns: the training's wall and CPU seconds when it trains, the quality figures
         if args.sample_only:
             v_theta = common.load_ema(ckpt, v_theta)
-        else:
-            v_theta = common.train(v_theta, flow.loss, data, args, ckpt)  # L_CFM; returns the EMA network
+        else:  # the checkpoint records the flags with sigma_min and dequantize as used, to rebuild the model
+            saved = argparse.Namespace(**{**vars(args), "sigma_min": sigma_min, "dequantize": dequantize})
+            t0, c0 = time.time(), time.process_time()
+            v_theta = common.train(v_theta, flow.loss, data, saved, ckpt)  # L_CFM; returns the EMA network
+            q.update(train_seconds=time.time() - t0, train_cpu_seconds=time.process_time() - c0)
         if not common.is_main():
             return None
-        q = {}
         if args.n_eval:
             y = common.class_labels(args.n_eval, num_classes, device)
             g = torch.Generator(device).manual_seed(args.seed + 1)
@@ -500,14 +505,14 @@ def main(argv=None):
             with common.autocast(device, args.amp):  # dx/dt = v_theta(x, t) from noise at t = 0 to data at t = 1
                 x1 = flow.sample(v_theta, (args.n_eval, *data.shape), args.steps, args.solver, y, args.cfg_scale,
                                  generator=g)
-            q = common.report(x1, data, args, sample_seconds=time.time() - t0)
+            q.update(common.report(x1, data, args, sample_seconds=time.time() - t0))
         if args.trajectory:  # the ODE's path: OUT/trajectory.png (2-D data) or OUT/strip.png (images)
             common.draw_trajectory(lambda **kw: flow.sample(v_theta, steps=args.steps, method=args.solver,
                                                             cfg_scale=args.cfg_scale, **kw), data, args, device,
                                    num_classes, f"CFM {args.path} path, {args.coupling} coupling, {args.solver} x {args.steps}")
         if args.bpd:  # the likelihood of the same EMA network (instantaneous change of variables), RK4 at S and 2S
             q.update(held_out_bits_per_dim(flow, v_theta, data, args.bpd, num_classes > 0, args.seed + 2,
-                                           args.bpd_steps, args.dequantize))
+                                           args.bpd_steps, dequantize))
         return q or None
 
 

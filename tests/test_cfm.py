@@ -735,6 +735,27 @@ def test_cli_trains_and_samples_each_path(path, tmp_path):
     assert q2["value"] == q["value"]  # the checkpoint's path and prior: the same samples
 
 
+@pytest.mark.parametrize("name", ["digits", "digits32", "checkerboard", "moons", "8gaussians"])
+def test_default_sigma_max_is_at_least_the_largest_distance_between_training_points(name, monkeypatch):
+    """Song et al.'s rule for VE's prior, sigma_max ~ the largest distance between training points,
+    with the default --sigma-max the command line gives each bundled data set (the module docstring)."""
+    class Parsed(Exception):
+        pass
+
+    parse = common.parse_args
+
+    def parsed(*a, **k):  # the flags as the command line resolves them, then stop
+        raise Parsed(parse(*a, **k)[0])
+    monkeypatch.setattr(common, "parse_args", parsed)
+    with pytest.raises(Parsed) as e:
+        cfm.main(["--data", name, "--path", "ve"])
+    x = common.load_data(name).x_train.flatten(1).double()
+    if x.shape[1] == 2:  # 2-D points: the farthest pair lies on the convex hull
+        from scipy.spatial import ConvexHull
+        x = x[torch.from_numpy(ConvexHull(x.numpy()).vertices)]
+    assert float(torch.cdist(x, x).max()) <= e.value.args[0].sigma_max
+
+
 # -----------------------------------------------------------------------------
 # learning and the command line
 
