@@ -46,21 +46,22 @@ paper's t_p > r_p becomes our t < r, and its logit-normal(-0.4, 1) time sampler 
 
 Time features: the network embeds r and t with sinusoids of frequencies up to --time-scale (rad per unit
 time), and the target contains d_t u, which through those features grows with that scale (d/dt sin(s t) =
-s cos(s t)). At the flows' usual 1000 the rarely sampled corner (t, r) = (0, 1) that a 1-step sample needs
-is learned badly; the default 10 gives features that are smooth over [0, 1] and markedly better 1-step
-samples at no cost to 2-step samples (benchmarks/meanflow.py measures both scales on a 2-D set).
+s cos(s t)). At the flows' usual 1000 those features, and with them d_t u, vary fast over [0, 1]: a hard
+target at the rarely sampled corner (t, r) = (0, 1) that a 1-step sample needs. The default 10 gives
+features that are smooth over [0, 1] (benchmarks/README.md measures 1- and 2-step samples at both scales).
 
 Cost: where r = t the target is v itself (the (t - r) factor is 0), so `loss` runs the JVP only on the
 pairs with r != t (a fraction `ratio`, 25% by default) and takes the gradient-carrying u from one plain
-forward over the whole batch: a step costs a flow-matching step plus a JVP on a quarter of the batch
-(a JVP costs several forward passes on a CPU), and --ratio 0 is plain flow matching at its price.
+forward over the whole batch: a step costs a flow-matching step plus a JVP on a quarter of the batch (a
+JVP costs a few forward passes; benchmarks/README.md measures a step), and --ratio 0 is plain flow
+matching at its price.
 --cfg-max adds two forward passes without gradient, u(z, t, t | c, w) and u(z, t, t | null, 1).
 
 Flow matching first: MeanFlow's loss mixes a flow-matching term (r = t) with a consistency term whose
 gradients conflict early in training (AlphaFlow, arXiv 2510.20771; arXiv 2511.19065), and a trained flow
 model converts into a MeanFlow model faster than one trains from scratch (Decoupled MeanFlow, arXiv
 2510.24474). Here: train with --ratio 0 (flow matching, at its price), then --resume with the MeanFlow
-ratio (the commands below); benchmarks/meanflow_compute.py measures it at equal training compute.
+ratio (the commands below); benchmarks/README.md measures it at equal training compute.
 
 Forward-mode AD: the fused attention kernel has no JVP; common.attention falls back to plain matmuls under
 torch.func.jvp, so the UNet and DiT of common.py work. torch.func.jvp cannot run a DDP wrapper's forward:
@@ -73,7 +74,7 @@ Run:
   python meanflow.py --device cuda --data mnist --download --arch dit
   python meanflow.py --ckpt runs/meanflow-digits/ckpt.pt --steps 2      # 2-step samples of a trained model
   python meanflow.py --cfg-omega 2 --out runs/meanflow-digits-cfg        # guidance folded into training
-  python meanflow.py --cfg-max 2 --out runs/mf-w && python meanflow.py --ckpt runs/mf-w/ckpt.pt --cfg-scale 1.25
+  python meanflow.py --cfg-max 2 --out runs/mf-w && python meanflow.py --ckpt runs/mf-w/ckpt.pt --cfg-scale 1.5
                                               # the guidance scale as an input: train once, pick w when sampling
   python meanflow.py --resume                 # continue runs/meanflow-digits/ckpt.pt up to --iters
   python meanflow.py --ratio 0 --iters 1000 --out runs/mf-fm && python meanflow.py --resume --ratio 0.25 \
@@ -99,13 +100,12 @@ def scale_input(w):
 class MeanFlow:
     """Defaults are the paper's ablation winners: 25% of pairs with r != t, logit-normal(-0.4, 1) times
     (mirrored to +0.4 here), adaptive weight p = 1 with c = 1e-3; except the tangent: iMF's "model",
-    which gave better one-step digits on every seed measured at equal compute (two steps: on 2 of 3),
-    where the paper's is "sample" (on the 2-D checkerboard the paper's did better: benchmarks/README.md,
-    which also measures the time sampler at mu 0 and -0.4 and the weight's power at 0 and 0.5).
-    cfg_omega = 1, cfg_kappa = 0: nothing folded; cfg_max = 1: no guidance input (else the network
-    takes w, trained on [1, cfg_max]: an option, since its gain is guided sampling and every default
-    samples unguided; it gave the best one step measured on conditional digits, at w = 1.25);
-    null_class: the label index of dropped labels (num_classes), needed only when folding."""
+    where the paper's is "sample" (benchmarks/README.md compares the two tangents at equal compute, and
+    measures the time sampler's mean and the weight's power). cfg_omega = 1, cfg_kappa = 0: nothing
+    folded; cfg_max = 1: no guidance input (else the network takes w, trained on [1, cfg_max]: an option,
+    since its gain is guided sampling and every default samples unguided; benchmarks/README.md measures
+    it on conditional digits); null_class: the label index of dropped labels (num_classes), needed only
+    when folding."""
 
     def __init__(self, ratio=0.25, time_mu=0.4, time_sigma=1.0, adaptive_p=1.0, adaptive_c=1e-3,
                  cfg_omega=1.0, cfg_kappa=0.0, null_class=None, tangent="model", cfg_max=1.0):
@@ -265,15 +265,16 @@ def main(argv=None):
     g.add_argument("--cfg-max", type=common.finite, help="train the guidance scale as the network's input, w in "
                    "[1, this] (iMF; default 1: off); sample at any --cfg-scale in that range with one call per step")
     g.add_argument("--tangent", choices=["sample", "model"], help="the JVP's tangent: model, the network's own "
-                   "u(z, t, t) (iMF; default: better on digits), or sample, v = x1 - x0 (the paper; better on 2-D data)")
+                   "u(z, t, t) (iMF; default), or sample, v = x1 - x0 (the paper)")
     g.add_argument("--time-scale", type=common.finite, help="r and t are scaled by this before the sinusoidal features "
-                   "(default 10; the flows' usual 1000 spoils 1-step samples: see the docstring)")
+                   "(default 10; not the flows' usual 1000: see the docstring)")
     common.add_trajectory_flag(g)
     args, ckpt = common.parse_args(
         parser, argv, "meanflow", defaults=dict(steps=1, ratio=0.25, time_mu=0.4, time_sigma=1.0, adaptive_p=1.0,
                                                 cfg_omega=1.0, cfg_kappa=0.0, cfg_max=1.0, time_scale=10.0,
                                                 tangent="model", trajectory=0),
-        budgets={"digits": dict(iters=900)},  # a step costs about 2 flow-matching steps: cfm.py's 2000 in compute
+        budgets={"digits": dict(iters=900)},  # a step costs more than cfm.py's (the JVP): fewer steps, about cfm.py's
+        # compute for its 2000 (benchmarks/README.md measures the cost of a step)
         model_flags=("ratio", "time_mu", "time_sigma", "adaptive_p", "cfg_omega", "cfg_kappa", "cfg_max", "time_scale",
                      "tangent"))
     if args.steps < 1 or args.time_scale <= 0:
@@ -293,21 +294,26 @@ def main(argv=None):
         num_classes = 0 if args.uncond else data.num_classes
         u_theta = common.make_net(args.arch, data.shape, args.width, num_classes, two_times=True, time_scale=args.time_scale,
                                   guidance_input=args.cfg_max > 1).to(device)  # u_theta(z, r, t, y), and w=w
+        q = {}  # what main returns: the training's wall and CPU seconds when it trains, the quality figures
         if args.sample_only:
             u_theta = common.load_ema(ckpt, u_theta)
         else:
+            t0, c0 = time.time(), time.process_time()
             u_theta = common.train(u_theta, meanflow.loss, data, args, ckpt)  # returns the EMA network
-        if args.trajectory and common.is_main():  # the jumps: OUT/trajectory.png (2-D data) or OUT/strip.png (images)
+            q.update(train_seconds=time.time() - t0, train_cpu_seconds=time.process_time() - c0)
+        if not common.is_main():
+            return None
+        if args.trajectory:  # the jumps: OUT/trajectory.png (2-D data) or OUT/strip.png (images)
             common.draw_trajectory(lambda **kw: meanflow.sample(u_theta, steps=args.steps, cfg_scale=args.cfg_scale, **kw),
                                    data, args, device, num_classes, f"MeanFlow, {args.steps} step(s)")
-        if args.n_eval == 0 or not common.is_main():
-            return None
-        y = common.class_labels(args.n_eval, num_classes, device)
-        g = torch.Generator(device).manual_seed(args.seed + 1)
-        t0 = time.time()
-        with common.autocast(device, args.amp):
-            x1 = meanflow.sample(u_theta, (args.n_eval, *data.shape), args.steps, y, args.cfg_scale, generator=g)
-        return common.report(x1, data, args, sample_seconds=time.time() - t0)
+        if args.n_eval:
+            y = common.class_labels(args.n_eval, num_classes, device)
+            g = torch.Generator(device).manual_seed(args.seed + 1)
+            t0 = time.time()
+            with common.autocast(device, args.amp):
+                x1 = meanflow.sample(u_theta, (args.n_eval, *data.shape), args.steps, y, args.cfg_scale, generator=g)
+            q.update(common.report(x1, data, args, sample_seconds=time.time() - t0))
+        return q or None
 
 
 if __name__ == "__main__":
