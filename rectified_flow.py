@@ -230,35 +230,44 @@ def main(argv=None):
         parser.error(f"--steps, --n-pairs and --pair-steps must be positive, got {args.steps}, {args.n_pairs}, "
                      f"{args.pair_steps}")
     steps = args.steps or (1 if args.distill_from or args.sample_only and ckpt["args"]["distill_from"] else 100)
-    if args.distill_from:  # distillation: the objective at t = 0 only and no label dropout (a null-class map blurs)
-        args.p_uncond = 0.0
     flow = common.construct(parser, RectifiedFlow, "zero" if args.distill_from else args.time_sampling)
+    # distillation: the objective at t = 0 only and no label dropout (a null-class map blurs), which the
+    # checkpoint records as p_uncond 0
+    train_flags = argparse.Namespace(**{**vars(args), "p_uncond": 0.0}) if args.distill_from else args
     with common.session(args) as device:
         data = common.load_data(args.data, args.data_root, args.download)
         num_classes = 0 if args.uncond else data.num_classes
         v = common.make_net(args.arch, data.shape, args.width, num_classes, time_scale=1000.0).to(device)  # v(z, t, y)
+        q = {}  # what main returns: the pairs' and the training's wall and CPU seconds, the quality figures
         if args.sample_only:
             v = common.load_ema(ckpt, v)
-        elif not teacher:  # 1-rectified flow: noise and data drawn independently
-            v = common.train(v, flow.loss, data, args, ckpt)
-        else:  # reflow / distillation: the fixed pairs (Z_0, Z_1) of the teacher's ODE
-            if ckpt is None:  # a new student starts from the teacher's EMA weights
-                v = common.load_ema(load_teacher(teacher, args), v).train()
-            z0, z1, y = make_pairs(flow, teacher, data, args.n_pairs, args.pair_steps, device, args.seed + 2,
-                                   Path(args.out) / "pairs.pt")
-            pairs = common.Dataset(f"{data.name} pairs", z1, y, data.x_test, data.y_test, data.num_classes, x0_train=z0)
-            v = common.train(v, flow.loss, pairs, args, ckpt)  # loss(v, Z_1, y, x0=Z_0)
-        if args.trajectory and common.is_main():  # Euler's path: OUT/trajectory.png (2-D data) or OUT/strip.png
+        else:
+            train_set = data  # 1-rectified flow: noise and data drawn independently
+            if teacher:  # reflow / distillation: the fixed pairs (Z_0, Z_1) of the teacher's ODE
+                if ckpt is None:  # a new student starts from the teacher's EMA weights
+                    v = common.load_ema(load_teacher(teacher, args), v).train()
+                t0, c0 = time.time(), time.process_time()
+                z0, z1, y = make_pairs(flow, teacher, data, args.n_pairs, args.pair_steps, device, args.seed + 2,
+                                       Path(args.out) / "pairs.pt")
+                q.update(pairs_seconds=time.time() - t0, pairs_cpu_seconds=time.process_time() - c0)
+                train_set = common.Dataset(f"{data.name} pairs", z1, y, data.x_test, data.y_test, data.num_classes,
+                                           x0_train=z0)
+            t0, c0 = time.time(), time.process_time()
+            v = common.train(v, flow.loss, train_set, train_flags, ckpt)  # pairs: loss(v, Z_1, y, x0=Z_0)
+            q.update(train_seconds=time.time() - t0, train_cpu_seconds=time.process_time() - c0)
+        if not common.is_main():
+            return None
+        if args.trajectory:  # Euler's path: OUT/trajectory.png (2-D data) or OUT/strip.png
             common.draw_trajectory(lambda **kw: flow.sample(v, steps=steps, cfg_scale=args.cfg_scale, **kw), data, args,
                                    device, num_classes, f"{stage(args, ckpt)}, {steps} Euler steps")
-        if args.n_eval == 0 or not common.is_main():
-            return None
-        y = common.class_labels(args.n_eval, num_classes, device)
-        g = torch.Generator(device).manual_seed(args.seed + 1)
-        t0 = time.time()
-        with common.autocast(device, args.amp):
-            x1 = flow.sample(v, (args.n_eval, *data.shape), steps, y, args.cfg_scale, generator=g)
-        return common.report(x1, data, args, sample_seconds=time.time() - t0)
+        if args.n_eval:
+            y = common.class_labels(args.n_eval, num_classes, device)
+            g = torch.Generator(device).manual_seed(args.seed + 1)
+            t0 = time.time()
+            with common.autocast(device, args.amp):
+                x1 = flow.sample(v, (args.n_eval, *data.shape), steps, y, args.cfg_scale, generator=g)
+            q.update(common.report(x1, data, args, sample_seconds=time.time() - t0))
+        return q or None
 
 
 if __name__ == "__main__":
