@@ -46,7 +46,7 @@ Run:
   python latent_diffusion.py --resume --iters 4000                   # continue stage 2 exactly
   python latent_diffusion.py --data mnist --download --device cuda   # 28x28 padded to 32x32: 4x8x8 latents
 Stage 1 trains into OUT/ae (its checkpoint, reusable with --ae; --resume continues stage 2 only),
-stage 2 into OUT. benchmarks/latent_diffusion.py measures the cost against pixel-space cfm.py.
+stage 2 into OUT. benchmarks/README.md measures the cost against pixel-space cfm.py.
 """
 import argparse
 import time
@@ -236,10 +236,11 @@ def latent_net(arch, shape, width, num_classes):
 # the two stages' plumbing
 
 def autoencoder(parser, args, data):
-    """(the autoencoder, untrained, and the stage-1 checkpoint to load into it or None). The checkpoint
-    is the one --ae names (typed, or recorded in a stage-2 checkpoint), checked against the data; its
-    autoencoder flags replace the run's. None: stage 1 trains one, built from the flags."""
-    ckpt = None
+    """(the autoencoder, untrained; the stage-1 checkpoint to load into it or None; its flags AE_FLAGS as
+    a dict). The checkpoint is the one --ae names (typed, or recorded in a stage-2 checkpoint), checked
+    against the data; its autoencoder flags replace the run's. None: stage 1 trains one, built from the
+    flags."""
+    ckpt, flags = None, {k: getattr(args, k) for k in AE_FLAGS}
     if args.ae:
         if not Path(args.ae).is_file():
             raise common.UserError(f"autoencoder checkpoint {args.ae} not found: pass --ae PATH to a stage-1 "
@@ -248,24 +249,25 @@ def autoencoder(parser, args, data):
         if ckpt["args"]["data"] != data.name:
             raise common.UserError(f"--ae {args.ae} is an autoencoder of {ckpt['args']['data']}, this run's data is "
                                    f"{data.name}: pass --data {ckpt['args']['data']}, or drop --ae to train one")
-        for k in AE_FLAGS:
-            setattr(args, k, ckpt["args"][k])
-    ae = common.construct(parser, Autoencoder, data.shape, args.latent_channels, args.downsample, args.ae_width,
-                          args.kl_weight)
-    return ae, ckpt
+        flags = {k: ckpt["args"][k] for k in AE_FLAGS}
+    ae = common.construct(parser, Autoencoder, data.shape, flags["latent_channels"], flags["downsample"],
+                          flags["ae_width"], flags["kl_weight"])
+    return ae, ckpt, flags
 
 
-def stage1(ae, ckpt, data, args):
-    """The autoencoder's EMA weights: those of ckpt (--ae), else trained here by common.train into
-    OUT/ae, whose checkpoint then becomes args.ae (recorded in the stage-2 checkpoint)."""
+def stage1(ae, ckpt, data, args, flags):
+    """(the autoencoder's EMA weights, the path of its checkpoint, the wall and CPU seconds of its training
+    or {}): those of ckpt (--ae), else trained here by common.train with its flags into OUT/ae, whose
+    checkpoint the stage-2 checkpoint then records as its --ae."""
     if ckpt is not None:
-        ae = common.load_ema(ckpt, ae)
-    else:
-        own = dict(model=AE_MODEL, iters=args.ae_iters, uncond=True, resume=False, out=str(Path(args.out) / "ae"))
-        Path(own["out"]).mkdir(parents=True, exist_ok=True)
-        ae = common.train(ae, Autoencoder.loss, data, argparse.Namespace(**{**vars(args), **own}))
-        args.ae = str(Path(own["out"]) / "ckpt.pt")
-    return ae
+        return common.load_ema(ckpt, ae), args.ae, {}
+    own = dict(flags, model=AE_MODEL, iters=flags["ae_iters"], uncond=True, resume=False,
+               out=str(Path(args.out) / "ae"))
+    Path(own["out"]).mkdir(parents=True, exist_ok=True)
+    t0, c0 = time.time(), time.process_time()
+    ae = common.train(ae, Autoencoder.loss, data, argparse.Namespace(**{**vars(args), **own}))
+    seconds = {"ae_train_seconds": time.time() - t0, "ae_train_cpu_seconds": time.process_time() - c0}
+    return ae, str(Path(own["out"]) / "ckpt.pt"), seconds
 
 
 # -----------------------------------------------------------------------------
@@ -304,26 +306,32 @@ def main(argv=None):
     check_flags(parser, args, ckpt)
     with common.session(args) as device:
         data = common.load_data(args.data, args.data_root, args.download)
-        ae, ae_ckpt = autoencoder(parser, args, data)  # E: x -> q(z|x), D: z -> x; from --ae or the flags
+        ae, ae_ckpt, ae_flags = autoencoder(parser, args, data)  # E: x -> q(z|x), D: z -> x; from --ae or the flags
         num_classes = 0 if args.uncond else data.num_classes
         v_theta = latent_net(args.arch, ae.latent_shape, args.width, num_classes).to(device)  # v_theta(z_t, t, y)
-        ae = stage1(ae.to(device), ae_ckpt, data, args)  # stage 1: trained into OUT/ae, or loaded
-        latents, args.scale = latent_data(ae, data, args.scale)  # z = scale * E(x), scale = 1 / std(E(x_train))
+        # stage 1: trained into OUT/ae, or loaded; q: what main returns, first the trainings' wall and CPU seconds
+        ae, ae_path, q = stage1(ae.to(device), ae_ckpt, data, args, ae_flags)
+        latents, scale = latent_data(ae, data, args.scale)  # z = scale * E(x), scale = 1 / std(E(x_train))
         flow = LatentFlow()  # stage 2: flow matching on z
         if args.sample_only:
             v_theta = common.load_ema(ckpt, v_theta)
-        else:
-            v_theta = common.train(v_theta, flow.loss, latents, args, ckpt)  # returns the EMA network
-        if args.n_eval == 0 or not common.is_main():
+        else:  # the checkpoint records the autoencoder (path and flags) and the scale, for --ckpt and --resume
+            saved = argparse.Namespace(**{**vars(args), **ae_flags, "ae": ae_path, "scale": scale})
+            t0, c0 = time.time(), time.process_time()
+            v_theta = common.train(v_theta, flow.loss, latents, saved, ckpt)  # returns the EMA network
+            q.update(train_seconds=time.time() - t0, train_cpu_seconds=time.process_time() - c0)
+        if not common.is_main():
             return None
+        if args.n_eval == 0:
+            return q or None
         y = common.class_labels(args.n_eval, num_classes, device)
         g = torch.Generator(device).manual_seed(args.seed + 1)
         t0 = time.time()
         with common.autocast(device, args.amp):  # latent noise -> ODE -> divide by the scale -> decode
             z = flow.sample(v_theta, (args.n_eval, *latents.shape), args.steps, args.solver, y, args.cfg_scale,
                             generator=g)
-            x = decode_latents(ae, z, args.scale)
-        q = common.report(x, data, args, sample_seconds=time.time() - t0)
+            x = decode_latents(ae, z, scale)
+        q.update(common.report(x, data, args, sample_seconds=time.time() - t0))
         q.update(reconstruction_report(ae, data, Path(args.out) / "recon.png"))  # held-out x over D(E(x))
         return q
 
