@@ -358,13 +358,15 @@ def main(argv=None):
         num_classes = 0 if args.uncond else data.num_classes
         ar = common.construct(parser, AR, args.levels, tokens.shape[0], num_classes, 4 * args.width, args.depth,
                               args.heads, args.order, args.dropout).to(device)  # p_theta(x_i | x_<i, y): the network
+        q = {}  # what main returns: the training's wall and CPU seconds when it trains, the quality figures
         if args.sample_only:
             ar = common.load_ema(ckpt, ar)
         else:
+            t0, c0 = time.time(), time.process_time()
             ar = common.train(ar, AR.loss, tokens, args, ckpt)  # -log p_sigma(x | y) / n; returns the EMA model
+            q.update(train_seconds=time.time() - t0, train_cpu_seconds=time.process_time() - c0)
         if not common.is_main():
             return None
-        q = {}
         if args.n_eval:
             y = common.class_labels(args.n_eval, num_classes, device)
             g = torch.Generator(device).manual_seed(args.seed + 1)
@@ -372,7 +374,7 @@ def main(argv=None):
             with common.autocast(device, args.amp):  # x_{sigma_i} ~ p_theta(. | x_{sigma_<i}, y) for i = 1..n
                 x = to_images(ar.sample(args.n_eval, y, args.temperature, g, top_k=args.top_k,
                                         cfg_scale=args.cfg_scale, cache=not args.no_cache), data.shape, args.levels)
-            q = common.report(x, data, args, sample_seconds=time.time() - t0)
+            q.update(common.report(x, data, args, sample_seconds=time.time() - t0))
         if args.bpd:  # exact -log p(x | y) and -log p(x) = -logsumexp_y (log p(y) + log p(x | y)), full precision
             q.update(held_out_likelihood(ar, tokens, args.bpd, args.seed + 2, data.name))
         return q or None

@@ -210,21 +210,23 @@ class FlowMatching:
 # the training script
 
 def locked_base(base, data, args):
-    """The model to control, in `base` (a fresh network): --base CKPT (a cfm.py checkpoint), else
-    trained first with the flow-matching loss into OUT/base (a cfm.py checkpoint too), which
-    --resume continues (or takes as it is when finished)."""
+    """(the model to control, in `base` (a fresh network); the wall and CPU seconds of its training or {}):
+    --base CKPT (a cfm.py checkpoint), else trained first with the flow-matching loss into OUT/base (a
+    cfm.py checkpoint too), which --resume continues (or takes as it is when finished)."""
     if args.base:
         ckpt = common.load_checkpoint(args.base, ("cfm",))
         if ckpt["args"].get("sigma_min", 0.0) != 0.0:
             raise common.UserError(f"--base {args.base} was trained with --sigma-min {ckpt['args']['sigma_min']}: "
                                    "this file's path is the straight one, use a base trained with --sigma-min 0")
-        return common.load_ema(ckpt, base)
+        return common.load_ema(ckpt, base), {}
     out = Path(args.out) / "base"
     out.mkdir(exist_ok=True)
     ckpt = common.load_checkpoint(out / "ckpt.pt", ("cfm",)) if args.resume and (out / "ckpt.pt").exists() else None
     base_args = argparse.Namespace(**{**vars(args), "model": "cfm", "out": str(out), "iters": args.base_iters,
                                       "sigma_min": 0.0, "coupling": "independent", "dequantize": False})
-    return common.train(base, FlowMatching().loss, data, base_args, ckpt)  # L_CFM; the EMA network
+    t0, c0 = time.time(), time.process_time()
+    base = common.train(base, FlowMatching().loss, data, base_args, ckpt)  # L_CFM; the EMA network
+    return base, {"base_train_seconds": time.time() - t0, "base_train_cpu_seconds": time.process_time() - c0}
 
 
 def evaluate(flow, net, samples, x, y, noise, data, args):
@@ -283,16 +285,21 @@ def main(argv=None):
                                    f"and quality is measured on as many others; use at most {len(data.x_test) // 2}")
         num_classes = 0 if args.uncond else data.num_classes
         v_theta = common.make_net(args.arch, data.shape, args.width, num_classes, time_scale=1000.0).to(device)
+        q = {}  # what main returns: the trainings' wall and CPU seconds when it trains, the quality figures
         if not args.sample_only:
-            v_theta = locked_base(v_theta, data, args)  # --base CKPT, or trained first into OUT/base
+            v_theta, q = locked_base(v_theta, data, args)  # --base CKPT, or trained first into OUT/base
         channels = flow.condition(torch.zeros(1, *data.shape)).shape[1]  # the condition's channels
         controlnet = ControlNet(v_theta, channels).to(device)  # locked base + trainable copy + zero convs
         if args.sample_only:
             controlnet = common.load_ema(ckpt, controlnet)
         else:
+            t0, c0 = time.time(), time.process_time()
             controlnet = common.train(controlnet, flow.loss, data, args, ckpt)  # phi and Z only; the EMA network
-        if args.n_eval == 0 or not common.is_main():
+            q.update(train_seconds=time.time() - t0, train_cpu_seconds=time.process_time() - c0)
+        if not common.is_main():
             return None
+        if args.n_eval == 0:
+            return q or None
         held_out = slice(args.n_eval, 2 * args.n_eval)  # not the images report's quality compares with
         x, y = data.x_test[held_out].to(device), data.y_test[held_out].to(device) if num_classes else None
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
@@ -300,7 +307,7 @@ def main(argv=None):
         with common.autocast(device, args.amp):  # given the held-out digits' conditions and labels
             x1 = flow.sample(controlnet, x.shape, args.steps, args.solver, y, args.cfg_scale, noise=noise,
                              control=flow.condition(x))
-        q = common.report(x1, data, args, sample_seconds=time.time() - t0)
+        q.update(common.report(x1, data, args, sample_seconds=time.time() - t0))
         q.update(evaluate(flow, controlnet, x1, x, y, noise, data, args))  # fidelity beside the base's, the picture
         return q
 

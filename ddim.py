@@ -202,23 +202,28 @@ def main(argv=None):
         data = common.load_data(args.data, args.data_root, args.download)
         num_classes = 0 if args.uncond else data.num_classes
         eps_theta = common.make_net(args.arch, data.shape, args.width, num_classes).to(device)  # eps_theta(x_t, t, y)
+        q = {}  # what main returns: the training's wall and CPU seconds when it trains, the quality figures
         if args.sample_only:
             eps_theta = common.load_ema(ckpt, eps_theta)  # a ddim.py or ddpm.py checkpoint
         else:
+            t0, c0 = time.time(), time.process_time()
             eps_theta = common.train(eps_theta, ddim.loss, data, args, ckpt)  # DDPM's loss; returns the EMA network
-        if args.trajectory and common.is_main():  # the sampler's path: OUT/trajectory.png or OUT/strip.png
+            q.update(train_seconds=time.time() - t0, train_cpu_seconds=time.process_time() - c0)
+        if not common.is_main():
+            return None
+        if args.trajectory:  # the sampler's path: OUT/trajectory.png or OUT/strip.png
             common.draw_trajectory(lambda **kw: ddim.sample(eps_theta, steps=args.steps, eta=args.eta, spacing=args.spacing,
                                                             cfg_scale=args.cfg_scale, **kw),
                                    data, args, device, num_classes, f"DDIM eta={args.eta:g}, {args.steps} steps")
-        if args.n_eval == 0 or not common.is_main():
-            return None
-        y = common.class_labels(args.n_eval, num_classes, device)
-        g = torch.Generator(device).manual_seed(args.seed + 1)
-        t0 = time.time()
-        with common.autocast(device, args.amp):
-            x0 = ddim.sample(eps_theta, (args.n_eval, *data.shape), args.steps, args.eta, y, args.cfg_scale,
-                             generator=g, spacing=args.spacing)
-        return common.report(x0, data, args, sample_seconds=time.time() - t0)
+        if args.n_eval:
+            y = common.class_labels(args.n_eval, num_classes, device)
+            g = torch.Generator(device).manual_seed(args.seed + 1)
+            t0 = time.time()
+            with common.autocast(device, args.amp):
+                x0 = ddim.sample(eps_theta, (args.n_eval, *data.shape), args.steps, args.eta, y, args.cfg_scale,
+                                 generator=g, spacing=args.spacing)
+            q.update(common.report(x0, data, args, sample_seconds=time.time() - t0))
+        return q or None
 
 
 if __name__ == "__main__":

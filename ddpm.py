@@ -62,7 +62,7 @@ same thing, since alpha_t = 1 - beta_t. tests/test_ddpm.py checks the kernel and
 independent computations.)
 
 Run:
-  python ddpm.py                          # digits, 8x8, within 5 minutes on a 2-core CPU; grid + Frechet distance
+  python ddpm.py                          # digits, 8x8, on a CPU; grid + Frechet distance
   python ddpm.py --device cuda            # the same on a GPU
   python ddpm.py --data checkerboard      # 2-D points; W2 against held-out points
   python ddpm.py --data mnist --download  # 28x28 MNIST (downloads once, verified by SHA-256)
@@ -366,10 +366,11 @@ def zero_shot(ddpm, eps_theta, data, args, device):
 
 
 def noisy_classifier(ddpm, data, args, device):
-    """p_phi(y | x_t, t) for classifier guidance. Loaded from --classifier (default OUT/classifier/ckpt.pt
-    when sampling a checkpoint); else trained by common.train (DDPM.classifier_loss) with the model's
-    network flags and budget into OUT/classifier, on the true labels: no label dropout (p_uncond 0);
-    with --resume it continues from OUT/classifier/ckpt.pt (exactly, as the model does) when there is one."""
+    """(p_phi(y | x_t, t) for classifier guidance, the wall and CPU seconds of its training or {}). Loaded
+    from --classifier (default OUT/classifier/ckpt.pt when sampling a checkpoint); else trained by
+    common.train (DDPM.classifier_loss) with the model's network flags and budget into OUT/classifier, on
+    the true labels: no label dropout (p_uncond 0); with --resume it continues from
+    OUT/classifier/ckpt.pt (exactly, as the model does) when there is one."""
     own_ckpt = Path(args.out) / "classifier" / "ckpt.pt"
     path = args.classifier or (own_ckpt if args.sample_only else None)
     if path is None:
@@ -378,7 +379,11 @@ def noisy_classifier(ddpm, data, args, device):
         trunk = common.make_net(args.arch, data.shape, args.width)  # unconditional, shaped like x_t
         classifier = NoisyClassifier(trunk, math.prod(data.shape), data.num_classes).to(device)
         done = common.load_checkpoint(own_ckpt, ("ddpm-classifier",)) if args.resume and own_ckpt.exists() else None
-        return common.train(classifier, ddpm.classifier_loss, data, argparse.Namespace(**{**vars(args), **own}), done)
+        t0, c0 = time.time(), time.process_time()
+        classifier = common.train(classifier, ddpm.classifier_loss, data, argparse.Namespace(**{**vars(args), **own}),
+                                  done)
+        return classifier, {"classifier_train_seconds": time.time() - t0,
+                            "classifier_train_cpu_seconds": time.process_time() - c0}
     ckpt = common.load_checkpoint(path, ("ddpm-classifier",))
     a = ckpt["args"]
     if (a["data"], a["T"], a["schedule"]) != (data.name, ddpm.T, args.schedule):
@@ -386,7 +391,7 @@ def noisy_classifier(ddpm, data, args, device):
                                f"{a['schedule']}, the model is {data.name}, {ddpm.T}, {args.schedule}: pass one "
                                "trained with the model (ddpm.py --uncond --classifier-scale S trains both)")
     trunk = common.make_net(a["arch"], data.shape, a["width"])
-    return common.load_ema(ckpt, NoisyClassifier(trunk, math.prod(data.shape), data.num_classes).to(device))
+    return common.load_ema(ckpt, NoisyClassifier(trunk, math.prod(data.shape), data.num_classes).to(device)), {}
 
 
 def check_flags(parser, args):
@@ -447,14 +452,19 @@ def main(argv=None):
         data = common.load_data(args.data, args.data_root, args.download)
         num_classes = 0 if args.uncond else data.num_classes
         eps_theta = common.make_net(args.arch, data.shape, args.width, num_classes).to(device)  # eps_theta(x_t, t, y)
+        q = {}  # what main returns: the trainings' wall and CPU seconds when it trains, the quality figures
         if args.sample_only:
             eps_theta = common.load_ema(ckpt, eps_theta)
         else:
+            t0, c0 = time.time(), time.process_time()
             eps_theta = common.train(eps_theta, ddpm.loss, data, args, ckpt)  # Algorithm 1; returns the EMA network
-        classifier = noisy_classifier(ddpm, data, args, device) if args.classifier_scale else None  # p_phi(y | x_t, t)
+            q.update(train_seconds=time.time() - t0, train_cpu_seconds=time.process_time() - c0)
+        # p_phi(y | x_t, t), and the seconds of its training when it trains here
+        classifier, seconds = noisy_classifier(ddpm, data, args, device) if args.classifier_scale else (None, {})
+        q.update(seconds)
         if not common.is_main():
             return None
-        q, labelled = {}, num_classes if classifier is None else data.num_classes  # classes to sample
+        labelled = num_classes if classifier is None else data.num_classes  # classes to sample
         if args.n_eval:
             y = common.class_labels(args.n_eval, labelled, device)
             g = torch.Generator(device).manual_seed(args.seed + 1)
@@ -462,7 +472,8 @@ def main(argv=None):
             with common.autocast(device, args.amp):  # Algorithm 2, guided by p_phi when there is one
                 x0 = ddpm.sample(eps_theta, (args.n_eval, *data.shape), y, args.cfg_scale, generator=g,
                                  classifier=classifier, classifier_scale=args.classifier_scale)
-            q = common.report(x0, data, args, sample_seconds=time.time() - t0, classifier_scale=args.classifier_scale)
+            q.update(common.report(x0, data, args, sample_seconds=time.time() - t0,
+                                   classifier_scale=args.classifier_scale))
         if args.trajectory:  # Algorithm 2's path: OUT/trajectory.png (2-D data) or OUT/strip.png (images)
             common.draw_trajectory(lambda **kw: ddpm.sample(eps_theta, cfg_scale=args.cfg_scale, classifier=classifier,
                                                             classifier_scale=args.classifier_scale, **kw),

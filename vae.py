@@ -32,11 +32,11 @@ probabilistic PCA.
 The categorical head is factorised, l(z)_i = U h_i(z) + c_i: a bias c_i (L logits) per pixel and
 features h_i of size --head-dim mapped to logits by one matrix U shared by all pixels. How each
 pixel's level distribution moves with z is thus low-rank; with the 1297 training digits a full head
-(16 free logits per pixel) overfits (benchmarks/vae.py measures both), and for MNIST's 256 levels
+(16 free logits per pixel) overfits (benchmarks/README.md measures both), and for MNIST's 256 levels
 it keeps the output layer small. Samples for the quality figure draw z ~ N(0, I) and then every
 pixel's level from p_theta(x|z) (the model's own samples); --pixels mean shows the decoder's mean
-image sum_k softmax(l)_k v_k instead (v_k the value of level k), smoother but blurrier and farther
-from the data in Frechet distance.
+image sum_k softmax(l)_k v_k instead (v_k the value of level k), smoother but blurrier
+(benchmarks/README.md measures both in Frechet distance).
 
 The model is unconditional: its loss ignores labels, and main() trains it with --uncond on. After
 training, OUT holds samples.png, recon.png (rows of test digits, each followed by its
@@ -296,7 +296,7 @@ def main(argv=None):
     own.add_argument("--iwae-k", type=int, help="importance samples for the held-out log p(x) (default 1000; 0: skip)")
     own.add_argument("--n-nll", type=int, help="held-out examples for the NLL figures (default 500)")
     defaults = dict(latent_dim=16, hidden=128, head_dim=4, pixels="sample", iwae_k=1000, n_nll=500, uncond=True)
-    budgets = {"toy": dict(latent_dim=2, hidden=256)}  # points: with hidden 128 moons collapsed onto the prior
+    budgets = {"toy": dict(latent_dim=2, hidden=256)}  # points: a 2-D latent, a wider MLP (against collapse: VAE)
     args, ckpt = common.parse_args(parser, argv, "vae", defaults=defaults, budgets=budgets,
                                    model_flags=("latent_dim", "hidden", "head_dim"))
     if args.cfg_scale != 1.0:
@@ -307,17 +307,22 @@ def main(argv=None):
         data = common.load_data(args.data, args.data_root, args.download)
         vae = common.construct(parser, VAE, data.shape, args.latent_dim, args.hidden, data.levels,
                                args.head_dim).to(device)  # encoder q_phi(z|x), decoder p_theta(x|z)
+        q = {}  # what main returns: the training's wall and CPU seconds when it trains, the quality figures
         if args.sample_only:
             vae = common.load_ema(ckpt, vae)
         else:
+            t0, c0 = time.time(), time.process_time()
             vae = common.train(vae, VAE.loss, data, args, ckpt)  # maximises the ELBO; returns the EMA model
-        if args.n_eval == 0 or not common.is_main():
+            q.update(train_seconds=time.time() - t0, train_cpu_seconds=time.process_time() - c0)
+        if not common.is_main():
             return None
+        if args.n_eval == 0:
+            return q or None
         g = torch.Generator(device).manual_seed(args.seed + 1)
         t0 = time.time()
         with common.autocast(device, args.amp):
             x = vae.sample(args.n_eval, generator=g, pixels=args.pixels)  # z ~ N(0, I), then x ~ p_theta(x|z)
-        q = common.report(x, data, args, sample_seconds=time.time() - t0)
+        q.update(common.report(x, data, args, sample_seconds=time.time() - t0))
         x_test, out = data.x_test.to(device), Path(args.out)
         if data.is_image:  # reconstructions of 50 test digits; interpolations between 8 pairs
             reconstruction_grid(vae, x_test[:50], out / "recon.png")
