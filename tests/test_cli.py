@@ -1,5 +1,6 @@
 """Every model file's command line: exact resume, and bad input answered with one line and exit
 status 2, no traceback, nothing overwritten."""
+import copy
 import hashlib
 import importlib
 from pathlib import Path
@@ -57,6 +58,28 @@ def test_resume_is_bit_identical(model, trained, tmp_path):
     (s1, a), (s2, b) = tensors(trained / model / "ckpt.pt"), tensors(tmp_path / "ckpt.pt")
     assert s1 == s2 == 8 and a.keys() == b.keys()
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_main_returns_its_training_seconds_and_never_writes_the_flags(model, tmp_path, monkeypatch):
+    """A run that trains returns a dict with the wall and CPU seconds of common.train (benchmarks read
+    them there, not from the log). The flags common.parse_args returned are read, never written: what
+    a file derives from them it passes on explicitly, and the checkpoint records the flags as parsed,
+    a derived value only where the flag was left unset (None)."""
+    parsed, parse = [], common.parse_args
+
+    def spy(*a, **k):
+        args, ckpt = parse(*a, **k)
+        parsed.append((args, copy.deepcopy(vars(args))))
+        return args, ckpt
+    monkeypatch.setattr(common, "parse_args", spy)
+    q = importlib.import_module(model).main(tiny(model, tmp_path, iters=2))
+    assert q["train_seconds"] > 0 and q["train_cpu_seconds"] > 0, q
+    [(args, before)] = parsed
+    assert vars(args) == before
+    saved = torch.load(tmp_path / "ckpt.pt", weights_only=True)["args"]
+    assert saved.keys() == before.keys() and {k: v for k, v in saved.items() if before[k] is not None} == {
+        k: v for k, v in before.items() if v is not None}
 
 
 def digest(folder):
