@@ -487,6 +487,7 @@ def test_cli_classifier_guidance_and_zero_shot_classification(tmp_path, capsys, 
     clf = torch.load(tmp_path / "u" / "classifier" / "ckpt.pt", weights_only=True)
     assert clf["model"] == "ddpm-classifier" and clf["args"]["p_uncond"] == 0 and not clf["args"]["uncond"]
     assert q["classifier_scale"] == 2 and math.isfinite(q["value"])
+    assert q["train_seconds"] > 0 and q["classifier_train_seconds"] > 0 and q["classifier_train_cpu_seconds"] > 0
     started, train = [], common.train  # --resume: both continue from step 20, the classifier is not retrained
     monkeypatch.setattr(common, "train", lambda net, loss, data, args, ckpt=None: started.append(
         (args.model, ckpt and ckpt["step"])) or train(net, loss, data, args, ckpt))
@@ -496,6 +497,7 @@ def test_cli_classifier_guidance_and_zero_shot_classification(tmp_path, capsys, 
     monkeypatch.undo()
     q = ddpm.main(["--ckpt", str(tmp_path / "u" / "ckpt.pt"), "--classifier-scale", "4", "--n-eval", "50"])
     assert q["classifier_scale"] == 4 and math.isfinite(q["value"])
+    assert not [k for k in q if k.endswith("train_seconds")]  # sampling only: nothing trained
     ddpm.main(["--data", "8gaussians", *moons(tmp_path / "g", "--uncond")[2:]])
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
