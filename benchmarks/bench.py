@@ -46,12 +46,15 @@ def caption(m, command, what=""):
     return f"{what + '. ' if what else ''}Machine: {describe(m)}. Command: `{command}`"
 
 
-def run(main, argv, trains=True):
+def run(main, argv, trains=True, samples=False):
     """A model file's main(argv) in this process: the dict it returns (quality, sample_seconds and,
-    when it trains, train_seconds and train_cpu_seconds), {} where it returns nothing. Where a
-    training run's dict lacks its seconds, the call's own wall and CPU seconds, less sampling, stand in."""
+    when it trains, train_seconds and train_cpu_seconds), {} where it returns nothing; the samples
+    themselves only if asked (they are no json). Where a training run's dict lacks its seconds, the
+    call's own wall and CPU seconds, less sampling, stand in."""
     t0, c0 = time.time(), time.process_time()
     q = dict(main(argv) or {})
+    if not samples:
+        q.pop("samples", None)
     if trains:
         q.setdefault("train_seconds", time.time() - t0 - q.get("sample_seconds", 0.0))
         q.setdefault("train_cpu_seconds", time.process_time() - c0)

@@ -1,4 +1,4 @@
-"""Benchmark of cfm.py's conditional paths (issue 16): the straight (OT) path against the two diffusion
+"""Benchmark of cfm.py's conditional paths: the straight (OT) path against the two diffusion
 paths of Lipman et al. (arXiv 2210.02747, Example I), variance preserving (vp) and variance exploding
 (ve), on the checkerboard (exact W2) and the bundled 8x8 digits (Frechet distance in the feature
 classifier's space): sample quality against the number of network evaluations (NFE 1, 2, 5, 10, 20, 50,
@@ -15,33 +15,35 @@ independent coupling, cfm.py's default sigma_min per path: 0 for ot, 0.01 for vp
   straightness: rectified_flow.RectifiedFlow().straightness, S = E int_0^1 ||(Z_1 - Z_0) - v(Z_t, t)||^2 dt
   along 100 Euler steps from the path's prior (x_0 = prior_std eps), and S / E||Z_1 - Z_0||^2, which does
   not depend on the scale of the prior (ve's prior has std 10): 0 for a straight flow.
+  verdicts: each of CLAIMS (which path beats which, at which budgets) decided per solver, per budget and
+  per seed: the table counts the seeds on which it holds.
 A picture of samples at 5 NFE (Euler x 5) per path: benchmarks/results/img/cfm_paths_<data>_nfe5.png
 (rows / panels: ot, vp, ve; the checkerboard panel starts with held-out data).
 
 Run (on one core):
-  OMP_NUM_THREADS=1 python benchmarks/cfm_paths.py                   # writes benchmarks/results/cfm_paths.{json,md}
+  OMP_NUM_THREADS=1 python benchmarks/cfm_paths.py                   # writes benchmarks/results/cfm_paths.json
   OMP_NUM_THREADS=1 python benchmarks/cfm_paths.py --quick --work /tmp/cfm-paths   # smoke test, tiny budgets
 """
 import argparse
-import json
 import os
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import bench
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import cfm  # the model files: bench puts the repository's root on sys.path
+import common
+from rectified_flow import RectifiedFlow
 
-import cfm  # noqa: E402
-import common  # noqa: E402
-from rectified_flow import RectifiedFlow  # noqa: E402
-
+COMMAND = "OMP_NUM_THREADS=1 python benchmarks/cfm_paths.py"
 NFE_BUDGETS = (1, 2, 5, 10, 20, 50, 100)
+# the lecture's claim, as it reads on each data set: (data, claim, the path that should win, the paths it should
+# beat, the NFE budgets the claim is about)
+CLAIMS = (("digits", "OT best", "ot", ("vp", "ve"), (2, 5, 10, 20, 50, 100)),
+          ("checkerboard", "VP better than OT", "vp", ("ot",), (1, 2, 5)))
 SOLVERS = ("euler", "midpoint")
 PATHS = cfm.PATHS
 
@@ -49,10 +51,9 @@ PATHS = cfm.PATHS
 def train(data_name, path, seed, iters, work, extra):
     """Train one unconditional model with cfm.main; returns (EMA net, its CFM, training seconds)."""
     out = work / f"{data_name}-{path}-seed{seed}"
-    t0 = time.time()
-    cfm.main(["--data", data_name, "--uncond", "--path", path, "--seed", str(seed), "--iters", str(iters),
-              "--out", str(out), "--n-eval", "0", "--device", "cpu", "--log-every", "500"] + extra)
-    seconds = time.time() - t0
+    seconds = bench.run(cfm.main, ["--data", data_name, "--uncond", "--path", path, "--seed", str(seed), "--iters",
+                                   str(iters), "--out", str(out), "--n-eval", "0", "--device", "cpu", "--log-every",
+                                   "500"] + extra)["train_seconds"]
     ckpt = common.load_checkpoint(out / "ckpt.pt", ("cfm",))
     a = ckpt["args"]
     flow = cfm.CFM(a["sigma_min"], a["coupling"], a["path"], sigma_max=a["sigma_max"])
@@ -110,57 +111,88 @@ def samples_picture(models, data, path, nfe=5, n=10):
     common.write_png(path, np.concatenate(panels, axis=1))
 
 
-def spread(values):
-    m = statistics.fmean(values)
-    return m, (statistics.stdev(values) if len(values) > 1 else float("nan"))
+def value(part, path, solver, budget):
+    """{seed: quality} of one path, solver and NFE budget."""
+    return {run["seed"]: r["value"] for run in part[path]["runs"] for r in run["grid"]
+            if r["solver"] == solver and r["budget"] == budget}
+
+
+def verdicts(result):
+    """[(data, claim, solver, {budget: (seeds where it holds, seeds)})]: each claim per solver, budget and seed."""
+    out = []
+    for data, claim, winner, losers, budgets in CLAIMS:
+        part = result["data"].get(data)
+        if part is None:
+            continue
+        for solver in SOLVERS:
+            cells = {}
+            for b in budgets:
+                win = value(part, winner, solver, b)
+                if win:
+                    others = [value(part, p, solver, b) for p in losers]
+                    cells[b] = (sum(all(win[s] < o[s] for o in others) for s in win), len(win))
+            out.append((data, claim, solver, cells))
+    return out
 
 
 def markdown(result):
-    m = result["machine"]
-    lines = [f"Machine: {m['processor'] or m['machine']}, {m['cores']} cores, torch {m['torch']}, "
-             f"{m['threads']} thread(s). Unconditional models, independent coupling; budgets in "
-             f"benchmarks/cfm_paths.py; mean +- sd over seeds {result['seeds']}.", ""]
+    """Per data set the quality grid (mean +- sd over seeds) and the flows' straightness; then the
+    claims' verdicts per solver, budget and seed."""
     budgets = result["nfe_budgets"]
+    lines = [bench.caption(result["machine"], COMMAND, "Unconditional models, independent coupling; budgets in "
+                           f"benchmarks/cfm_paths.py; mean +- sd over seeds {', '.join(map(str, result['seeds']))}"), ""]
+    straight = []
     for name, part in result["data"].items():
         first = part[PATHS[0]]["runs"][0]["grid"][0]
-        lines += [f"### {name}: {first['metric']} of {first['n']} samples vs held-out data "
-                  f"(floor, real vs real: {first['floor']:.4g}); lower is better", "",
-                  "| path | solver | " + " | ".join(f"NFE {b}" for b in budgets) + " |",
-                  "|---|---|" + "---|" * len(budgets)]
+        rows = []
         for path in PATHS:
-            runs = part[path]["runs"]
             for solver in SOLVERS:
                 row = []
                 for b in budgets:
-                    cells = [r for run in runs for r in run["grid"] if r["solver"] == solver and r["budget"] == b]
-                    if not cells:
-                        row.append("-")
-                        continue
-                    mean, sd = spread([r["value"] for r in cells])
-                    row.append(f"{mean:.3g} +- {sd:.2g}" + ("" if cells[0]["nfe"] == b else f" ({cells[0]['nfe']})"))
-                lines.append(f"| {path} | {solver} | " + " | ".join(row) + " |")
-        lines += ["", "| path | straightness S | S / E‖Z1 - Z0‖² | training s |", "|---|---|---|---|"]
+                    cells = [r for run in part[path]["runs"] for r in run["grid"] if r["solver"] == solver and r["budget"] == b]
+                    row.append("-" if not cells else bench.ms([r["value"] for r in cells])
+                               + ("" if cells[0]["nfe"] == b else f" ({cells[0]['nfe']})"))
+                rows.append([path, solver] + row)
+        lines += [f"{name}: {first['metric']} of {first['n']} samples (floor, real vs real: {first['floor']:.4g}); a cell's "
+                  "NFE in brackets where the solver's steps spend fewer than the budget.", "",
+                  bench.table(["path", "solver"] + [f"NFE {b}" for b in budgets], rows, ["l", "l"] + ["r"] * len(budgets)),
+                  ""]
         for path in PATHS:
             runs = part[path]["runs"]
-            s, rel = spread([r["straightness"]["straightness"] for r in runs]), \
-                spread([r["straightness"]["relative"] for r in runs])
-            tr = spread([r["train_seconds"] for r in runs])
-            lines.append(f"| {path} | {s[0]:.4g} +- {s[1]:.2g} | {rel[0]:.4g} +- {rel[1]:.2g} | {tr[0]:.0f} |")
-        lines += ["", f"Samples at 5 NFE (Euler x 5), rows ot, vp, ve: `{part['picture']}`", ""]
-    return "\n".join(lines)
+            straight.append([name, path, bench.ms([r["straightness"]["straightness"] for r in runs], ".4g"),
+                             bench.ms([r["straightness"]["relative"] for r in runs], ".4g"),
+                             f"{statistics.fmean(r['train_seconds'] for r in runs):.0f}"])
+    lines += ["Straightness of each learnt flow along 100 Euler steps:", "",
+              bench.table(["data", "path", "straightness S", "S / E‖Z1 - Z0‖²", "training s"], straight,
+                          ["l", "l", "r", "r", "r"]), ""]
+    rows, summary = [], []
+    for data, claim, solver, cells in verdicts(result):
+        rows.append([data, claim, solver] + [f"{cells[b][0]} of {cells[b][1]}" if b in cells else "" for b in budgets])
+        groups = {"on every seed": [b for b, (k, n) in cells.items() if k == n],
+                  "on some seeds": [b for b, (k, n) in cells.items() if 0 < k < n],
+                  "on no seed": [b for b, (k, n) in cells.items() if k == 0]}
+        summary.append(f"- {data}, {claim}, {solver}: holds " + "; ".join(
+            f"{where} at NFE {', '.join(map(str, bs))}" for where, bs in groups.items() if bs) + ".")
+    lines += ["Seeds on which each claim holds, per solver and NFE budget (empty: a budget the claim is not about; "
+              "OT best: OT's figure below VP's and VE's on that seed):", "",
+              bench.table(["data", "claim", "solver"] + [f"NFE {b}" for b in budgets], rows,
+                          ["l", "l", "l"] + ["r"] * len(budgets)), ""] + summary + [""]
+    pictures = [f"![Samples at 5 NFE (Euler x 5) on {name}, rows / panels ot, vp, ve](results/{part['picture']})"
+                for name, part in result["data"].items() if "picture" in part]
+    return "\n".join(lines + [" ".join(pictures)]) + "\n"
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test of this script")
     parser.add_argument("--results", default=None, help="output folder (default benchmarks/results; with --quick, WORK)")
-    parser.add_argument("--work", default=str(ROOT / "runs" / "bench-cfm-paths"), help="folder for the checkpoints")
+    parser.add_argument("--work", default=str(bench.ROOT / "runs" / "bench-cfm-paths"), help="folder for the checkpoints")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per path (default 3)")
     parser.add_argument("--data", nargs="+", default=["checkerboard", "digits"], help="data sets")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     work = Path(args.work)
-    results = Path(args.results or (work if args.quick else ROOT / "benchmarks" / "results"))
+    results = Path(args.results or (work if args.quick else bench.RESULTS))
     q = args.quick
     plans = {"checkerboard": dict(iters=30 if q else 1500, n=200 if q else 1000, straight_n=100 if q else 1000,
                                   extra=["--batch-size", "128" if q else "512", "--width", "64" if q else "256"]),
@@ -168,8 +200,7 @@ def main(argv=None):
                             extra=["--batch-size", "32" if q else "128"])}
     budgets = (1, 5) if q else NFE_BUDGETS
     seeds = list(range(2 if q else args.seeds))
-    result = {"machine": dict(processor=platform.processor(), machine=platform.machine(), cores=os.cpu_count(),
-                              torch=torch.__version__, threads=torch.get_num_threads()),
+    result = {"machine": bench.machine(),
               "budgets": {k: plans[k] for k in args.data}, "nfe_budgets": budgets, "seeds": seeds, "data": {}}
     t_start = time.time()
     for name in args.data:
@@ -194,9 +225,7 @@ def main(argv=None):
         samples_picture(first, data, picture)
         part["picture"] = str(picture.relative_to(results)) if picture.is_relative_to(results) else str(picture)
     result["total_seconds"] = time.time() - t_start
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "cfm_paths.json").write_text(json.dumps(result, indent=1))
-    (results / "cfm_paths.md").write_text(markdown(result) + f"\nTotal benchmark time {result['total_seconds']:.0f}s.\n")
+    bench.write_json(results / "cfm_paths.json", result)
     print(markdown(result))
 
 

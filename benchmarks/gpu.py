@@ -1,13 +1,13 @@
 """The GPU path in one unattended command: speed, memory and efficiency of every model file.
 
-  python benchmarks/gpu.py                        # on a GPU: under 10 minutes; writes results/gpu.json and gpu.md
+  python benchmarks/gpu.py                        # on a GPU: under 10 minutes; writes results/gpu.json
   python benchmarks/gpu.py --device cpu --quick   # the same code paths on a CPU, no compile, under a minute
   python benchmarks/gpu.py --parts syncs,compile --data cifar10 --models ddpm,ar   # a part of it
                                                   # (tests/test_gpu_benchmark.py runs it so that it never rots)
 
 The eager cases come first (about 5 minutes on an H100), then the end-to-end runs, then the
-compiled cases, each cut at --compile-limit seconds and all skipped past --budget; the table is
-rewritten after every case, so a run stopped early keeps what it measured.
+compiled cases, each cut at --compile-limit seconds and all skipped past --budget; the json is
+rewritten after every case, so a run stopped early keeps what it measured (--name names the file).
 
 What it measures, per model file (ddim.py trains exactly as ddpm.py and rectified_flow.py as cfm.py;
 they are listed for their samplers):
@@ -20,10 +20,12 @@ they are listed for their samplers):
     the model FLOPs utilisation (MFU) against the device's dense peak (bf16 for bf16 rows, TF32 for
     fp32 rows; "n/a" for devices not in PEAKS);
   - host-device synchronisations in common.train's steps (torch.cuda.set_sync_debug_mode);
-  - MeanFlow's JVP target under bf16 autocast against fp32;
-  - `python ddpm.py --device cuda` end to end (wall time and its quality line), and
+  - MeanFlow's JVP target under bf16 autocast against fp32, for both tangents, on a network whose
+    zero-initialised parameters (the output convolution among them) are re-drawn with a fixed seed;
+  - `python ddpm.py --device cuda` end to end (wall time and the quality it writes to OUT/metrics.jsonl), and
     `torchrun --nproc_per_node 1` (NCCL on a GPU, gloo on a CPU) for ddpm.py and meanflow.py.
-Each case runs in a try block: a failure is a row saying so, not the end of the run. 
+Each case runs in a try block: a failure is a row saying so, not the end of the run. Every meanflow
+row records meanflow.py's tangent; markdown() marks the rows whose tangent is not meanflow.py's default.
 """
 import argparse
 import contextlib
@@ -40,19 +42,29 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
+import bench
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-import ar  # noqa: E402
-import cfm  # noqa: E402
-import common  # noqa: E402
-import ddim  # noqa: E402
-import ddpm  # noqa: E402
-import meanflow  # noqa: E402
-import rectified_flow  # noqa: E402
-import vae  # noqa: E402
+import ar  # the model files: bench puts the repository's root on sys.path
+import cfm
+import common
+import ddim
+import ddpm
+import meanflow
+import rectified_flow
+import vae
+
+ROOT = bench.ROOT
+# the result files and the commands that wrote them (a file written by this script records its own command)
+FILES = {"gpu.json": "python benchmarks/gpu.py",
+         "gpu_compile_run1.json": "python benchmarks/gpu.py --parts syncs,compile --data cifar10,digits "
+                                  "--models ddpm,ar,meanflow,cfm,vae --name gpu_compile_run1.json",
+         "gpu_compile_run2.json": "python benchmarks/gpu.py --parts eager,compile --data digits,cifar10 --models ddpm "
+                                  "--compile-limit 150 --name gpu_compile_run2.json"}
+# meanflow.py's tangent in the files whose rows record none, and the code it ran (the commit that added the file)
+TANGENT_OF = {"gpu.json": ("sample", "the paper's tangent with the JVP on every pair (meanflow.py of commit 91c5570)"),
+              "gpu_compile_run1.json": ("model", "iMF's tangent (meanflow.py of commit aa5ec6f)")}
 
 # dense peak FLOP/s (no sparsity) by device-name substring: (bf16, tf32); SXM figures for H100/H200
 PEAKS = {"H200": (989.4e12, 494.7e12), "H100 PCIe": (756.5e12, 378e12), "H100": (989.4e12, 494.7e12),
@@ -153,7 +165,8 @@ def measure(name, data, mode, args, device, peaks):
         sync(device)
     sample_s = time.perf_counter() - t0
     peak = peaks[0 if amp == "bf16" else 1] if peaks else None
-    return {"model": name, "data": data, "mode": mode, "batch": args.batch, "it_s": it_s, "img_s": it_s * args.batch,
+    recipe = {"tangent": loss_fn.__self__.tangent} if name == "meanflow" else {}
+    return {"model": name, "data": data, "mode": mode, "batch": args.batch, "it_s": it_s, "img_s": it_s * args.batch, **recipe,
             "warmup_s": t_warm, "peak_mem_mib": mem, "flops_per_it": flops, "tflops": flops * it_s / 1e12,
             "mfu": flops * it_s / peak if peak else None, "nfe": nfe, "sample_img_s": len(ys) / sample_s,
             "loss_finite": bool(torch.isfinite(loss).item()), "samples_finite": bool(torch.isfinite(out.float()).all())}
@@ -190,29 +203,53 @@ def count_syncs(device, quick):
 
 
 def meanflow_jvp_precision(device):
-    """MeanFlow's JVP target under bf16 autocast (and with autocast off around the JVP) against fp32."""
+    """MeanFlow's target under bf16 autocast against float32, per tangent: its relative error, and how far
+    the target is from v (the size of the part the check tests). A freshly built network outputs 0 (its
+    output convolution starts at zero), and then the target is v in any precision: every parameter that
+    starts at zero is re-drawn with a fixed seed first, as tests/test_meanflow.py does."""
     torch.manual_seed(0)
     net = common.make_net("unet", (1, 8, 8), 16, 10, two_times=True, time_scale=10.0).to(device)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.copy_(0.1 * torch.randn(p.shape, generator=g).to(device))
     z, v = torch.randn(64, 1, 8, 8, device=device), torch.randn(64, 1, 8, 8, device=device)
     r, t = torch.rand(64, device=device), torch.rand(64, device=device) * 0.5
     y = torch.randint(0, 10, (64,), device=device)
-    method = meanflow.MeanFlow()
-    ref = method.target(net, z, r, t, v, y)
-    try:
+    out = {"network": "unet width 16, zero-initialised parameters re-drawn (seed 1)"}
+    with torch.no_grad():  # autocast does round this network's forward
+        u = net(z, t, t, y)
         with common.autocast(device, "bf16"):
-            low = method.target(net, z, r, t, v, y)
-    except Exception as e:
-        return {"target_bf16": f"fails: {type(e).__name__}: {str(e).splitlines()[0][:120]}"}
-    return {"target_rel_err_bf16": float((low.float() - ref).norm() / ref.norm())}
+            u_low = net(z, t, t, y).float()
+    out["forward_rel_err_bf16"] = float((u_low - u).norm() / u.norm())
+    for tangent in ("sample", "model"):
+        method = meanflow.MeanFlow(tangent=tangent)
+        ref = method.target(net, z, r, t, v, y)
+        try:
+            with common.autocast(device, "bf16"):
+                low = method.target(net, z, r, t, v, y)
+            out[tangent] = {"rel_err_bf16": float((low.float() - ref).norm() / ref.norm()),
+                            "target_vs_v": float((ref - v).norm() / v.norm())}
+        except Exception as e:
+            out[tangent] = {"fails": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+    return out
 
 
-def run_cli(argv, timeout=600):
+def run_cli(argv, out, timeout=600):
+    """A model file's command line in a subprocess: its exit status, wall seconds, and the last quality it
+    wrote to OUT/metrics.jsonl (its last line of output where it failed)."""
     t0 = time.time()
     done = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    lines = (done.stdout + done.stderr).strip().splitlines()
-    return {"rc": done.returncode, "wall_s": time.time() - t0,
-            "line": next((l for l in reversed(lines) if " on digits: " in l or "error" in l), lines[-1] if lines else "")}
+    res = {"rc": done.returncode, "wall_s": time.time() - t0}
+    metrics = Path(out) / "metrics.jsonl"
+    evals = [json.loads(l)["eval"] for l in metrics.read_text().splitlines() if '"eval"' in l] if metrics.exists() else []
+    if evals:
+        res["quality"] = {k: evals[-1].get(k) for k in ("metric", "value", "floor", "floor_sd", "n", "memorised")}
+    if done.returncode:
+        res["error"] = ((done.stdout + done.stderr).strip().splitlines() or [""])[-1]
+    return res
 
 
 def end_to_end(device, quick):
@@ -220,11 +257,12 @@ def end_to_end(device, quick):
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         tiny = ["--iters", "10", "--T", "20", "--n-eval", "50", "--width", "8", "--batch-size", "32"] if quick else []
-        out["ddpm default run"] = run_cli(["ddpm.py", "--device", dev, "--out", f"{tmp}/ddpm"] + tiny)
+        out["ddpm default run"] = run_cli(["ddpm.py", "--device", dev, "--out", f"{tmp}/ddpm"] + tiny, f"{tmp}/ddpm")
         for name in ("ddpm", "meanflow"):
             flags = ["--device", dev, "--n-eval", "0", "--log-every", "2", "--out", f"{tmp}/ddp-{name}"]
             flags += ["--iters", "4", "--width", "8", "--batch-size", "32"] if quick else ["--iters", "20"]
-            r = run_cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", f"{name}.py"] + flags)
+            r = run_cli(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", f"{name}.py"] + flags,
+                        f"{tmp}/ddp-{name}")
             losses = [json.loads(l)["loss"] for l in open(f"{tmp}/ddp-{name}/metrics.jsonl") if '"loss"' in l] \
                 if Path(f"{tmp}/ddp-{name}/metrics.jsonl").exists() else []
             r.update(backend="nccl" if dev == "cuda" else "gloo", ckpt=Path(f"{tmp}/ddp-{name}/ckpt.pt").exists(),
@@ -233,27 +271,91 @@ def end_to_end(device, quick):
     return out
 
 
-def table(res):
+def stale(name, row):
+    """Why a meanflow row does not measure meanflow.py's default ('' where it does)."""
+    tangent, words = ((row["tangent"], f"--tangent {row['tangent']}") if row.get("tangent") else
+                      TANGENT_OF.get(name, (None, "a tangent the file does not record")))
+    return "" if tangent == meanflow.MeanFlow().tangent else words
+
+
+def markdown(files):
+    """files: {file name: its json}, the first the main run. Its cases as one table, the modes side by side;
+    every other file's cases as a list; then the synchronisations, MeanFlow's bf16 target and the end-to-end
+    runs. A meanflow row that does not measure meanflow.py's default is marked, with what it measured."""
     fmt = lambda v, f: "n/a" if v is None else format(v, f)
-    lines = [f"Device: {res['device']}; torch {res['torch']}; batch {res['batch']}; "
-             f"{'quick (CPU smoke run)' if res['quick'] else 'full'} run, {res['total_s']:.0f} s.", "",
-             "| model | data | mode | train it/s | train img/s | peak MiB | GFLOP/it | TFLOP/s | MFU | NFE | sample img/s |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in res["rows"]:
-        if "error" in r:
-            lines.append(f"| {r['model']} | {r['data']} | {r['mode']} | {r['error']} |||||||| |")
-            continue
-        lines.append(f"| {r['model']} | {r['data']} | {r['mode']} | {r['it_s']:.1f} | {r['img_s']:.0f} | "
-                     f"{fmt(r['peak_mem_mib'], '.0f')} | {r['flops_per_it'] / 1e9:.2f} | {r['tflops']:.2f} | "
-                     f"{fmt(r['mfu'] and 100 * r['mfu'], '.1f')}{'%' if r['mfu'] else ''} | {r['nfe']} | "
-                     f"{r['sample_img_s']:.0f} |")
-    lines += ["", f"Host-device synchronisations in common.train (per step, and at the final log and checkpoint): "
-              f"{res.get('syncs', 'not reached')}",
-              f"MeanFlow JVP target, bf16 autocast vs fp32: {res.get('meanflow_jvp', 'not reached')}", ""]
-    for k, v in res.get("end_to_end", {}).items():
-        lines.append(f"- {k}: rc {v['rc']}, {v['wall_s']:.1f} s wall; {v['line']}"
-                     + (f"; {v['backend']}, checkpoint {v['ckpt']}, loss finite {v['loss_finite']}" if "backend" in v else ""))
-    return "\n".join(lines) + "\n"
+    mfu = lambda r: f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "n/a"
+    notes, lines, zero_output = {}, [], []
+
+    def model(name, r):  # the model's name, with a footnote mark where the row is stale
+        why = stale(name, r) if r["model"] == "meanflow" else ""
+        if not why:
+            return r["model"]
+        mark = notes.setdefault(why, f"[{len(notes) + 1}]")
+        return f"{r['model']} {mark}"
+
+    for k, (name, res) in enumerate(files.items()):
+        command = res.get("command") or FILES.get(name, f"python benchmarks/gpu.py --name {name}")
+        lines += [bench.caption({"gpu": res.get("device"), "torch": res.get("torch")}, command,
+                                f"{name}: batch {res['batch']}, {'quick (CPU smoke run)' if res['quick'] else 'full'} "
+                                f"run of {res['total_s']:.0f} s"), ""]
+        if k == 0:  # the main run: one row per model and data, the modes side by side
+            modes = [m for m in MODES if any(r["mode"] == m for r in res["rows"])]
+            keys = list(dict.fromkeys((r["model"], r["data"]) for r in res["rows"]))
+            rows = []
+            for m, d in keys:
+                cells = {r["mode"]: r for r in res["rows"] if (r["model"], r["data"]) == (m, d)}
+                ok = next((r for r in cells.values() if "error" not in r), None)
+                row = [model(name, next(iter(cells.values()))), d, f"{ok['flops_per_it'] / 1e9:.2f}" if ok else "",
+                       ok["nfe"] if ok else ""]
+                for mode in modes:
+                    r = cells.get(mode)
+                    row += (["", "", "", ""] if r is None else [r["error"], "", "", ""] if "error" in r else
+                            [f"{r['it_s']:.1f}", mfu(r), fmt(r["peak_mem_mib"], ".0f"), f"{r['sample_img_s']:.0f}"])
+                rows.append(row)
+            header = ["model", "data", "GFLOP / step", "NFE"] + [f"{mode} {x}" for mode in modes
+                                                               for x in ("it/s", "MFU", "peak MiB", "sample img/s")]
+            lines += [bench.table(header, rows, ["l", "l"] + ["r"] * (len(header) - 2)), ""]
+        else:
+            rows = [[model(name, r), r["data"], r["mode"]] + (
+                [r["error"], "", "", "", ""] if "error" in r else
+                [f"{r['it_s']:.1f}", mfu(r), fmt(r["peak_mem_mib"], ".0f"), f"{r['sample_img_s']:.0f}",
+                 f"{r['warmup_s']:.1f}"]) for r in res["rows"]]
+            lines += [bench.table(["model", "data", "mode", "it/s", "MFU", "peak MiB", "sample img/s",
+                                   "warm-up s (compilation)"], rows, ["l", "l", "l", "r", "r", "r", "r", "r"]), ""]
+        syncs = res.get("syncs")
+        if isinstance(syncs, dict) and "per_step" in syncs:
+            lines.append(f"- Host-device synchronisations in common.train: {syncs['per_step']:g} per step, "
+                         f"{syncs['at_the_end']:g} at the end (the last log's .item() and the checkpoint's copies), "
+                         f"from runs of {syncs['steps'][0]} and {syncs['steps'][1]} steps.")
+        jvp = res.get("meanflow_jvp")
+        if jvp and "network" not in jvp:
+            zero_output.append(name)
+        if isinstance(jvp, dict) and "network" in jvp:
+            lines.append(f"- MeanFlow's target under bf16 autocast against float32 ({jvp['network']}; bf16 moves this "
+                         f"network's forward by {jvp['forward_rel_err_bf16']:.1e}): " + "; ".join(
+                             f"--tangent {t}: " + (jvp[t]["fails"] if "fails" in jvp[t] else
+                                                   f"relative error {jvp[t]['rel_err_bf16']:.1e} (the target differs "
+                                                   f"from v by {jvp[t]['target_vs_v']:.2f} of v)")
+                             for t in ("sample", "model") if t in jvp) + ".")
+        for what, v in res.get("end_to_end", {}).items():
+            q = v.get("quality")
+            got = (f"; {q['metric']} {q['value']:.4g} (floor {q['floor']:.4g} +- {q['floor_sd'] or 0:.2g}, n = {q['n']})"
+                   if q else f"; {v.get('error') or v.get('line')}" if v.get("error") or v.get("line") else "")
+            lines.append(f"- {what}: exit status {v['rc']}, {v['wall_s']:.1f} s wall{got}"
+                         + (f"; {v['backend']}, checkpoint written: {v['ckpt']}" if "backend" in v else "") + ".")
+        lines.append("") if lines[-1] else None
+    lines += [f"{mark} Measured with {why}, not meanflow.py's default (--tangent {meanflow.MeanFlow().tangent}); "
+              "not re-measured." for why, mark in notes.items()]
+    if zero_output:
+        lines.append(f"MeanFlow's bf16 target check of {' and '.join(zero_output)} is not shown: it ran on a freshly built "
+                     "network, whose zero output layer makes the target v in any precision; `--parts syncs` measures it "
+                     "on a network whose zero-initialised parameters are re-drawn.")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def table(res, name="gpu.json"):
+    """One run's markdown (what a run prints when it ends)."""
+    return markdown({name: res})
 
 
 def main(argv=None):
@@ -261,7 +363,8 @@ def main(argv=None):
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes: every file on digits in fp32, one bf16 and one "
                    "CIFAR-shaped case, no compile")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="folder for gpu.json and gpu.md")
+    p.add_argument("--out", default=str(bench.RESULTS), help="folder for the json")
+    p.add_argument("--name", default="gpu.json", help="the json's file name (default gpu.json)")
     p.add_argument("--budget", type=float, default=420.0, help="seconds after which compile cases are skipped")
     p.add_argument("--compile-limit", type=float, default=60.0, help="seconds one compiled case may take")
     p.add_argument("--parts", default="eager,syncs,e2e,compile", help="which parts to run, in this order: eager "
@@ -283,12 +386,12 @@ def main(argv=None):
              [(m, d, mode) for mode in MODES for d in datas for m in models])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    res = {"device": name, "torch": torch.__version__, "batch": args.batch, "quick": args.quick, "rows": []}
+    res = {"device": name, "torch": torch.__version__, "batch": args.batch, "quick": args.quick,
+           "command": "python benchmarks/gpu.py " + " ".join(argv if argv is not None else sys.argv[1:]), "rows": []}
 
-    def write():  # after every stage, so that a run cut short still leaves its table
+    def write():  # after every stage, so that a run cut short still leaves its rows
         res["total_s"] = time.time() - t_start
-        (out / "gpu.json").write_text(json.dumps(res, indent=1))
-        (out / "gpu.md").write_text(table(res))
+        bench.write_json(out / args.name, res)
 
     def case(m, d, mode):
         try:
@@ -316,7 +419,7 @@ def main(argv=None):
             else:
                 case(m, d, mode)
     write()
-    print(table(res))
+    print(table(res, args.name))
     return res
 
 

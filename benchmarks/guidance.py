@@ -1,4 +1,4 @@
-"""Benchmark of issue 15: a diffusion model is a classifier, and a classifier guides a diffusion model.
+"""A diffusion model is a classifier, and a classifier guides a diffusion model.
 
 1. Zero-shot classification (Li et al., arXiv 2303.16203) with ddpm.DDPM.classify: one conditional
    digits model trained by ddpm.py at its defaults (unet width 16, T = 1000, linear schedule, label
@@ -16,26 +16,23 @@
    distance in the feature classifier's space with its floor (real vs real), and a grid picture.
 
 Run (single-threaded, CPU; or --device cuda):
-  OMP_NUM_THREADS=1 python benchmarks/guidance.py            # writes benchmarks/results/guidance.{json,md}
+  OMP_NUM_THREADS=1 python benchmarks/guidance.py            # writes benchmarks/results/guidance.json
   OMP_NUM_THREADS=1 python benchmarks/guidance.py --quick    # smoke test (minutes): T = 100, tiny budgets,
                                                              # results to OUT only
 Checkpoints go to runs/benchmarks/guidance (not tracked); grids to benchmarks/results/img/guidance-*.png.
 """
 import argparse
-import json
 import math
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
+import bench
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-import common  # noqa: E402
-import ddpm  # noqa: E402
+import common  # the model files: bench puts the repository's root on sys.path
+import ddpm
+
+COMMAND = "OMP_NUM_THREADS=1 python benchmarks/guidance.py"
 
 N_SAMPLES = (10, 30, 100, 300)  # zero-shot (t, eps) draws per image; the "elbo" weighting up to 100
 SCALES = (0.0, 1.0, 2.0, 4.0)  # classifier guidance s
@@ -102,7 +99,7 @@ def guided_row(kind, scale, sample, data, n, device, img):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=str(ROOT / "runs" / "benchmarks" / "guidance"), help="checkpoint folder")
+    parser.add_argument("--out", default=str(bench.ROOT / "runs" / "benchmarks" / "guidance"), help="checkpoint folder")
     parser.add_argument("--reuse", action="store_true", help="reuse the checkpoints in OUT (no training time)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="default cpu")
     parser.add_argument("--quick", action="store_true", help="smoke test: T = 100, tiny budgets, results to OUT")
@@ -114,12 +111,11 @@ def main(argv=None):
     train_s = {}
     for name, flags in (("conditional", []), ("unconditional", ["--uncond", "--classifier-scale", "1"])):
         if not (args.reuse and (out / name / "ckpt.pt").exists()):
-            _, wall, cpu = timed(lambda: ddpm.main(common_flags + flags + ["--out", str(out / name)]))
-            train_s[name] = dict(wall_s=wall, cpu_s=cpu)
+            q = bench.run(ddpm.main, common_flags + flags + ["--out", str(out / name)])
+            train_s[name] = dict(wall_s=q["train_seconds"], cpu_s=q["train_cpu_seconds"])
     device = common.get_device(args.device)
     data = common.load_data("digits")
-    res = ROOT / "benchmarks" / "results"
-    img = out if args.quick else res / "img"
+    img = out if args.quick else bench.RESULTS / "img"
     img.mkdir(parents=True, exist_ok=True)
 
     method, cond, _ = load(out / "conditional", device, data)
@@ -130,44 +126,36 @@ def main(argv=None):
     rows += [guided_row("classifier", s, lambda shape, y, g: method_u.sample(
         uncond, shape, y, generator=g, classifier=clf, classifier_scale=s), data, n, device, img) for s in SCALES]
 
-    machine = dict(processor=platform.processor() or platform.machine(), cores=os.cpu_count(),
-                   torch=torch.__version__, threads=torch.get_num_threads(), device=str(device),
-                   gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                   omp_num_threads=os.environ.get("OMP_NUM_THREADS"))
+    machine = dict(bench.machine(device), device=str(device))
     result = dict(config=dict(data="digits", model="ddpm.py defaults" + (" (quick: T 100, 150 iters)" if args.quick
                               else " (unet width 16, T 1000, linear, 2000 iters, batch 128)") + ", seed 0",
                               n_classify=n_images, n_samples=n, seed=1),
                   feature_classifier_acc=common.feature_net(data)[1], machine=machine, train=train_s,
                   zero_shot=zs, guidance=rows)
-    md = markdown(result)
-    print(md)
-    dest = out if args.quick else res
-    (dest / "guidance.json").write_text(json.dumps(result, indent=2) + "\n")
-    (dest / "guidance.md").write_text(md)
+    print(markdown(result))
+    bench.write_json((out if args.quick else bench.RESULTS) / "guidance.json", result)
     return result
 
 
 def markdown(r):
-    m, c = r["machine"], r["config"]
-    where = f"{m['gpu']}" if m["gpu"] else f"{m['processor']}, {m['cores']} cores, {m['threads']} thread(s)"
-    lines = [f"Zero-shot classification and guidance on digits ({c['model']}). Machine: {where}, torch {m['torch']} "
-             f"(OMP_NUM_THREADS={m['omp_num_threads']}).", "",
-             f"Zero-shot accuracy on {c['n_classify']} held-out digits (Bayes' rule, p(y) the training label "
-             f"frequencies); the feature classifier's test accuracy is {r['feature_classifier_acc']:.3f}.", "",
-             "| weighting | n_samples | network calls per image | accuracy | s CPU (wall) |", "|---|---|---|---|---|"]
-    for z in r["zero_shot"]:
-        lines.append(f"| {z['weighting']} | {z['n_samples']} | {z['nfe_per_image']} | {z['accuracy']:.3f} | "
-                     f"{z['cpu_s']:.1f} ({z['wall_s']:.1f}) |")
-    lines += ["", f"Guidance: n = {c['n_samples']} samples, balanced labels, DDPM ancestral sampling. Class accuracy: "
-              "the share of samples the feature classifier assigns to the label asked for.", "",
-              "| guidance | scale | class accuracy | FD (floor +- sd) | sampling s CPU (wall) | grid |",
-              "|---|---|---|---|---|---|"]
-    for g in r["guidance"]:
-        kind = "classifier (s)" if g["guidance"] == "classifier" else "classifier-free (w)"
-        lines.append(f"| {kind} | {g['scale']:g} | {g['class_accuracy']:.3f} | {g['fd']:.3g} ({g['floor']:.3g} +- "
-                     f"{g['floor_sd']:.2g}) | {g['sample_cpu_s']:.1f} ({g['sample_wall_s']:.1f}) | "
-                     f"![](img/{g['grid']}) |")
-    return "\n".join(lines) + "\n"
+    """Zero-shot accuracy against the draws per image; class accuracy and FD against the guidance scale."""
+    c = r["config"]
+    zero_shot = [[z["weighting"], z["n_samples"], z["nfe_per_image"], f"{z['accuracy']:.3f}",
+                  f"{z['cpu_s']:.1f} ({z['wall_s']:.1f})"] for z in r["zero_shot"]]
+    floor = r["guidance"][0]
+    guided = [["classifier (s)" if g["guidance"] == "classifier" else "classifier-free (w)", f"{g['scale']:g}",
+               f"{g['class_accuracy']:.3f}", f"{g['fd']:.3g}", f"{g['sample_cpu_s']:.1f} ({g['sample_wall_s']:.1f})",
+               f"![](results/img/{g['grid']})"] for g in r["guidance"]]
+    return "\n".join([
+        bench.caption(r["machine"], COMMAND, f"Digits, {c['model']}"), "",
+        f"Zero-shot accuracy on {c['n_classify']} held-out digits (Bayes' rule, p(y) the training label frequencies); "
+        f"the feature classifier's test accuracy is {r['feature_classifier_acc']:.3f}:", "",
+        bench.table(["weighting", "draws per class", "network calls per image", "accuracy", "s CPU (wall)"], zero_shot), "",
+        f"Guidance: n = {c['n_samples']} samples, balanced labels, DDPM ancestral sampling; class accuracy: the share of "
+        f"samples the feature classifier assigns to the label asked for; FD floor (real vs real) {floor['floor']:.3g} +- "
+        f"{floor['floor_sd']:.2g}:", "",
+        bench.table(["guidance", "scale", "class accuracy", "FD", "sampling s CPU (wall)", "grid"], guided,
+                    ["l", "r", "r", "r", "r", "l"])]) + "\n"
 
 
 if __name__ == "__main__":

@@ -1,18 +1,18 @@
-"""One step against a hundred at equal training compute (issue 19): MeanFlow variants against cfm.py's
+"""One step against a hundred at equal training compute: MeanFlow variants against cfm.py's
 100 Euler steps, each trained for the same CPU seconds, on several seeds.
 
   OMP_NUM_THREADS=1 python benchmarks/meanflow_compute.py --part digits-uncond   # ~30 min on one core
   OMP_NUM_THREADS=1 python benchmarks/meanflow_compute.py --part checkerboard    # ~25 min on one core
   OMP_NUM_THREADS=1 python benchmarks/meanflow_compute.py --part digits-cond     # ~30 min on one core
-  python benchmarks/meanflow_compute.py --table      # results/meanflow_compute.{json,md} -> one table
+  python benchmarks/meanflow_compute.py --table      # print the table of results/meanflow_compute.json
 
 The reference is cfm.py (independent coupling) trained for a fixed number of iterations (digits 2500,
 checkerboard 3000; batch 128 / 512, UNet width 16 / MLP width 256, the data's default learning rate)
 and sampled with 100 Euler steps. Each MeanFlow variant is given the same training CPU seconds: its
 iterations are the CPU seconds that the reference spent on the same seed divided by its own measured
 cost per iteration (calibrated in this process on 60 iterations, one thread), and the CPU seconds
-each run actually spent are reported beside it (the first part measured, digits-uncond, took its
-budget from the calibration instead, which left the MeanFlow runs about 7% short of cfm.py's).
+each run actually spent are reported beside it. CPU seconds are the train_cpu_seconds of the dict
+the model file's main() returns (the whole call's CPU seconds where it reports none).
 Variants (--variants picks some):
   paper      the paper's recipe: 25% of pairs with r != t, the sample's v as the JVP tangent;
   iMF        --tangent model: the network's own u(z, t, t) as the tangent (arXiv 2512.02012);
@@ -37,25 +37,21 @@ steps after each; meanflow.py (its default, iMF; on conditional digits the best 
 table, --cfg-max 2 sampled at w 1.25) trains in segments ending at the same cumulative CPU seconds,
 then on to 2x and 4x cfm.py's last, and is scored with 1 and 2 steps after each.
   OMP_NUM_THREADS=1 python benchmarks/meanflow_compute.py --curve --part digits-uncond   # ~70 min on one core
-  python benchmarks/meanflow_compute.py --curve-table --part digits-uncond  # results/meanflow_curve_<part>.{json,md}
+  python benchmarks/meanflow_compute.py --curve-table --part digits-uncond  # print results/meanflow_curve_<part>.json
 """
 import argparse
-import contextlib
-import io
 import json
 import statistics
-import sys
-import time
 from pathlib import Path
 
+import bench
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-import cfm  # noqa: E402
-import meanflow  # noqa: E402
+import cfm  # the model files: bench puts the repository's root on sys.path
+import meanflow
 
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = bench.RESULTS
+COMMAND = "OMP_NUM_THREADS=1 python benchmarks/meanflow_compute.py"
 PARTS = {  # data flags, the reference's iterations, samples evaluated
     "digits-uncond": (["--data", "digits", "--uncond"], 2500, 500),
     "digits-cond": (["--data", "digits"], 2500, 500),
@@ -79,11 +75,9 @@ def variant_flags(name):
 
 
 def run(module, argv):
-    """module.main(argv) in this process: (its result, CPU seconds)."""
-    buf, t0 = io.StringIO(), time.process_time()
-    with contextlib.redirect_stdout(buf):
-        q = module.main(argv)
-    return q, time.process_time() - t0
+    """A training run of module.main(argv) in this process: (its dict, training CPU seconds)."""
+    q = bench.run(module.main, argv)
+    return q, q["train_cpu_seconds"]
 
 
 def cost_per_iter(module, flags, work):
@@ -98,7 +92,8 @@ def cost_per_iter(module, flags, work):
 
 
 def evaluate(module, ckpt, n_eval, seed, out, steps_flags):
-    q, _ = run(module, ["--ckpt", str(ckpt), "--n-eval", str(n_eval), "--seed", str(seed), "--out", str(out)] + steps_flags)
+    q = bench.run(module.main, ["--ckpt", str(ckpt), "--n-eval", str(n_eval), "--seed", str(seed), "--out", str(out)]
+                  + steps_flags, trains=False)
     return {k: q.get(k) for k in ("metric", "value", "floor", "floor_sd", "memorised", "memorised_heldout")}
 
 
@@ -147,8 +142,8 @@ def run_part(part, seeds, work, quick=False, variants=tuple(VARIANTS)):
     res = json.loads(path.read_text()) if path.exists() else {}
     old = res.get(part, {"costs": {}, "rows": []})
     res[part] = {"costs": {**old["costs"], "cfm": c_cfm, **c_mf}, "rows": _merge(old["rows"], rows, variants),
-                 "machine": f"{torch.__version__}, {torch.get_num_threads()} thread(s)"}
-    path.write_text(json.dumps(res, indent=1))
+                 "machine": bench.machine()}
+    bench.write_json(path, res)
 
 
 def _merge(old, rows, variants):
@@ -159,10 +154,7 @@ def _merge(old, rows, variants):
     return sorted(rows + kept, key=lambda r: (order.index(r["variant"]), r["seed"], r["nfe"], r.get("cfg_scale", 1.0)))
 
 
-def ms(values, f=".3g"):
-    if len(values) < 2:
-        return format(values[0], f)
-    return f"{statistics.mean(values):{f}} +- {statistics.stdev(values):.2g}"
+ms = bench.ms
 
 
 def verdict(ratios, target):
@@ -172,35 +164,45 @@ def verdict(ratios, target):
     return "met" if m + s <= target else "not met" if m - s > target else "within noise"
 
 
-def table(path=RESULTS / "meanflow_compute.json"):
-    res = json.loads(Path(path).read_text())
+def markdown(res):
+    """Per part: every method's quality, its ratio to CFM-100 per seed (mean +- sd) against the target,
+    its training CPU seconds and its measured cost per iteration."""
     lines = []
     for part in PARTS:
         if part not in res:
             continue
-        rows = res[part]["rows"]
+        rows, costs = res[part]["rows"], res[part].get("costs", {})
         ref = {r["seed"]: r["value"] for r in rows if r["method"] == "cfm.py" and r.get("cfg_scale", 1.0) == 1}
         first = rows[0]
-        lines += [f"#### {part}: {first['metric']} (floor {first['floor']:.3g} +- {first['floor_sd']:.2g}, real vs real), "
-                  f"seeds {', '.join(map(str, sorted(ref)))}", "",
-                  "| method | NFE | iterations | train CPU s | quality | / CFM-100 (per seed) | target | memorised |",
-                  "|---|---:|---|---:|---|---|---|---:|"]
         keys = []
-        for r in rows:  # (method, variant, NFE, guidance scale): rows of earlier runs were all sampled at w = 1
+        for r in rows:  # (method, variant, NFE, guidance scale): rows without a scale were sampled at w = 1
             if (key := (r["method"], r["variant"], r["nfe"], r.get("cfg_scale", 1.0))) not in keys:
                 keys.append(key)
+        out, shown = [], set()
         for key in keys:
             rs = [r for r in rows if (r["method"], r["variant"], r["nfe"], r.get("cfg_scale", 1.0)) == key]
             ratios = [r["value"] / ref[r["seed"]] for r in rs if r["seed"] in ref]
             target = "" if key[0] == "cfm.py" else f"<= {TARGETS[key[2]]}: {verdict(ratios, TARGETS[key[2]])}"
             mem = [r["memorised"] for r in rs if r.get("memorised") is not None]
             name = f"{key[0]} {key[1]}" + (f", sampled at w {key[3]:g}" if key[3] != 1 else "")
-            lines.append(f"| {name} | {key[2]} | {rs[0]['iters']} | {ms([r['train_cpu_s'] for r in rs], '.0f')} | "
-                         f"{ms([r['value'] for r in rs])} | {ms(ratios)} | {target} | "
-                         f"{ms([100 * m for m in mem], '.1f') + '%' if mem else ''} |")
-        lines.append("")
-    Path(path).with_suffix(".md").write_text("\n".join(lines))
-    print("\n".join(lines))
+            cost_key = "cfm" if key[0] == "cfm.py" else key[1]
+            cost = ""
+            if cost_key in costs and cost_key not in shown:  # once per variant: its (MeanFlow phase's) cost
+                shown.add(cost_key)
+                cost = f"{costs[cost_key]:.3f}" + (f" ({costs[cost_key] / costs['cfm']:.1f}x)" if cost_key != "cfm" else "")
+            out.append([name, key[2], rs[0]["iters"], cost, ms([r["train_cpu_s"] for r in rs], ".0f"),
+                        ms([r["value"] for r in rs]), ms(ratios), target, ms([100 * m for m in mem], ".1f") + "%" if mem else ""])
+        lines += [bench.caption(res[part].get("machine"), f"{COMMAND} --part {part}",
+                                f"{part}: {first['metric']} (floor {first['floor']:.3g} +- {first['floor_sd']:.2g}, real vs "
+                                f"real), seeds {', '.join(map(str, sorted(ref)))}"), "",
+                  bench.table(["method", "NFE", "iterations", "CPU s / iteration (x cfm.py)", "train CPU s", "quality",
+                               "/ CFM-100 (per seed)", "target", "memorised"], out,
+                              ["l", "r", "r", "r", "r", "r", "r", "l", "r"]), ""]
+    return "\n".join(lines)
+
+
+def table(path=RESULTS / "meanflow_compute.json"):
+    print(markdown(json.loads(Path(path).read_text())))
 
 
 CURVE_ITERS, CURVE_BEYOND = (0.1, 0.2, 0.4, 1, 2), (2, 4)  # cfm.py's segments (x the reference); MeanFlow's beyond
@@ -223,7 +225,7 @@ def curve(part, seeds, work, quick=False, variant=None):
     c_mf = cost_per_iter(meanflow, base + mf_flags, work)
     path = (work if quick else RESULTS) / curve_name(part, variant)
     res = {"part": part, "variant": variant, "meanflow_flags": mf_flags, "cfg_scale": w, "cost_meanflow": c_mf, "rows": [],
-           "machine": f"{torch.__version__}, {torch.get_num_threads()} thread(s)"}
+           "machine": bench.machine()}
     for seed in seeds:
         s = ["--seed", str(seed)]
         out, cpu, marks = work / f"{path.stem}-s{seed}-cfm", 0.0, []
@@ -245,46 +247,62 @@ def curve(part, seeds, work, quick=False, variant=None):
                                         **evaluate(meanflow, out / "ckpt.pt", n_eval, seed, out,
                                                    ["--steps", str(steps), "--cfg-scale", str(w)])))
                 print(json.dumps(res["rows"][-1]), flush=True)
-        path.write_text(json.dumps(res, indent=1))  # after every seed
+        bench.write_json(path, res)  # after every seed
     return res
 
 
-def curve_table(path):
-    """One row per budget: mean +- sd over seeds of CPU seconds and quality; then where they meet."""
-    res = json.loads(Path(path).read_text())
+def meet(rows, part, nfe, factor):
+    """Per seed: the first MeanFlow checkpoint (by CPU seconds) whose quality is within factor x cfm.py's at
+    the reference's iterations, as its CPU seconds over cfm.py's there; else how far it is at its last."""
+    found = []
+    for seed in sorted({r["seed"] for r in rows}):
+        ref = [r for r in rows if r["seed"] == seed and r["method"] == "cfm.py"]
+        ref = next((r for r in ref if r["iters"] == PARTS[part][1]), ref[-1])
+        mf = sorted((r for r in rows if r["seed"] == seed and r["method"] == "meanflow.py" and r["nfe"] == nfe),
+                    key=lambda r: r["train_cpu_s"])
+        hit = next((r for r in mf if r["value"] <= factor * ref["value"]), None)
+        found.append(f"seed {seed}: " + (f"{hit['train_cpu_s'] / ref['train_cpu_s']:.2g}x ({hit['iters']} iterations)"
+                                         if hit else f"not within {mf[-1]['train_cpu_s'] / ref['train_cpu_s']:.2g}x, "
+                                         f"where it is at {mf[-1]['value'] / ref['value']:.2f}x"))
+    return f"- MeanFlow {nfe} step{'s' * (nfe > 1)} within {factor}x of CFM-100: " + "; ".join(found)
+
+
+def curve_markdown(res):
+    """One row per budget point: cfm.py's and meanflow.py's iterations, CPU seconds and quality (mean +- sd
+    over seeds); then, per seed, where MeanFlow comes within each target of CFM-100."""
     rows, first, part = res["rows"], res["rows"][0], res.get("part", "digits-uncond")
     flags = " ".join(res.get("meanflow_flags", [])) + (f", sampled at w {res['cfg_scale']:g}" if res.get("cfg_scale", 1) != 1 else "")
-    flags = f"{res['variant']} ({flags})" if res.get("variant") else flags
-    lines = [f"{part}, {first['metric']} of {PARTS[part][2]} samples (floor {first['floor']:.3g} +- "
-             f"{first['floor_sd']:.2g}, real vs real), seeds {', '.join(str(x) for x in sorted({r['seed'] for r in rows}))}; "
-             f"meanflow.py {flags or 'default'}; {res['machine']}.", "",
-             f"| method | NFE | iterations | train CPU s | {first['metric']} | memorised |", "|---|---:|---:|---:|---|---:|"]
-    for key in sorted({(r["method"], r["nfe"], r["point"]) for r in rows}):  # a point: the same budget on every seed
-        rs = [r for r in rows if (r["method"], r["nfe"], r["point"]) == key]
-        mem = [100 * r["memorised"] for r in rs if r.get("memorised") is not None]
-        its = sorted({r["iters"] for r in rs})
-        lines.append(f"| {key[0]} | {key[1]} | {its[0]}{f'-{its[-1]}' * (len(its) > 1)} | {ms([r['train_cpu_s'] for r in rs], '.0f')} | "
-                     f"{ms([r['value'] for r in rs])} | {ms(mem, '.1f') + '%' if mem else ''} |")
-    lines += ["", f"Where they meet (per seed): the first MeanFlow checkpoint whose {first['metric']} is at most cfm.py's at "
-              f"its {PARTS[part][1]}-iteration point (the reference of the equal-compute table) times 1, 1.3 (1 step) or 1.1 (2 steps); "
-              "its CPU seconds over cfm.py's at that point.", ""]
-    for nfe, factor in ((1, 1.0), (1, TARGETS[1]), (2, 1.0), (2, TARGETS[2])):
-        if not any(r["method"] == "meanflow.py" and r["nfe"] == nfe for r in rows):
-            continue
-        found = []
-        for seed in sorted({r["seed"] for r in rows}):
-            ref = [r for r in rows if r["seed"] == seed and r["method"] == "cfm.py"]
-            ref = next((r for r in ref if r["iters"] == PARTS[part][1]), ref[-1])
-            mf = sorted((r for r in rows if r["seed"] == seed and r["method"] == "meanflow.py" and r["nfe"] == nfe),
-                        key=lambda r: r["train_cpu_s"])
-            hit = next((r for r in mf if r["value"] <= factor * ref["value"]), None)
-            found.append(f"seed {seed}: " + (f"{hit['train_cpu_s'] / ref['train_cpu_s']:.2g}x ({hit['iters']} iterations)"
-                                             if hit else f"not within {mf[-1]['train_cpu_s'] / ref['train_cpu_s']:.2g}x, "
-                                             f"where it is at {mf[-1]['value'] / ref['value']:.2f}x"))
-        lines.append(f"- MeanFlow {nfe} step{'s' * (nfe > 1)} within {factor}x of CFM-100: " + "; ".join(found))
-    out = Path(path).with_suffix(".md")
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    recipe = f"meanflow.py {res['variant']} ({flags})" if res.get("variant") else f"meanflow.py {flags or 'default'}"
+    at = lambda method, nfe, point: [r for r in rows if (r["method"], r["nfe"], r["point"]) == (method, nfe, point)]
+    its = lambda rs: (lambda v: f"{v[0]}" + (f"-{v[-1]}" if len(v) > 1 else ""))(sorted({r["iters"] for r in rs})) if rs else ""
+    out = []
+    for point in sorted({r["point"] for r in rows}):
+        c, m1, m2 = at("cfm.py", 100, point), at("meanflow.py", 1, point), at("meanflow.py", 2, point)
+        out.append([its(c), ms([r["train_cpu_s"] for r in c], ".0f"), ms([r["value"] for r in c]), its(m1),
+                    ms([r["train_cpu_s"] for r in m1], ".0f"), ms([r["value"] for r in m1]), ms([r["value"] for r in m2])])
+    mem = [100 * r["memorised"] for r in rows if r.get("memorised") is not None]
+    seeds = ", ".join(str(x) for x in sorted({r["seed"] for r in rows}))
+    command = f"{COMMAND} --curve --part {part}" + (f" --variants {res['variant']!r}" if res.get("variant") else "")
+    what = (f"{part}, {first['metric']} of {PARTS[part][2]} samples (floor {first['floor']:.3g} +- {first['floor_sd']:.2g}, "
+            f"real vs real), seeds {seeds}; {recipe}" + (f"; memorised {min(mem):.1f}% to {max(mem):.1f}%" if mem else ""))
+    m = first["metric"]
+    header = ["cfm.py iterations", "train CPU s", f"{m}, 100 Euler steps", "meanflow.py iterations", "train CPU s",
+              f"{m}, 1 step", f"{m}, 2 steps"]
+    if res.get("variant"):  # its cfm.py runs repeat the part's own curve's: their figures stand there
+        header, out = header[3:], [row[3:] for row in out]
+    return "\n".join([bench.caption(res.get("machine"), command, what), "", bench.table(header, out, ["r"] * len(header)), ""]
+                     + [meet(rows, part, nfe, TARGETS[nfe]) for nfe in (1, 2)
+                        if any(r["method"] == "meanflow.py" and r["nfe"] == nfe for r in rows)]) + "\n"
+
+
+def curve_files(results=RESULTS):
+    """Every curve's json (meanflow_curve_<part>[-<variant>].json), the parts in PARTS' order."""
+    out = []
+    for f in sorted(Path(results).glob("meanflow_curve_*.json")):
+        res = json.loads(f.read_text())
+        res.setdefault("part", f.stem.removeprefix("meanflow_curve_"))  # a file without its part is a part's own curve
+        out.append(res)
+    return sorted(out, key=lambda r: (list(PARTS).index(r["part"]), r.get("variant") or ""))
 
 
 def main(argv=None):
@@ -295,7 +313,7 @@ def main(argv=None):
     p.add_argument("--work", default="/tmp/meanflow-compute")
     p.add_argument("--table", action="store_true")
     p.add_argument("--curve", action="store_true", help="with --part: quality against training CPU seconds, both methods")
-    p.add_argument("--curve-table", action="store_true", help="with --part: results/meanflow_curve_<part>.json -> .md")
+    p.add_argument("--curve-table", action="store_true", help="with --part: print results/meanflow_curve_<part>.json's table")
     p.add_argument("--quick", action="store_true", help="smoke test: 30 reference iterations, 100 samples")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -315,7 +333,7 @@ def main(argv=None):
     if args.table:
         table()
     if args.curve_table:
-        curve_table((Path(args.work) if args.quick else RESULTS) / curve_name(args.part, one))
+        print(curve_markdown(json.loads(((Path(args.work) if args.quick else RESULTS) / curve_name(args.part, one)).read_text())))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 driving the same network as ours, compared on quality at equal NFE.
 
   pip install -r benchmarks/requirements.txt     # diffusers, torchcfm (+ pot, torchdyn); the model files never import them
-  OMP_NUM_THREADS=2 python benchmarks/peers.py   # ~5 min on a 2-core CPU; writes benchmarks/results/peers.{json,md}
+  OMP_NUM_THREADS=2 python benchmarks/peers.py   # ~5 min on a 2-core CPU; writes benchmarks/results/peers.json
 
 What is compared (2-D checkerboard, the default MLP, fixed budget; W2 on 2000 held-out points):
 - one DDPM eps network trained by ddpm.py, sampled by ddpm.DDPM.sample and diffusers'
@@ -13,20 +13,18 @@ What is compared (2-D checkerboard, the default MLP, fixed budget; W2 on 2000 he
   optimiser, EMA, batches), all sampled with cfm.CFM's Euler solver at the same NFE.
 """
 import argparse
-import json
-import platform
-import sys
 import time
 from pathlib import Path
 
+import bench
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-import cfm  # noqa: E402
-import common  # noqa: E402
-import ddim  # noqa: E402
-import ddpm  # noqa: E402
+import cfm  # the model files: bench puts the repository's root on sys.path
+import common
+import ddim
+import ddpm
+
+COMMAND = "pip install -r benchmarks/requirements.txt && OMP_NUM_THREADS=2 python benchmarks/peers.py"
 
 DATA, N_EVAL, SEED = "checkerboard", 2000, 0
 TRAIN = ["--data", DATA, "--iters", "3000", "--n-eval", "0", "--log-every", "1000", "--uncond"]
@@ -64,7 +62,7 @@ def torchcfm_loss(matcher):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "work" / "peers"))
+    p.add_argument("--out", default=str(bench.ROOT / "benchmarks" / "work" / "peers"))
     p.add_argument("--iters", type=int, default=3000, help="training iterations of every model")
     args = p.parse_args(argv)
     from diffusers import DDIMScheduler, DDPMScheduler
@@ -78,7 +76,7 @@ def main(argv=None):
     rows = []
 
     # --- diffusion: one network, four samplers
-    _, t_train = timed(lambda: ddpm.main(train + ["--out", str(out / "ddpm")]))
+    t_train = bench.run(ddpm.main, train + ["--out", str(out / "ddpm")])["train_seconds"]
     net = common.ema_net(common.load_checkpoint(out / "ddpm" / "ckpt.pt", ("ddpm",)), data)
     d, dd = ddpm.DDPM(), ddim.DDIM()
     for impl, sampler, nfe, fn in [
@@ -101,7 +99,7 @@ def main(argv=None):
         folder = out / tag
         if matcher is None:
             flags = train + ["--out", str(folder)] + (["--coupling", "ot"] if tag.endswith("ot") else [])
-            _, t_train = timed(lambda: cfm.main(flags))
+            t_train = bench.run(cfm.main, flags)["train_seconds"]
             ckpt = common.load_checkpoint(folder / "ckpt.pt", ("cfm",))
         else:
             a = common.parse_args(parser, train + ["--out", str(folder)], tag)
@@ -114,17 +112,27 @@ def main(argv=None):
                              sample_s=t_sample, **dict(zip(("w2", "floor"), w2(data, x)))))
             print(rows[-1], flush=True)
 
-    machine = f"{platform.machine()} {platform.processor() or ''}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    res = ROOT / "benchmarks" / "results"
-    res.mkdir(parents=True, exist_ok=True)
-    (res / "peers.json").write_text(json.dumps({"machine": machine, "data": DATA, "iters": args.iters, "rows": rows}, indent=1))
-    lines = [f"Peers on {DATA} ({args.iters} training iterations each, W2 on {N_EVAL} points; {machine})", "",
-             "| model | implementation | sampler | NFE | W2 (floor) | train s | sample s |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['method']} | {r['impl']} | {r['sampler']} | {r['nfe']} | {r['w2']:.3f} ({r['floor']:.3f}) "
-                     f"| {r['train_s']:.0f} | {r['sample_s']:.2f} |")
-    (res / "peers.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    result = {"machine": bench.machine(), "data": DATA, "iters": args.iters, "rows": rows}
+    bench.write_json(bench.RESULTS / "peers.json", result)
+    print(markdown(result))
+
+
+def markdown(res):
+    """The diffusion samplers one per row; the flow matchers one per row, their NFE side by side."""
+    diffusion = [[r["impl"], r["sampler"], r["nfe"], f"{r['w2']:.3f}", f"{r['sample_s']:.2f}"]
+                 for r in res["rows"] if r["method"] != "flow matching"]
+    flows = [r for r in res["rows"] if r["method"] == "flow matching"]
+    nfes = sorted({r["nfe"] for r in flows})
+    matching = [[impl] + [next(f"{r['w2']:.3f}" for r in flows if r["impl"] == impl and r["nfe"] == n) for n in nfes]
+                + [f"{next(r['train_s'] for r in flows if r['impl'] == impl):.0f}"]
+                for impl in dict.fromkeys(r["impl"] for r in flows)]
+    what = (f"{res['data']}, {res['iters']} training iterations of every model, W2 of {N_EVAL} points (floor, real vs "
+            f"real: {res['rows'][0]['floor']:.3f}); diffusion: one network trained by ddpm.py "
+            f"({res['rows'][0]['train_s']:.0f} s)")
+    return "\n".join([bench.caption(res["machine"], COMMAND, what), "",
+                      bench.table(["implementation", "sampler", "NFE", "W2", "sample s"], diffusion, ["l", "l", "r", "r", "r"]),
+                      "", bench.table(["flow matching loss, Euler sampler"] + [f"W2 at NFE {n}" for n in nfes] + ["train s"],
+                                      matching)]) + "\n"
 
 
 if __name__ == "__main__":

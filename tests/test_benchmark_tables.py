@@ -1,19 +1,18 @@
 """The verdicts of benchmarks/meanflow_compute.py, on made-up rows: where the curves meet, and which
 rows a partial rerun keeps (the measurements themselves take an hour and run by hand); and how
 figures.py gathers the curves into panels."""
-import importlib.util
+import importlib
 import json
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "benchmarks") not in sys.path:  # the benchmark scripts' names shadow no model file
+    sys.path.append(str(ROOT / "benchmarks"))
 
 
 def load(name):
-    # loaded from its path: benchmarks/ on sys.path would shadow the model files (benchmarks/cfm.py, ...)
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(name)
 
 
 def row(method, nfe, point, iters, cpu, value, seed):
@@ -28,14 +27,13 @@ def test_curve_table_finds_the_first_meanflow_checkpoint_within_each_factor(tmp_
         rows += [row("cfm.py", 100, 0, 1000, 50.0, 30.0, seed), row("cfm.py", 100, 1, 2500, 100.0, 20.0, seed),
                  row("cfm.py", 100, 2, 5000, 200.0, 18.0, seed)]  # the reference: 20.0 at 2500 iterations, 100 s
         rows += [row("meanflow.py", 1, k, 500 * (k + 1), 100.0 * (k + 1), v, seed) for k, v in enumerate(mf)]
-    path = tmp_path / "meanflow_curve.json"
-    path.write_text(json.dumps({"rows": rows, "machine": "test"}))
-    mc.curve_table(path)
-    text = (tmp_path / "meanflow_curve.md").read_text()
     # within 1x of 20: seed 0 first at 19.0 (400 s = 4x); within 1.3x (26): at 25.0 (200 s = 2x); seed 1 never
-    assert "within 1.0x of CFM-100: seed 0: 4x (2000 iterations); seed 1: not within 4x, where it is at 1.75x" in text
+    assert mc.meet(rows, "digits-uncond", 1, 1.0) == ("- MeanFlow 1 step within 1.0x of CFM-100: seed 0: 4x (2000 "
+                                                      "iterations); seed 1: not within 4x, where it is at 1.75x")
+    text = mc.curve_markdown({"rows": rows, "machine": "test", "part": "digits-uncond"})
     assert "within 1.3x of CFM-100: seed 0: 2x (1000 iterations); seed 1: not within 4x" in text
-    assert "| meanflow.py | 1 | 500 | 100 +- 0 | 45 +- 7.1 |" in text  # mean +- sd over the two seeds
+    # point 0: cfm.py's 1000 iterations beside MeanFlow's 500, mean +- sd over the two seeds; no 2-step rows
+    assert "| 1000 | 50 +- 0 | 30 +- 0 | 500 | 100 +- 0 | 45 +- 7.1 |  |" in text
 
 
 def test_a_partial_rerun_keeps_the_other_variants_rows_and_replaces_its_own():
@@ -58,13 +56,10 @@ def test_rows_sampled_at_several_guidance_scales_are_rows_of_their_own(tmp_path)
                  for w, v in ((1.0, 40.0), (1.5, 24.0))]
     rows = mc._merge([], rows, ("iMF, w input",))
     assert [(r["seed"], r.get("cfg_scale")) for r in rows[4:]] == [(0, 1.0), (0, 1.5), (1, 1.0), (1, 1.5)]
-    path = tmp_path / "meanflow_compute.json"
-    path.write_text(json.dumps({"digits-cond": {"rows": rows}}))
-    mc.table(path)
-    text = (tmp_path / "meanflow_compute.md").read_text()
-    assert "| meanflow.py iMF, w input | 1 | 10 | 1 +- 0 | 40.5 +- 0.71 | 2.02 +- 0.035 | <= 1.3: not met |" in text
-    assert "| cfm.py Euler, sampled at w 1.25 | 200 | 10 | 1 +- 0 | 10 +- 0 | 0.5 +- 0 |  |" in text
-    assert "| meanflow.py iMF, w input, sampled at w 1.5 | 1 | 10 | 1 +- 0 | 24.5 +- 0.71 | 1.23 +- 0.035 | <= 1.3: met |" in text
+    text = mc.markdown({"digits-cond": {"rows": rows, "costs": {"cfm": 0.05, "iMF, w input": 0.1}}})
+    assert "| meanflow.py iMF, w input | 1 | 10 | 0.100 (2.0x) | 1 +- 0 | 40.5 +- 0.71 | 2.02 +- 0.035 | <= 1.3: not met |" in text
+    assert "| cfm.py Euler, sampled at w 1.25 | 200 | 10 |  | 1 +- 0 | 10 +- 0 | 0.5 +- 0 |  |" in text
+    assert "| meanflow.py iMF, w input, sampled at w 1.5 | 1 | 10 |  | 1 +- 0 | 24.5 +- 0.71 | 1.23 +- 0.035 | <= 1.3: met |" in text
 
 
 def test_a_variants_curve_joins_its_parts_panel(tmp_path):
