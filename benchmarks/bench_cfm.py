@@ -12,7 +12,7 @@ likelihood of the data, not of the data given its label, and OT pairs the whole 
   bits/dim: the 500 held-out digits, uniform dequantization (cfm.held_out_bits_per_dim): RK4 at S and
   2S steps (S = cfm's --bpd-steps default) with the same points and probes, the 2S figure reported
   with the change beside it; one Rademacher probe per image (Hutchinson). The digits models train
-  on dequantized data (--dequantize), so that the bound is the one the model was fitted to; the
+  on dequantized data (--dequantize), so that the bound is the one the model is fitted to; the
   Frechet distance rounds samples to the 17 levels, so in-bin noise does not change it.
 
 Training seconds come from the dict cfm.main returns.

@@ -1,4 +1,4 @@
-"""Benchmark of controlnet.py (issue 18, item 3): ControlNet against the obvious alternative,
+"""Benchmark of controlnet.py: ControlNet against the obvious alternative,
 fine-tuning the whole base with the condition concatenated to x as extra input channels, at equal
 compute, for both conditions (lowres, edges) on the bundled 8x8 digits.
 
@@ -24,7 +24,7 @@ Setup (single thread, OMP_NUM_THREADS=1; every model conditional on the class, a
              base's; the tables say whether it does.
 
 Outputs: benchmarks/results/controlnet.json (rendered by markdown()) and results/img/controlnet-lowres.png,
-controlnet-edges.png (rows of: the condition, the base's sample, the ControlNet's, the concat
+controlnet-edges.png (a row per condition: the condition, the base's sample, the ControlNet's, the concat
 model's at equal time, all from the same noise and label, then the real digit it came from).
 
 Run:
@@ -98,7 +98,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test of the code paths")
     parser.add_argument("--work", default="runs/controlnet-bench", help="folder for the runs' checkpoints")
-    parser.add_argument("--results", help="where .json/.md and img/ go (default benchmarks/results; --quick: --work)")
+    parser.add_argument("--results", help="where the json and img/ go (default benchmarks/results; --quick: --work)")
     a = parser.parse_args(argv)
     B = QUICK if a.quick else FULL
     work = Path(a.work)
@@ -166,9 +166,13 @@ def markdown(result):
             f"batch {B['batch']}; n = {B['n']} held-out conditions; mean +- sd over {B['seeds']} seed(s). Fidelity: "
             "lowres MSE (0 for the real digits; lower is better), edges IoU (1 for the real digits; higher is better); "
             f"FD floor (real vs real) {rows[0]['floor']:.2f} +- {rows[0]['floor_sd']:.2g}")
+    pictures = " ".join(f"![{kind}: condition, base, ControlNet, concat at equal time, real digit]"
+                        f"(results/img/controlnet-{kind}.png)" for kind in CONDITIONS)
     return "\n".join([bench.caption(result.get("machine"), COMMAND, what), "",
                       bench.table(["condition", "method", "iterations", "train s", "fidelity", "FD"], out,
-                                  ["l", "l", "r", "r", "r", "r"])]) + "\n"
+                                  ["l", "l", "r", "r", "r", "r"]), "",
+                      "Seed 0's samples, one row per held-out condition; columns: the condition, the base, the "
+                      "ControlNet, the concat model at equal time, the real digit:", "", pictures]) + "\n"
 
 
 if __name__ == "__main__":

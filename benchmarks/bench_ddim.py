@@ -50,7 +50,7 @@ def timed_generate(sample_fn, data, n, uncond, seed):
 
 
 def load_ema(path, data):
-    """The EMA network of a ddpm.py checkpoint, and the flags it was trained with."""
+    """The EMA network of a ddpm.py checkpoint, and the flags it trained with."""
     ckpt = common.load_checkpoint(path, ("ddpm",))
     return common.ema_net(ckpt, data), ckpt["args"]
 

@@ -171,20 +171,23 @@ def recorded(r):
 
 
 def markdown(results):
-    """1- and 2-step MeanFlow against flow matching's 100 steps, per data set."""
+    """1- and 2-step MeanFlow against flow matching's 100 steps, per data set: a row per trained model."""
     rows = []
-    for r in results["runs"]:
-        b = results["budgets"][r["data"]]
-        rows.append([r["data"], f"{b['arch']} width {b['width']}, {b['iters']} iterations", r["method"], r["nfe"],
-                     f"{r['metric']} {r['value']:.4g} ({r['floor']:.3g})",
-                     "" if r["train_s"] is None else f"{r['train_s']:.0f}", f"{r['sample_seconds']:.2f}"])
+    for data, b in results["budgets"].items():
+        runs = [r for r in results["runs"] if r["data"] == data]
+        for method in dict.fromkeys(r["method"] for r in runs):
+            rs = {r["nfe"]: r for r in runs if r["method"] == method}
+            first = next(iter(rs.values()))
+            rows.append([data, f"{b['arch']} width {b['width']}, {b['iters']} iterations", method] + [
+                f"{rs[n]['metric']} {rs[n]['value']:.4g}" if n in rs else "" for n in (1, 2, FM_STEPS)]
+                + [f"{first['floor']:.3g}", f"{first['train_s']:.0f}"])
     recipes = sorted({recorded(r) for r in results["runs"] if r["method"].startswith("MeanFlow")})
     what = ("One seed; the same network, batch, lr, iterations and training loop for both methods per data set; quality "
             "(floor: one draw of real against real) of the EMA weights, conditional sampling without guidance; "
             f"MeanFlow's recipe: {'; '.join(recipes)}")
     return "\n".join([bench.caption(results["machine"], COMMAND, what), "",
-                      bench.table(["data", "network, budget", "method", "NFE", "quality (floor)", "train s", "sample s"],
-                                  rows, ["l", "l", "l", "r", "r", "r", "r"])]) + "\n"
+                      bench.table(["data", "network, budget", "method", "1 step", "2 steps", f"{FM_STEPS} steps", "floor",
+                                   "train s"], rows, ["l", "l", "l", "r", "r", "r", "r", "r"])]) + "\n"
 
 
 def step_cost_table(results):

@@ -107,26 +107,31 @@ def measure(name, budget, root):
 
 
 def markdown(res):
-    """One table: every model of both data sets at 1 and MANY steps, with its stage's cost."""
+    """One row per model of both data sets: quality at 1 and MANY steps, the MANY-step paths' straightness
+    and transport cost, and its stage's cost."""
     rows = []
     for name, part in res["results"].items():
-        for r in part["rows"]:
-            q = r["quality"]
-            rows.append([name, r["model"], r["nfe"], f"{q['metric']} {q['value']:.3f} ({q['floor']:.3f})",
-                         f"{r['straightness']:.4f}" if "straightness" in r else "",
-                         f"{r['transport_cost']:.3f}" if "transport_cost" in r else "",
-                         f"{r['stage_s']:.0f} ({r['stage_cpu_s']:.0f})", f"{r['pairs_s']:.0f}" if "pairs_s" in r else "",
-                         f"{r['sample_s']:.2f}"])
-        rows.append([name, "independent coupling (data, noise)", "", "", "", f"{part['independent_cost']:.3f}", "", "", ""])
+        for model in dict.fromkeys(r["model"] for r in part["rows"]):
+            rs = {r["nfe"]: r for r in part["rows"] if r["model"] == model}
+            one, many = rs.get(1), rs.get(res["many_steps"])
+            quality = lambda r: f"{r['quality']['value']:.4g}" if r else ""
+            r = many or one
+            rows.append([name, model, quality(one), quality(many),
+                         f"{many['straightness']:.4f}" if many else "", f"{many['transport_cost']:.3f}" if many else "",
+                         f"{r['stage_s']:.0f} ({r['stage_cpu_s']:.0f})", f"{r['pairs_s']:.0f}" if "pairs_s" in r else ""])
+        rows.append([name, "independent coupling (data, noise)", "", "", "", f"{part['independent_cost']:.3f}", "", ""])
+    floors = "; ".join(f"{n} {p['rows'][0]['quality']['metric']} {p['rows'][0]['quality']['floor']:.3f}"
+                       for n, p in res["results"].items())
     budgets = "; ".join(f"{n}: {r['budget']['rf1']} / {r['budget']['rf2']} / {r['budget']['distill']}, "
                         f"{r['budget']['n_pairs']} x {r['budget']['pair_steps']}" for n, r in res["results"].items())
-    what = ("Rectified flow, reflow and distillation: unconditional, Euler, the same noise for every model; quality "
-            "(floor: one draw of real against real); a stage is one run of rectified_flow.py, its pairs made once (the "
+    what = ("Rectified flow, reflow and distillation: unconditional, Euler, the same noise for every model; floor (one "
+            f"draw of real against real): {floors}; a stage is one run of rectified_flow.py, its pairs made once (the "
             "1-RF distillation reuses 2-RF's), wall seconds on a shared machine (CPU seconds in brackets). Iterations of "
             f"1-RF / 2-RF / each distillation, pairs x Euler steps: {budgets}")
+    many = res["many_steps"]
     return "\n".join([bench.caption(res["machine"], COMMAND, what), "", bench.table(
-        ["data", "model", "NFE", "quality (floor)", "straightness S", "E\\|\\|Z1 - Z0\\|\\|^2", "stage s (CPU s)",
-         "of which pairs s", "sample s"], rows, ["l", "l", "r", "r", "r", "r", "r", "r", "r"])]) + "\n"
+        ["data", "model", "quality, 1 step", f"quality, {many} steps", f"straightness S ({many} steps)",
+         "E\\|\\|Z1 - Z0\\|\\|^2", "stage s (CPU s)", "of which pairs s"], rows, ["l", "l"] + ["r"] * 6)]) + "\n"
 
 
 def main():

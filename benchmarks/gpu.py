@@ -347,6 +347,7 @@ def markdown(files):
     lines += [f"{mark} Measured with {why}, not meanflow.py's default (--tangent {meanflow.MeanFlow().tangent}); "
               "not re-measured." for why, mark in notes.items()]
     if zero_output:
+        lines += [""] if notes else []
         lines.append(f"MeanFlow's bf16 target check of {' and '.join(zero_output)} is not shown: it ran on a freshly built "
                      "network, whose zero output layer makes the target v in any precision; `--parts syncs` measures it "
                      "on a network whose zero-initialised parameters are re-drawn.")

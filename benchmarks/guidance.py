@@ -140,22 +140,31 @@ def main(argv=None):
 def markdown(r):
     """Zero-shot accuracy against the draws per image; class accuracy and FD against the guidance scale."""
     c = r["config"]
-    zero_shot = [[z["weighting"], z["n_samples"], z["nfe_per_image"], f"{z['accuracy']:.3f}",
-                  f"{z['cpu_s']:.1f} ({z['wall_s']:.1f})"] for z in r["zero_shot"]]
+    draws = sorted({z["n_samples"] for z in r["zero_shot"]})
+    weightings = list(dict.fromkeys(z["weighting"] for z in r["zero_shot"]))
+    cell = {(z["weighting"], z["n_samples"]): z for z in r["zero_shot"]}
+    zero_shot = [[n, n * r["zero_shot"][0]["nfe_per_image"] // r["zero_shot"][0]["n_samples"]] + [
+        f"{cell[w, n]['accuracy']:.3f} ({cell[w, n]['cpu_s']:.0f} s)" if (w, n) in cell else "" for w in weightings]
+        for n in draws]
     floor = r["guidance"][0]
-    guided = [["classifier (s)" if g["guidance"] == "classifier" else "classifier-free (w)", f"{g['scale']:g}",
-               f"{g['class_accuracy']:.3f}", f"{g['fd']:.3g}", f"{g['sample_cpu_s']:.1f} ({g['sample_wall_s']:.1f})",
-               f"![](results/img/{g['grid']})"] for g in r["guidance"]]
+    scales = sorted({g["scale"] for g in r["guidance"]})
+    kinds = {"cfg": "classifier-free, w", "classifier": "classifier, s"}
+    at = {(g["guidance"], g["scale"]): g for g in r["guidance"]}
+    guided = [[f"{scale:g}"] + [x for kind in kinds for x in (
+        (f"{at[kind, scale]['class_accuracy']:.3f}", f"{at[kind, scale]['fd']:.3g}",
+         f"{at[kind, scale]['sample_cpu_s']:.0f}", f"![](results/img/{at[kind, scale]['grid']})")
+        if (kind, scale) in at else ("", "", "", ""))] for scale in scales]
     return "\n".join([
         bench.caption(r["machine"], COMMAND, f"Digits, {c['model']}"), "",
         f"Zero-shot accuracy on {c['n_classify']} held-out digits (Bayes' rule, p(y) the training label frequencies); "
         f"the feature classifier's test accuracy is {r['feature_classifier_acc']:.3f}:", "",
-        bench.table(["weighting", "draws per class", "network calls per image", "accuracy", "s CPU (wall)"], zero_shot), "",
+        bench.table(["draws per class", "network calls per image"] + [f"accuracy, {w} weighting (CPU s)" for w in weightings],
+                    zero_shot), "",
         f"Guidance: n = {c['n_samples']} samples, balanced labels, DDPM ancestral sampling; class accuracy: the share of "
         f"samples the feature classifier assigns to the label asked for; FD floor (real vs real) {floor['floor']:.3g} +- "
-        f"{floor['floor_sd']:.2g}:", "",
-        bench.table(["guidance", "scale", "class accuracy", "FD", "sampling s CPU (wall)", "grid"], guided,
-                    ["l", "r", "r", "r", "r", "l"])]) + "\n"
+        f"{floor['floor_sd']:.2g}; sampling in CPU seconds:", "",
+        bench.table(["scale"] + [f"{kinds[k]}: {x}" for k in kinds for x in ("class accuracy", "FD", "sampling s", "grid")],
+                    guided, ["r"] * 4 + ["l", "r", "r", "r", "l"])]) + "\n"
 
 
 if __name__ == "__main__":

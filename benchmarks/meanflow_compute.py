@@ -147,14 +147,22 @@ def run_part(part, seeds, work, quick=False, variants=tuple(VARIANTS)):
 
 
 def _merge(old, rows, variants):
-    """This run's rows and the earlier rows of the variants it did not run (its reference replaces
-    the earlier one), in the order of VARIANTS (cfm.py first)."""
+    """This run's rows and the file's rows of the variants it did not run (its reference replaces the
+    file's), in the order of VARIANTS (cfm.py first)."""
     kept = [r for r in old if r["method"] != "cfm.py" and r["variant"] not in variants]
     order = ["Euler"] + list(VARIANTS)
     return sorted(rows + kept, key=lambda r: (order.index(r["variant"]), r["seed"], r["nfe"], r.get("cfg_scale", 1.0)))
 
 
 ms = bench.ms
+
+
+def span(percents):
+    """'0.0%' or '0.0-0.2%': the range of memorised shares; '' for none."""
+    if not percents:
+        return ""
+    lo, hi = f"{min(percents):.1f}", f"{max(percents):.1f}"
+    return f"{lo}%" if lo == hi else f"{lo}-{hi}%"
 
 
 def verdict(ratios, target):
@@ -165,39 +173,41 @@ def verdict(ratios, target):
 
 
 def markdown(res):
-    """Per part: every method's quality, its ratio to CFM-100 per seed (mean +- sd) against the target,
-    its training CPU seconds and its measured cost per iteration."""
+    """Per part: the reference (cfm.py, 100 Euler steps) in the caption, then one row per MeanFlow recipe
+    (and guidance scale): its iterations, measured cost per iteration and training CPU seconds, and for
+    1 and 2 steps its quality and its ratio to the reference, per seed (mean +- sd), against the target."""
     lines = []
     for part in PARTS:
         if part not in res:
             continue
         rows, costs = res[part]["rows"], res[part].get("costs", {})
-        ref = {r["seed"]: r["value"] for r in rows if r["method"] == "cfm.py" and r.get("cfg_scale", 1.0) == 1}
-        first = rows[0]
-        keys = []
-        for r in rows:  # (method, variant, NFE, guidance scale): rows without a scale were sampled at w = 1
-            if (key := (r["method"], r["variant"], r["nfe"], r.get("cfg_scale", 1.0))) not in keys:
-                keys.append(key)
-        out, shown = [], set()
-        for key in keys:
-            rs = [r for r in rows if (r["method"], r["variant"], r["nfe"], r.get("cfg_scale", 1.0)) == key]
-            ratios = [r["value"] / ref[r["seed"]] for r in rs if r["seed"] in ref]
-            target = "" if key[0] == "cfm.py" else f"<= {TARGETS[key[2]]}: {verdict(ratios, TARGETS[key[2]])}"
-            mem = [r["memorised"] for r in rs if r.get("memorised") is not None]
-            name = f"{key[0]} {key[1]}" + (f", sampled at w {key[3]:g}" if key[3] != 1 else "")
-            cost_key = "cfm" if key[0] == "cfm.py" else key[1]
-            cost = ""
-            if cost_key in costs and cost_key not in shown:  # once per variant: its (MeanFlow phase's) cost
-                shown.add(cost_key)
-                cost = f"{costs[cost_key]:.3f}" + (f" ({costs[cost_key] / costs['cfm']:.1f}x)" if cost_key != "cfm" else "")
-            out.append([name, key[2], rs[0]["iters"], cost, ms([r["train_cpu_s"] for r in rs], ".0f"),
-                        ms([r["value"] for r in rs]), ms(ratios), target, ms([100 * m for m in mem], ".1f") + "%" if mem else ""])
+        scale = lambda r: r.get("cfg_scale", 1.0)  # rows without a scale were sampled at w = 1
+        ref = {r["seed"]: r["value"] for r in rows if r["method"] == "cfm.py" and scale(r) == 1}
+        ratios = lambda rs: [r["value"] / ref[r["seed"]] for r in rs if r["seed"] in ref]
+        cost = lambda k: f"{costs[k]:.3f}" + (f" ({costs[k] / costs['cfm']:.1f}x)" if k != "cfm" else "") if k in costs else ""
+        first, refs, out = rows[0], [], []
+        for w in dict.fromkeys(scale(r) for r in rows if r["method"] == "cfm.py"):
+            rs = [r for r in rows if r["method"] == "cfm.py" and scale(r) == w]
+            refs.append(f"cfm.py, {rs[0]['nfe']} Euler NFE" + (f" sampled with guidance at w {w:g}: " if w != 1 else
+                        f" (the reference; {rs[0]['iters']} iterations, {ms([r['train_cpu_s'] for r in rs], '.0f')} CPU "
+                        f"s, {cost('cfm')} CPU s / iteration): ") + f"{first['metric']} {ms([r['value'] for r in rs])}"
+                        + (f", {ms(ratios(rs))} of the reference" if w != 1 else ""))
+        for variant, w in dict.fromkeys((r["variant"], scale(r)) for r in rows if r["method"] != "cfm.py"):
+            rs = [r for r in rows if r["method"] != "cfm.py" and (r["variant"], scale(r)) == (variant, w)]
+            mem = [100 * r["memorised"] for r in rs if r.get("memorised") is not None]
+            cells = [variant + (f", sampled at w {w:g}" if w != 1 else ""), rs[0]["iters"], cost(variant) if w == 1 or
+                     all(scale(r) != 1 for r in rows if r["variant"] == variant) else "",
+                     ms([r["train_cpu_s"] for r in rs if r["nfe"] == 1], ".0f")]
+            for nfe in (1, 2):
+                at = [r for r in rs if r["nfe"] == nfe]
+                cells += [ms([r["value"] for r in at]), f"{ms(ratios(at))}: {verdict(ratios(at), TARGETS[nfe])}"] if at else ["", ""]
+            out.append(cells + [span(mem)])
         lines += [bench.caption(res[part].get("machine"), f"{COMMAND} --part {part}",
                                 f"{part}: {first['metric']} (floor {first['floor']:.3g} +- {first['floor_sd']:.2g}, real vs "
-                                f"real), seeds {', '.join(map(str, sorted(ref)))}"), "",
-                  bench.table(["method", "NFE", "iterations", "CPU s / iteration (x cfm.py)", "train CPU s", "quality",
-                               "/ CFM-100 (per seed)", "target", "memorised"], out,
-                              ["l", "r", "r", "r", "r", "r", "r", "l", "r"]), ""]
+                                f"real), seeds {', '.join(map(str, sorted(ref)))}; " + "; ".join(refs)), "",
+                  bench.table(["meanflow.py recipe", "iterations", "CPU s / iteration (x cfm.py)", "train CPU s",
+                               "1 step", f"1 step / CFM-100: <= {TARGETS[1]}", "2 steps", f"2 steps / CFM-100: <= {TARGETS[2]}",
+                               "memorised"], out, ["l", "r", "r", "r", "r", "l", "r", "l", "r"]), ""]
     return "\n".join(lines)
 
 
@@ -267,32 +277,39 @@ def meet(rows, part, nfe, factor):
     return f"- MeanFlow {nfe} step{'s' * (nfe > 1)} within {factor}x of CFM-100: " + "; ".join(found)
 
 
-def curve_markdown(res):
-    """One row per budget point: cfm.py's and meanflow.py's iterations, CPU seconds and quality (mean +- sd
-    over seeds); then, per seed, where MeanFlow comes within each target of CFM-100."""
-    rows, first, part = res["rows"], res["rows"][0], res.get("part", "digits-uncond")
+def curve_label(res):
+    """A curve's part and meanflow.py's recipe on it, in words."""
     flags = " ".join(res.get("meanflow_flags", [])) + (f", sampled at w {res['cfg_scale']:g}" if res.get("cfg_scale", 1) != 1 else "")
-    recipe = f"meanflow.py {res['variant']} ({flags})" if res.get("variant") else f"meanflow.py {flags or 'default'}"
-    at = lambda method, nfe, point: [r for r in rows if (r["method"], r["nfe"], r["point"]) == (method, nfe, point)]
-    its = lambda rs: (lambda v: f"{v[0]}" + (f"-{v[-1]}" if len(v) > 1 else ""))(sorted({r["iters"] for r in rs})) if rs else ""
-    out = []
-    for point in sorted({r["point"] for r in rows}):
-        c, m1, m2 = at("cfm.py", 100, point), at("meanflow.py", 1, point), at("meanflow.py", 2, point)
-        out.append([its(c), ms([r["train_cpu_s"] for r in c], ".0f"), ms([r["value"] for r in c]), its(m1),
-                    ms([r["train_cpu_s"] for r in m1], ".0f"), ms([r["value"] for r in m1]), ms([r["value"] for r in m2])])
-    mem = [100 * r["memorised"] for r in rows if r.get("memorised") is not None]
-    seeds = ", ".join(str(x) for x in sorted({r["seed"] for r in rows}))
-    command = f"{COMMAND} --curve --part {part}" + (f" --variants {res['variant']!r}" if res.get("variant") else "")
-    what = (f"{part}, {first['metric']} of {PARTS[part][2]} samples (floor {first['floor']:.3g} +- {first['floor_sd']:.2g}, "
-            f"real vs real), seeds {seeds}; {recipe}" + (f"; memorised {min(mem):.1f}% to {max(mem):.1f}%" if mem else ""))
-    m = first["metric"]
-    header = ["cfm.py iterations", "train CPU s", f"{m}, 100 Euler steps", "meanflow.py iterations", "train CPU s",
-              f"{m}, 1 step", f"{m}, 2 steps"]
-    if res.get("variant"):  # its cfm.py runs repeat the part's own curve's: their figures stand there
-        header, out = header[3:], [row[3:] for row in out]
-    return "\n".join([bench.caption(res.get("machine"), command, what), "", bench.table(header, out, ["r"] * len(header)), ""]
-                     + [meet(rows, part, nfe, TARGETS[nfe]) for nfe in (1, 2)
-                        if any(r["method"] == "meanflow.py" and r["nfe"] == nfe for r in rows)]) + "\n"
+    return f"{res['variant']} ({flags})" if res.get("variant") else flags or "default"
+
+
+def curve_markdown(curves):
+    """Every curve in one table: a row per curve and method, a column per budget point (multiples of the
+    reference's CPU seconds: the points' budgets by construction, their measured seconds in the json),
+    the cell the mean +- sd over seeds; then, per curve and seed, where MeanFlow meets each target."""
+    points = CURVE_ITERS + tuple(CURVE_ITERS[-1] * f for f in CURVE_BEYOND)
+    out, meets, captions = [], [], []
+    for res in curves:
+        rows, part = res["rows"], res.get("part", "digits-uncond")
+        recipe = curve_label(res)
+        methods = ([("cfm.py", 100, "cfm.py, 100 Euler steps")] if not res.get("variant") else []) + [
+            ("meanflow.py", nfe, f"meanflow.py {recipe}, {nfe} step{'s' * (nfe > 1)}") for nfe in (1, 2)]
+        for method, nfe, label in methods:  # a variant's cfm.py runs repeat its part's own curve's
+            at = lambda k: [r["value"] for r in rows if (r["method"], r["nfe"], r["point"]) == (method, nfe, k)]
+            if any(at(k) for k in range(len(points))):
+                out.append([f"{part}, {rows[0]['metric']}", label] + [ms(at(k)) if at(k) else "" for k in range(len(points))])
+        meets += [meet(rows, part, nfe, TARGETS[nfe]).replace("- MeanFlow", f"- {part}, {recipe}:", 1) for nfe in (1, 2)
+                  if any(r["method"] == "meanflow.py" and r["nfe"] == nfe for r in rows)]
+        mem = [100 * r["memorised"] for r in rows if r.get("memorised") is not None]
+        captions.append(f"`{COMMAND} --curve --part {part}" + (f" --variants {res['variant']!r}" if res.get("variant") else "")
+                        + "`" + (f" (memorised {span(mem)})" if mem else ""))
+    first = curves[0]["rows"][0]
+    seeds = ", ".join(str(x) for x in sorted({r["seed"] for res in curves for r in res["rows"]}))
+    what = (f"Quality (floor: as in the equal-compute tables), mean +- sd over seeds {seeds}, at budgets of x times the "
+            f"reference's CPU seconds; commands: {', '.join(captions)}")
+    return "\n".join([bench.caption(curves[0].get("machine"), f"{COMMAND} --curve-table --part P", what), "",
+                      bench.table(["part", "method"] + [f"x {p:g}" for p in points], out, ["l", "l"] + ["r"] * len(points)),
+                      ""] + meets) + "\n"
 
 
 def curve_files(results=RESULTS):
@@ -333,7 +350,7 @@ def main(argv=None):
     if args.table:
         table()
     if args.curve_table:
-        print(curve_markdown(json.loads(((Path(args.work) if args.quick else RESULTS) / curve_name(args.part, one)).read_text())))
+        print(curve_markdown([json.loads(((Path(args.work) if args.quick else RESULTS) / curve_name(args.part, one)).read_text())]))
 
 
 if __name__ == "__main__":

@@ -30,10 +30,12 @@ def test_curve_table_finds_the_first_meanflow_checkpoint_within_each_factor(tmp_
     # within 1x of 20: seed 0 first at 19.0 (400 s = 4x); within 1.3x (26): at 25.0 (200 s = 2x); seed 1 never
     assert mc.meet(rows, "digits-uncond", 1, 1.0) == ("- MeanFlow 1 step within 1.0x of CFM-100: seed 0: 4x (2000 "
                                                       "iterations); seed 1: not within 4x, where it is at 1.75x")
-    text = mc.curve_markdown({"rows": rows, "machine": "test", "part": "digits-uncond"})
-    assert "within 1.3x of CFM-100: seed 0: 2x (1000 iterations); seed 1: not within 4x" in text
-    # point 0: cfm.py's 1000 iterations beside MeanFlow's 500, mean +- sd over the two seeds; no 2-step rows
-    assert "| 1000 | 50 +- 0 | 30 +- 0 | 500 | 100 +- 0 | 45 +- 7.1 |  |" in text
+    text = mc.curve_markdown([{"rows": rows, "machine": "test", "part": "digits-uncond"}])
+    assert "- digits-uncond, default: 1 step within 1.3x of CFM-100: seed 0: 2x (1000 iterations); seed 1: not within 4x" in text
+    # a column per budget point, mean +- sd over the two seeds; cfm.py has three points, no 2-step rows
+    assert "| digits-uncond, FD | cfm.py, 100 Euler steps | 30 +- 0 | 20 +- 0 | 18 +- 0 |  |  |  |  |" in text
+    assert "| digits-uncond, FD | meanflow.py default, 1 step | 45 +- 7.1 | 35 +- 14 | 30.5 +- 13 | 27 +- 11 |" in text
+    assert "2 steps" not in text
 
 
 def test_a_partial_rerun_keeps_the_other_variants_rows_and_replaces_its_own():
@@ -57,9 +59,9 @@ def test_rows_sampled_at_several_guidance_scales_are_rows_of_their_own(tmp_path)
     rows = mc._merge([], rows, ("iMF, w input",))
     assert [(r["seed"], r.get("cfg_scale")) for r in rows[4:]] == [(0, 1.0), (0, 1.5), (1, 1.0), (1, 1.5)]
     text = mc.markdown({"digits-cond": {"rows": rows, "costs": {"cfm": 0.05, "iMF, w input": 0.1}}})
-    assert "| meanflow.py iMF, w input | 1 | 10 | 0.100 (2.0x) | 1 +- 0 | 40.5 +- 0.71 | 2.02 +- 0.035 | <= 1.3: not met |" in text
-    assert "| cfm.py Euler, sampled at w 1.25 | 200 | 10 |  | 1 +- 0 | 10 +- 0 | 0.5 +- 0 |  |" in text
-    assert "| meanflow.py iMF, w input, sampled at w 1.5 | 1 | 10 |  | 1 +- 0 | 24.5 +- 0.71 | 1.23 +- 0.035 | <= 1.3: met |" in text
+    assert "| iMF, w input | 10 | 0.100 (2.0x) | 1 +- 0 | 40.5 +- 0.71 | 2.02 +- 0.035: not met |  |  | 0.0% |" in text
+    assert "cfm.py, 200 Euler NFE sampled with guidance at w 1.25: FD 10 +- 0, 0.5 +- 0 of the reference" in text
+    assert "| iMF, w input, sampled at w 1.5 | 10 |  | 1 +- 0 | 24.5 +- 0.71 | 1.23 +- 0.035: met |  |  | 0.0% |" in text
 
 
 def test_a_variants_curve_joins_its_parts_panel(tmp_path):
