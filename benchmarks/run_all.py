@@ -28,6 +28,7 @@ width 16; 2-D 3000 iterations, batch 512, MLP width 256; reflow 1000 and distill
 iterations; unconditional, one thread.
 """
 import argparse
+import math
 import re
 import shutil
 import statistics
@@ -43,7 +44,7 @@ import bench  # noqa: F401 (puts the repository's root on the path)
 import common  # noqa: E402
 
 ROOT, RESULTS = bench.ROOT, bench.RESULTS
-PARTS = {"2d": dict(data="checkerboard", n_gen=5000, n_test=5000, metric="energy distance"),
+PARTS = {"2d": dict(data="checkerboard", n_gen=5000, n_test=5000, metric="sliced W2"),
          "digits": dict(data="digits", n_gen=2000, n_test=500, metric="FD")}
 REPLICATES = 500
 
@@ -173,13 +174,13 @@ def fd_batch(f_gen, f_test, w_gen, w_test):
 
 
 def mmd_batch(k_gg, k_tt, k_gt, w_gen, w_test):
-    """The unbiased squared MMD of each replicate (B,), from the kernel matrices and count weights:
-    a resample's pairs of distinct positions sum to w^T K w - sum_i w_i K_ii."""
-    m, n = w_gen.sum(1), w_test.sum(1)
-    gg = ((w_gen @ k_gg) * w_gen).sum(1) - w_gen @ k_gg.diagonal()
-    tt = ((w_test @ k_tt) * w_test).sum(1) - w_test @ k_tt.diagonal()
-    gt = ((w_gen @ k_gt) * w_test).sum(1)
-    return gg / (m * (m - 1)) + tt / (n * (n - 1)) - 2 * gt / (m * n)
+    """The unbiased squared MMD of each replicate (B,), from the kernel matrices and count weights.
+    Within a set only pairs of distinct items count: a resample's item drawn w_i times is paired with
+    its copies w_i^2 times, so the sum is w^T K w - sum_i w_i^2 K_ii over m^2 - sum_i w_i^2 pairs
+    (m (m - 1) for the sample itself: the usual U-statistic)."""
+    def within(k, w):
+        return (((w @ k) * w).sum(1) - w.pow(2) @ k.diagonal()) / (w.sum(1) ** 2 - w.pow(2).sum(1))
+    return within(k_gg, w_gen) + within(k_tt, w_test) - 2 * ((w_gen @ k_gt) * w_test).sum(1) / (w_gen.sum(1) * w_test.sum(1))
 
 
 def energy_distance(a, b):
@@ -189,98 +190,114 @@ def energy_distance(a, b):
     return float(mmd_batch(-torch.cdist(a, a), -torch.cdist(b, b), -torch.cdist(a, b), w_a, w_b)[0])
 
 
-def cubic(a, b):
-    return (a @ b.T / a.shape[1] + 1) ** 3  # KID's kernel
+def sliced_w2(a, b, directions=64):
+    """Sliced W2 between equal-size point sets (..., n, 2): the root mean square over `directions`
+    fixed directions (angles pi k / directions) of the 1-D W2, whose optimal matching sorts both sides."""
+    angle = torch.arange(directions, dtype=torch.float64) * math.pi / directions
+    d = torch.stack([angle.cos(), angle.sin()])  # (2, directions)
+    pa, pb = (x.double() @ d for x in (a, b))  # (..., n, directions)
+    return (pa.sort(-2).values - pb.sort(-2).values).pow(2).mean((-2, -1)).sqrt()
 
 
-def replicate_figures(samples, test, is_image, index_gen, index_test, chunk=50):
-    """{row: (figure (B,), kid (B,) or None)} on the replicates; replicate 0 is the sample itself."""
-    out = {}
-    w_gen_all, w_test_all = counts(index_gen, len(index_gen[0])), counts(index_test, len(test))
-    k_tt = cubic(test, test) if is_image else -torch.cdist(test, test)
-    for label, x in samples.items():
-        x = x.double()[:index_gen.shape[1]]
-        k_gg, k_gt = (cubic(x, x), cubic(x, test)) if is_image else (-torch.cdist(x, x), -torch.cdist(x, test))
-        figs, kids = [], []
-        for w_g, w_t in zip(w_gen_all.split(chunk), w_test_all.split(chunk)):
-            mmd = mmd_batch(k_gg, k_tt, k_gt, w_g, w_t)
-            figs.append(fd_batch(x, test, w_g, w_t) if is_image else mmd)
-            kids.append(mmd)
-        out[label] = (torch.cat(figs), torch.cat(kids) if is_image else None)
-    return out
+def replicate_figures(samples, test, is_image, index_gen, index_test, chunk=25):
+    """{row: its figure on every replicate (1 + B,)}: FD of the features (images) or sliced W2 of the
+    points (2-D); replicate 0 is the sample itself. Every row is scored on the same resamples."""
+    out = {label: [] for label in samples}
+    for ig, it in zip(index_gen.split(chunk), index_test.split(chunk)):
+        if is_image:
+            w_t = counts(it, len(test))
+            for label, x in samples.items():
+                out[label].append(fd_batch(x.double(), test, counts(ig, len(x)), w_t))
+        else:
+            t = test[it]  # (chunk, n, 2)
+            for label, x in samples.items():
+                out[label].append(sliced_w2(x.double()[ig], t))
+    return {label: torch.cat(v) for label, v in out.items()}
 
 
 def analyse(part, work, replicates=REPLICATES, suffix=""):
     """Read every seed's samples, run the paired bootstrap, write results/claims_<part><suffix>.json."""
     cfg = PARTS[part]
     data = common.load_data(cfg["data"])
-    test = (common.features(data, data.x_test[:cfg["n_test"]]) if data.is_image else data.x_test[:cfg["n_test"]]).double()
-    files = sorted(RESULTS.glob(f"all_{part}_seed[0-9]{suffix}.json"))
-    runs = [bench.read_json(f) for f in files]
+    runs = [bench.read_json(f) for f in sorted(RESULTS.glob(f"all_{part}_seed[0-9]{suffix}.json"))]
+    n_gen, n_test = runs[0]["n_gen"], min(runs[0]["n_gen"], cfg["n_test"]) if not data.is_image else cfg["n_test"]
+    test = common.features(data, data.x_test[:n_test]) if data.is_image else data.x_test[:n_test]
+    test = test.double()
     g = torch.Generator().manual_seed(0)
-    n_gen = runs[0]["n_gen"]
     index_gen = torch.cat([torch.arange(n_gen)[None], torch.randint(n_gen, (replicates, n_gen), generator=g)])
-    index_test = torch.cat([torch.arange(len(test))[None], torch.randint(len(test), (replicates, len(test)), generator=g)])
+    index_test = torch.cat([torch.arange(n_test)[None], torch.randint(n_test, (replicates, n_test), generator=g)])
+    index_chunk = torch.cat([torch.arange(20)[None], torch.randint(20, (replicates, 20), generator=g)])
+    floor = figure_floor(data, test)
     per_seed = {}
     for run in runs:
         seed = run["seed"]
         samples = torch.load(work / f"seed{seed}" / f"{part}-samples.pt", weights_only=True)
         figs = replicate_figures(samples, test, data.is_image, index_gen, index_test)
-        strt = {r["run"]: torch.tensor(r["straightness"], dtype=torch.float64) for r in run["rows"] if "straightness" in r}
-        ichunk = torch.cat([torch.arange(20)[None], torch.randint(20, (replicates, 20), generator=torch.Generator().manual_seed(1))])
-        strt = {k: v[ichunk].mean(1) for k, v in strt.items()}
-        best = min((r for r in run["rows"]), key=lambda r: r["energy"] if not data.is_image else r["value"])
-        per_seed[seed] = dict(figs=figs, straightness=strt, best=best["sampler"],
-                              vs_floor=vs_floor(data, samples[best["sampler"]], best, cfg, test, index_test, seed))
+        straight = {r["run"]: torch.tensor(r["straightness"], dtype=torch.float64)[index_chunk].mean(1)
+                    for r in run["rows"] if "straightness" in r}
+        best = min(figs, key=lambda label: float(figs[label][0]))
+        if data.is_image:  # FD depends on n: the best row's first 500 samples against the floor's 500
+            n = min(500, n_gen)
+            f500 = fd_batch(samples[best][:n].double(), test, counts(index_gen[:, :n] % n, n), counts(index_test, n_test))
+            vs_floor = f500 / floor["mean"]
+        else:
+            vs_floor = figs[best] / floor["mean"]
+        per_seed[seed] = dict(figs=figs, straightness=straight, best=best, vs_floor=vs_floor)
         print(f"seed {seed}: analysed {len(figs)} rows", flush=True)
     claims = []
     for text, target, num, den, threshold, sense in CLAIMS:
         values = {}
         for seed, s in per_seed.items():
-            if num == "straightness":
-                if "cfm-ot" in s["straightness"] and "cfm" in s["straightness"]:
-                    values[seed] = s["straightness"]["cfm-ot"] / s["straightness"]["cfm"]
+            if num == "straightness" and {"cfm", "cfm-ot"} <= set(s["straightness"]):
+                values[seed] = s["straightness"]["cfm-ot"] / s["straightness"]["cfm"]
             elif num == "best":
                 values[seed] = s["vs_floor"]
             elif num in s["figs"] and den in s["figs"]:
-                values[seed] = s["figs"][num][0] / s["figs"][den][0]
+                values[seed] = s["figs"][num] / s["figs"][den]
         if not values:
             continue
-        stack = torch.stack(list(values.values()))  # (seeds, 1 + B)
-        pooled = stack.mean(0)
-        lo, hi = (float(v) for v in torch.quantile(pooled[1:], torch.tensor([0.025, 0.975], dtype=torch.float64)))
-        per = {str(k): dict(ratio=float(v[0]), lo=float(torch.quantile(v[1:], 0.025)), hi=float(torch.quantile(v[1:], 0.975)))
-               for k, v in values.items()}
+        stack = torch.stack(list(values.values()))  # (seeds, 1 + B): each seed's ratio on every replicate
+        pooled = stack.mean(0)  # the claim's statistic: the mean over seeds of the per-seed ratio
+        lo, hi = interval(pooled)
         claims.append(dict(claim=text, target=target, threshold=threshold, sense=sense, ratio=float(pooled[0]),
-                           lo=lo, hi=hi, verdict=verdict(lo, hi, threshold, sense), seeds=per,
+                           lo=lo, hi=hi, verdict=verdict(lo, hi, threshold, sense),
+                           seeds={str(k): dict(zip(("ratio", "lo", "hi"), (float(v[0]), *interval(v))))
+                                  for k, v in values.items()},
                            seed_sd=float(stack[:, 0].std()) if len(values) > 1 else None))
-    kid_rows = {}
-    if data.is_image:
-        for seed, s in per_seed.items():
-            for label, (_, k) in s["figs"].items():
-                kid_rows.setdefault(label, []).append(float(k[0]))
     bench.write_json(RESULTS / f"claims_{part}{suffix}.json", dict(
-        part=part, data=cfg["data"], metric=cfg["metric"], n_gen=n_gen, n_test=len(test), replicates=replicates,
-        seeds=sorted(per_seed), best={str(k): v["best"] for k, v in per_seed.items()}, claims=claims,
-        command=f"python benchmarks/run_all.py --analyse --part {part}", machine=bench.machine()))
+        part=part, data=cfg["data"], metric=cfg["metric"], n_gen=n_gen, n_test=n_test, replicates=replicates,
+        seeds=sorted(per_seed), best={str(k): v["best"] for k, v in per_seed.items()},
+        figure={str(k): {label: float(f[0]) for label, f in v["figs"].items()} for k, v in per_seed.items()},
+        floor=floor, claims=claims, machine=bench.machine(),
+        command=f"python benchmarks/run_all.py --analyse --part {part}"))
 
 
-def vs_floor(data, x, best, cfg, test, index_test, seed, replicates=100):
-    """The best row against the real-vs-real floor at the floor's own n: its FD on its first 500
-    samples (digits) or its W2 on its first 1000 points (2-D), over the floor's mean; (1 + B,)."""
-    n = min(500 if data.is_image else 1000, len(x))
-    floor = common.floor_of(data, n)["floor"]
-    g = torch.Generator().manual_seed(2 + seed)
-    ig = torch.cat([torch.arange(n)[None], torch.randint(n, (replicates, n), generator=g)])
-    it = torch.cat([torch.arange(n)[None], torch.randint(n, (replicates, n), generator=g)])
-    x = x.double()[:n]
+def figure_floor(data, test, draws=20):
+    """The claims' figure between real training examples and the held-out set, mean and sd over
+    draws: FD of 500 training digits (FD depends on n: the floor at the n it was computed with), or
+    sliced W2 of as many training points as held-out ones."""
+    g = torch.Generator().manual_seed(1)
     if data.is_image:
-        t = test[:n]
-        fig = fd_batch(x, t, counts(ig, n), counts(it, n))
+        f_train = common.features(data, data.x_train).double()
+        n = min(500, len(test))
+        v = [common.frechet_distance(f_train[torch.randperm(len(f_train), generator=g)[:n]], test[:n]) for _ in range(draws)]
     else:
-        t = data.x_test[:n].double()
-        fig = torch.tensor([common.w2_exact(x[i], t[j]) for i, j in zip(ig, it)], dtype=torch.float64)
-    return fig / floor
+        v = [float(sliced_w2(data.x_train[torch.randperm(len(data.x_train), generator=g)[:len(test)]], test))
+             for _ in range(draws)]
+        n = len(test)
+    return dict(mean=float(np.mean(v)), sd=float(np.std(v, ddof=1)), n=n, draws=draws)
+
+
+def interval(v, level=0.95):
+    """Bias-corrected percentile interval (Efron 1987) of v[0] from its replicates v[1:]: the
+    percentiles Phi(2 z0 +- z) with z0 = Phi^-1(share of replicates below v[0]). A figure that
+    resampling moves (FD grows when duplicates shrink a sample's spread) is not read off shifted."""
+    from scipy.stats import norm
+    reps = v[1:].numpy()
+    share = (np.sum(reps < float(v[0])) + 0.5 * np.sum(reps == float(v[0]))) / len(reps)
+    z0 = norm.ppf(np.clip(share, 1 / len(reps), 1 - 1 / len(reps)))
+    z = norm.ppf(0.5 + level / 2)
+    return tuple(float(np.quantile(reps, norm.cdf(2 * z0 + s * z))) for s in (-1, 1))
 
 
 # each claim: (text, target, numerator row, denominator row, threshold, sense)
