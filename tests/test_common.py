@@ -504,3 +504,24 @@ def test_digits32_is_digits_resized_on_256_levels():
     assert big.shape == (1, 32, 32) and big.levels == 256 and torch.equal(big.y_train, small.y_train)
     assert torch.allclose(big.x_train.mean((2, 3)), small.x_train.mean((2, 3)), atol=0.05)
     assert torch.allclose((big.x_train + 1) / 2 * 255, ((big.x_train + 1) / 2 * 255).round(), atol=1e-4)
+
+
+def test_kid_is_the_unbiased_mmd_of_the_cubic_kernel_and_vanishes_on_average_for_equal_laws():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(12, 3, generator=g).double(), (torch.randn(9, 3, generator=g) + 0.4).double()
+    k = lambda x, y: (float(x @ y) / 3 + 1) ** 3  # noqa: E731
+    within = lambda x: np.mean([k(x[i], x[j]) for i in range(len(x)) for j in range(len(x)) if i != j])  # noqa: E731
+    want = within(a) + within(b) - 2 * np.mean([k(x, y) for x in a for y in b])
+    assert math.isclose(common.kid(a, b), want, rel_tol=1e-9)
+    same = [common.kid(torch.randn(30, 4, generator=g), torch.randn(20, 4, generator=g)) for _ in range(300)]
+    assert abs(np.mean(same)) < 3 * np.std(same) / math.sqrt(len(same))  # FD of such sets is far above zero
+
+
+def test_quality_of_more_samples_than_held_out_images_uses_all_of_them_and_its_floor_says_its_n():
+    data = common.load_digits()
+    q = common.quality(data, data.x_train[:1000])
+    f_s, f_test = common.features(data, data.x_train[:1000]), common.features(data, data.x_test)
+    assert q["n"] == 1000 and q["floor_n"] == len(data.x_test) == 500
+    assert math.isclose(q["value"], common.frechet_distance(f_s, f_test)) and math.isclose(q["kid"], common.kid(f_s, f_test))
+    assert abs(q["kid"]) < 3 * q["kid_floor_sd"] + abs(q["kid_floor"])  # real digits: KID within its floor's spread
+    assert "at n=500" in common.format_quality(q)
