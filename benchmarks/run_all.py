@@ -354,14 +354,14 @@ def rows_table(part, runs):
     first = runs[0]["rows"][0]
     image = data == "digits"
     head = ["model", "sampler", "NFE", f"FD (n={runs[0]['n_gen']})" if image else f"W2 (n={runs[0]['n_gen']})",
-            "KID x 1e3" if image else "energy distance x 1e3", "straightness", "train CPU s"]
+            "KID" if image else "energy distance x 1e3", "straightness", "train CPU s"]
     if image:
         head.insert(5, "memorised %")
     rows = []
     for k in keys:
         rs = by_key[k]
         cells = [f"{rs[0]['model']}.py", k[1], rs[0]["nfe"], mean_sd([r["value"] for r in rs]),
-                 mean_sd([r.get("kid" if image else "energy") for r in rs], 1e3, 2)]
+                 mean_sd([r.get("kid") for r in rs], 1, 2) if image else mean_sd([r.get("energy") for r in rs], 1e3, 2)]
         if image:
             cells.append(mean_sd([r.get("memorised") for r in rs], 100, 2))
         cells += [mean_sd([statistics.mean(r["straightness"]) if r.get("straightness") else None for r in rs]),
@@ -370,7 +370,7 @@ def rows_table(part, runs):
     floor = (f"floor (real vs real, {first['floor_n']} training vs {first['floor_n']} held-out, mean +- sd over 20 draws): "
              f"{first['metric']} {first['floor']:.3g} +- {first['floor_sd']:.2g}")
     if image:
-        floor += f", KID x 1e3 {1e3 * first['kid_floor']:.2g} +- {1e3 * first['kid_floor_sd']:.2g}"
+        floor += f", KID {first['kid_floor']:.2g} +- {first['kid_floor_sd']:.2g}"
     return bench.table(head, rows, ["l", "l"] + ["r"] * (len(head) - 2)), floor
 
 
