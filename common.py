@@ -584,7 +584,7 @@ def format_quality(q):
     text = (f"{q['metric']} {q['value']:.4g} (floor {q['floor']:.4g} +- {q['floor_sd']:.2g}, real vs real{floor_n}, "
             f"n={q['n']})")
     if "kid" in q:
-        text += f"; KID {1e3 * q['kid']:.3g}e-3 (floor {1e3 * q['kid_floor']:.2g}e-3 +- {1e3 * q['kid_floor_sd']:.2g}e-3)"
+        text += f"; KID {q['kid']:.4g} (floor {q['kid_floor']:.3g} +- {q['kid_floor_sd']:.2g})"
     if "memorised" in q:
         text += f"; memorised {100 * q['memorised']:.1f}% (held-out digits {100 * q['memorised_heldout']:.1f}%)"
     return text
