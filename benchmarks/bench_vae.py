@@ -49,13 +49,14 @@ def run_config(name, data, flags, tmp):
     budget = ["--iters", str(DIGITS_ITERS)] if data == "digits" else []
     q = bench.run(vae.main, ["--data", data, "--out", out, "--iwae-k", "0", "--device", "cpu"] + budget + flags)
     t0 = time.time()
-    q_nll = vae.main(["--ckpt", f"{out}/ckpt.pt", "--out", out, "--iwae-k", str(K), "--device", "cpu"])
+    q_nll = bench.run(vae.main, ["--ckpt", f"{out}/ckpt.pt", "--out", out, "--iwae-k", str(K), "--device", "cpu"],
+                      trains=False)
     nll_wall = time.time() - t0 - q_nll["sample_seconds"]
     row = {"name": name, "data": data, "flags": " ".join(flags), "train_seconds": q["train_seconds"],
            "nll_seconds": nll_wall, "quality": q, "likelihood": q_nll["likelihood"]}
     if data == "digits":
-        row["quality_mean_pixels"] = vae.main(["--ckpt", f"{out}/ckpt.pt", "--out", out, "--iwae-k", "0",
-                                              "--pixels", "mean", "--device", "cpu"])
+        row["quality_mean_pixels"] = bench.run(vae.main, ["--ckpt", f"{out}/ckpt.pt", "--out", out, "--iwae-k", "0",
+                                                          "--pixels", "mean", "--device", "cpu"], trains=False)
     ckpt = torch.load(f"{out}/ckpt.pt", map_location="cpu", weights_only=True)
     row["params"] = sum(v.numel() for k, v in ckpt["net"].items())
     row["iters"] = ckpt["step"]

@@ -288,7 +288,7 @@ def curve_markdown(curves):
     reference's CPU seconds: the points' budgets by construction, their measured seconds in the json),
     the cell the mean +- sd over seeds; then, per curve and seed, where MeanFlow meets each target."""
     points = CURVE_ITERS + tuple(CURVE_ITERS[-1] * f for f in CURVE_BEYOND)
-    out, meets, captions = [], [], []
+    out, meets, commands, memorised = [], [], [], []
     for res in curves:
         rows, part = res["rows"], res.get("part", "digits-uncond")
         recipe = curve_label(res)
@@ -301,13 +301,12 @@ def curve_markdown(curves):
         meets += [meet(rows, part, nfe, TARGETS[nfe]).replace("- MeanFlow", f"- {part}, {recipe}:", 1) for nfe in (1, 2)
                   if any(r["method"] == "meanflow.py" and r["nfe"] == nfe for r in rows)]
         mem = [100 * r["memorised"] for r in rows if r.get("memorised") is not None]
-        captions.append(f"`{COMMAND} --curve --part {part}" + (f" --variants {res['variant']!r}" if res.get("variant") else "")
-                        + "`" + (f" (memorised {span(mem)})" if mem else ""))
-    first = curves[0]["rows"][0]
+        memorised += [f"{part} {span(mem)}"] if mem else []
+        commands.append(f"{COMMAND} --curve --part {part}" + (f" --variants {res['variant']!r}" if res.get("variant") else ""))
     seeds = ", ".join(str(x) for x in sorted({r["seed"] for res in curves for r in res["rows"]}))
     what = (f"Quality (floor: as in the equal-compute tables), mean +- sd over seeds {seeds}, at budgets of x times the "
-            f"reference's CPU seconds; commands: {', '.join(captions)}")
-    return "\n".join([bench.caption(curves[0].get("machine"), f"{COMMAND} --curve-table --part P", what), "",
+            f"reference's CPU seconds" + (f"; memorised: {', '.join(memorised)}" if memorised else ""))
+    return "\n".join([bench.caption(curves[0].get("machine"), "; ".join(commands), what), "",
                       bench.table(["part", "method"] + [f"x {p:g}" for p in points], out, ["l", "l"] + ["r"] * len(points)),
                       ""] + meets) + "\n"
 
