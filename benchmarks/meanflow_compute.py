@@ -181,7 +181,7 @@ def markdown(res):
         if part not in res:
             continue
         rows, costs = res[part]["rows"], res[part].get("costs", {})
-        scale = lambda r: r.get("cfg_scale", 1.0)  # rows without a scale were sampled at w = 1
+        scale = lambda r: r.get("cfg_scale", 1.0)  # a row without a scale is sampled at w = 1
         ref = {r["seed"]: r["value"] for r in rows if r["method"] == "cfm.py" and scale(r) == 1}
         ratios = lambda rs: [r["value"] / ref[r["seed"]] for r in rs if r["seed"] in ref]
         cost = lambda k: f"{costs[k]:.3f}" + (f" ({costs[k] / costs['cfm']:.1f}x)" if k != "cfm" else "") if k in costs else ""
