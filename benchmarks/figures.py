@@ -76,12 +76,17 @@ def summarise(rows):
     for r in rows:
         values.setdefault((r["model"], family(r["sampler"]), r["nfe"]), []).append(r["value"])
         floors[r["seed"]] = (r["floor"], r.get("floor_sd"))
+        sizes = (r.get("n"), r.get("floor_n"))
     lines = {}
     for (model, fam, nfe), vs in sorted(values.items(), key=lambda kv: kv[0][2]):
         lines.setdefault((model, fam), []).append((nfe, *mean_sd(vs), len(vs)))
     floor = mean_sd([f for f, _ in floors.values()])[0]
     sds = [s for _, s in floors.values() if s is not None]
-    return lines, (floor, sum(sds) / len(sds) if sds else None), rows[0]["metric"]
+    n, floor_n = sizes
+    metric = rows[0]["metric"] + (f" of {n} samples" if n else "")
+    if floor_n and floor_n != n:  # FD depends on n: say at which n the floor was computed
+        metric += f" (floor at n = {floor_n})"
+    return lines, (floor, sum(sds) / len(sds) if sds else None), metric
 
 
 def plot_nfe(args):
