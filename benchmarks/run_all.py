@@ -353,7 +353,7 @@ def load(part):
     return [bench.read_json(f) for f in files], (bench.read_json(claims) if claims.exists() else None)
 
 
-def rows_table(part, runs):
+def rows_table(part, runs, claims=None):
     data = PARTS[part]["data"]
     order = [j[1] for j in jobs(data)]
     by_key = {}
@@ -367,6 +367,8 @@ def rows_table(part, runs):
             "KID" if image else "energy distance x 1e3", "straightness", "train CPU s"]
     if image:
         head.insert(5, "memorised %")
+    elif claims:  # the claims' figure, from --analyse
+        head.insert(4, f"sliced W2 (n={claims['n_gen']})")
     rows = []
     for k in keys:
         rs = by_key[k]
@@ -374,6 +376,8 @@ def rows_table(part, runs):
                  mean_sd([r.get("kid") for r in rs], 1, 2) if image else mean_sd([r.get("energy") for r in rs], 1e3, 2)]
         if image:
             cells.append(mean_sd([r.get("memorised") for r in rs], 100, 2))
+        elif claims:
+            cells.insert(4, mean_sd([claims["figure"].get(str(r["seed"]), {}).get(k[1]) for r in rs]))
         cells += [mean_sd([statistics.mean(r["straightness"]) if r.get("straightness") else None for r in rs]),
                   mean_sd([r.get("train_cpu_s") for r in rs])]
         rows.append(cells)
@@ -381,6 +385,8 @@ def rows_table(part, runs):
              f"{first['metric']} {first['floor']:.3g} +- {first['floor_sd']:.2g}")
     if image:
         floor += f", KID {first['kid_floor']:.2g} +- {first['kid_floor_sd']:.2g}"
+    elif claims:
+        floor += f", sliced W2 {claims['floor']['mean']:.3g} +- {claims['floor']['sd']:.2g}"
     return bench.table(head, rows, ["l", "l"] + ["r"] * (len(head) - 2)), floor
 
 
@@ -395,6 +401,10 @@ def claims_block(claims):
     return bench.table(head, [fmt_claim(c) for c in claims["claims"]], ["l", "l", "l", "r", "r", "r", "l"])
 
 
+PICTURES = ("DDPM ancestral", "DDIM eta=0, 50 steps", "CFM midpoint x 10", "1-RF, 1 step", "2-RF + distill, 1 step",
+            "MeanFlow, 1 step", "VAE decoder", "AR raster, KV cache")
+
+
 def markdown():
     """The side-by-side section of benchmarks/README.md, from the results files."""
     out = []
@@ -403,8 +413,10 @@ def markdown():
         if not runs:
             continue
         cfg = PARTS[part]
-        table, floor = rows_table(part, runs)
+        table, floor = rows_table(part, runs, claims)
         seeds = ", ".join(str(r["seed"]) for r in runs)
+        first = min(runs, key=lambda r: r["seed"])
+        pics = [r for r in first["rows"] if r["sampler"] in PICTURES]
         out += [f"#### {cfg['data']}: {runs[0]['n_gen']} samples against {runs[0]['n_test']} held-out, "
                 f"mean +- sd over seeds {seeds}", "",
                 f"Machine: {bench.describe(runs[0]['machine'])}. Command: `for s in 0 1 2; do OMP_NUM_THREADS=1 python "
@@ -415,12 +427,16 @@ def markdown():
                     f"{', '.join(map(str, claims['seeds']))} of each seed's ratio, with the 95% interval of a paired "
                     f"bootstrap ({claims['replicates']} replicates; `{claims['command']}`). Widest interval: "
                     f"+-{(widest['hi'] - widest['lo']) / 2:.2g} ({widest['claim']}).", "", claims_block(claims), ""]
+        out += [" ".join(f"![{r['sampler']}]({Path(r['img']).relative_to('benchmarks')})" for r in pics), "",
+                f"Samples of seed {first['seed']}, left to right: " + "; ".join(r["sampler"] for r in pics)
+                + (" (each: held-out points on the left, the model's on the right)." if part == "2d" else
+                   " (the first 100 of each)."), ""]
     return "\n".join(out)
 
 
 def claims_table():
     """README.md's claims table: every claim on both parts, with its interval."""
-    head = ["claim of the lectures", "target", "digits (FD ratio, 95% interval)", "checkerboard (energy-distance ratio, 95% interval)"]
+    head = ["claim of the lectures", "target", "digits (FD ratio, 95% interval)", "checkerboard (sliced-W2 ratio, 95% interval)"]
     parts = {p: load(p)[1] for p in ("digits", "2d")}
     rows = []
     for text, target, *_ in CLAIMS:
