@@ -112,6 +112,7 @@ Run:
   python consistency.py --data 8gaussians --steps 2 --trajectory 300         # the jumps, drawn
 """
 import argparse
+import copy
 import math
 import time
 from pathlib import Path
@@ -131,6 +132,7 @@ SIGMA_LO, SIGMA_HI, RHO = 0.002, 80.0, 7.0  # iCT's Karras grid
 S0, S1 = 10, 1280  # iCT's discretisation: N from s0 + 1 to s1 + 1 points
 DOUBLINGS = 7  # log2(S1 / S0): the stages of iCT's grid, and ECT's finest gap 2^-7
 ECT_K, ECT_B = 8.0, 1.0  # ECT's n(sigma) = 1 + k sigmoid(-b sigma)
+WEIGHTS = ("ict", "path", "one")
 HUBER = 0.00054  # iCT's pseudo-Huber c = 0.00054 sqrt(D)
 
 
@@ -143,7 +145,7 @@ class Consistency:
     The loss counts its calls in `step` (one per training iteration): main sets it when resuming."""
 
     def __init__(self, training="ect", teacher=None, sigma_min=0.0, *, stage_iters=200, cd_grid=18,
-                 teacher_solver="heun", teacher_substeps=1, p_mean=P_MEAN, p_std=P_STD):
+                 teacher_solver="heun", teacher_substeps=1, p_mean=P_MEAN, p_std=P_STD, weight="ict"):
         if training not in OPTIONS:
             raise ValueError(f"unknown --training {training!r}: use one of {', '.join(OPTIONS)}")
         if not 0.0 <= sigma_min < 1.0:
@@ -159,6 +161,9 @@ class Consistency:
         self.stage_iters, self.cd_grid = int(stage_iters), int(cd_grid)
         self.teacher_solver, self.teacher_substeps = teacher_solver, int(teacher_substeps)
         self.p_mean, self.p_std = float(p_mean), float(p_std)
+        if weight not in WEIGHTS:
+            raise ValueError(f"unknown --weight {weight!r}: use one of {', '.join(WEIGHTS)}")
+        self.weight = weight
         self.step = 0
 
     # the path -----------------------------------------------------------------
@@ -241,12 +246,12 @@ class Consistency:
         h = (r - t) / self.teacher_substeps  # (B,), float64
         for k in range(self.teacher_substeps):
             s = t + k * h
-            v1 = self.teacher(x, s.to(x.dtype), y).to(x.dtype)
+            v1 = self.teacher(x, s.to(device=x.device, dtype=x.dtype), y).to(x.dtype)
             x_euler = x + common.bcast(h, x) * v1
             if self.teacher_solver == "euler":  # x + h v(x, s)
                 x = x_euler
             else:  # Heun: x + h/2 (v(x, s) + v(x + h v(x, s), s + h))
-                v2 = self.teacher(x_euler, (s + h).to(x.dtype), y).to(x.dtype)
+                v2 = self.teacher(x_euler, (s + h).to(device=x.device, dtype=x.dtype), y).to(x.dtype)
                 x = x + common.bcast(h / 2, x) * (v1 + v2)
         return x
 
@@ -261,6 +266,14 @@ class Consistency:
             target = self.f(net, x_r, r, y)
         return self.f(net, x_t, t, y), target.detach()
 
+    def pair_weight(self, t, r):
+        """w(t, r), float64 (B,) (module docstring): "ict" t r / (r - t), "path" 1 / (r - t), "one" 1."""
+        if self.weight == "ict":  # 1 / (sigma_t - sigma_r), sigma = (1 - t) / t
+            return t * r / (r - t)
+        if self.weight == "path":
+            return 1 / (r - t)
+        return torch.ones_like(t)
+
     @staticmethod
     def distance(a, b):
         """iCT's pseudo-Huber sqrt(||a - b||^2 + c^2) - c per example, c = 0.00054 sqrt(D); (B,)."""
@@ -268,8 +281,8 @@ class Consistency:
         return ((a - b).flatten(1).pow(2).sum(1) + c * c).sqrt() - c
 
     def loss(self, net, x1, y=None, x0=None, t=None, r=None, step=None):
-        """E w(t, r) d(f_theta(x_t, t), sg f_theta(x_r, r)), w = 1 / (r - t), on a minibatch. x0 (noise) and the
-        times t < r may be given (float64 (B,)), else drawn. step: the training iteration (the schedule's
+        """E w(t, r) d(f_theta(x_t, t), sg f_theta(x_r, r)) on a minibatch (pair_weight, distance). x0 (noise) and the
+        times t < r may be given (float64 (B,), on the CPU), else drawn. step: the training iteration (the schedule's
         stage); None uses and advances the loss's own count (one call per iteration)."""
         if step is None:
             step, self.step = self.step, self.step + 1
@@ -277,10 +290,9 @@ class Consistency:
             x0 = torch.randn_like(x1)
         if t is None:
             t, r = self.sample_times(x1.shape[0], step)
-        t, r = t.to(x1.device, non_blocking=True), r.to(x1.device, non_blocking=True)
+        w = self.pair_weight(t, r).to(device=x1.device, dtype=x1.dtype, non_blocking=True)  # from float64 times
         f_t, f_r = self.pair(net, x0, x1, t, r, y)
-        w = 1 / (r - t)  # float64: the gaps near t = 1 are far below float32's resolution of t
-        return (w.to(x1.dtype) * self.distance(f_t, f_r)).mean()
+        return (w * self.distance(f_t, f_r)).mean()
 
     def flow_matching_loss(self, net, x1, y=None):
         """cfm.py's L_CFM on this path, ||v(x_t, t) - (x1 - (1 - sigma_min) x0)||^2 with t ~ U(0, 1): the
@@ -342,9 +354,10 @@ def load_teacher(path, args):
 
 
 def flow_teacher(v_phi, method, data, args, teacher_ckpt):
-    """(the teacher's EMA network, in v_phi (a fresh network); the wall and CPU seconds of its training or {}):
-    --teacher's checkpoint, else cfm.py's loss trained first into OUT/teacher (a cfm.py checkpoint, usable
-    as --teacher and by cfm.py --ckpt), which --resume continues (or takes as it is when finished)."""
+    """(the teacher's EMA network, in v_phi (a copy of the fresh student: cfm.py's initial weights); the wall
+    and CPU seconds of its training or {}): --teacher's checkpoint, else cfm.py's loss trained first into
+    OUT/teacher (a cfm.py checkpoint, usable as --teacher and by cfm.py --ckpt), which --resume continues (or
+    takes as it is when finished)."""
     if teacher_ckpt is not None:
         return common.load_ema(teacher_ckpt, v_phi), {}
     out = Path(args.out) / "teacher"
@@ -378,12 +391,13 @@ def main(argv=None):
     g.add_argument("--teacher-solver", choices=list(TEACHER_SOLVERS), help="cd: the teacher's ODE step (default heun)")
     g.add_argument("--p-mean", type=common.finite, help="mean of the lognormal noise levels (default -1.1)")
     g.add_argument("--p-std", type=common.finite, help="standard deviation of the lognormal noise levels (default 2)")
+    g.add_argument("--weight", choices=list(WEIGHTS), help="the loss weight (default ict)")
     g.add_argument("--steps", type=int, help="network calls per sample: 1, or k for the multistep sampler (default 1)")
     common.add_trajectory_flag(g)
     args, ckpt = common.parse_args(
         parser, argv, "consistency", model_flags=("sigma_min", "training"), teacher=(("teacher",), TEACHERS),
         defaults=dict(training="ect", teacher_iters=1500, stage_iters=300, cd_grid=18, teacher_solver="heun",
-                      p_mean=P_MEAN, p_std=P_STD, steps=1, trajectory=0),
+                      p_mean=P_MEAN, p_std=P_STD, weight="ict", steps=1, trajectory=0),
         budgets={"digits": dict(iters=1000, teacher_iters=1000, stage_iters=200)})  # with the teacher: cfm.py's 2000
     if args.steps < 1 or args.teacher_iters < 1:
         parser.error(f"--steps and --teacher-iters must be at least 1, got {args.steps} and {args.teacher_iters}")
@@ -405,7 +419,7 @@ def main(argv=None):
         sigma_min = 0.0 if args.sigma_min is None else args.sigma_min
     cm = common.construct(parser, Consistency, args.training, None, sigma_min, stage_iters=args.stage_iters,
                           cd_grid=args.cd_grid, teacher_solver=args.teacher_solver, p_mean=args.p_mean,
-                          p_std=args.p_std)  # f, the loss, the sampler; the teacher comes with the data
+                          p_std=args.p_std, weight=args.weight)  # f, the loss, the sampler; the teacher comes with the data
     with common.session(args) as device:
         data = common.load_data(args.data, args.data_root, args.download)
         num_classes = 0 if args.uncond else data.num_classes
@@ -415,8 +429,7 @@ def main(argv=None):
             F_theta = common.load_ema(ckpt, F_theta)
         else:
             if args.training != "ict":  # ect, cd: a flow model v_phi; the student starts as its Euler step to t = 1
-                v_phi = common.make_net(args.arch, data.shape, args.width, num_classes, time_scale=1000.0).to(device)
-                v_phi, q = flow_teacher(v_phi, cm, data, args, teacher_ckpt)
+                v_phi, q = flow_teacher(copy.deepcopy(F_theta), cm, data, args, teacher_ckpt)  # cfm.py's init
                 if ckpt is None:
                     F_theta.load_state_dict(v_phi.state_dict())
                 cm.teacher = v_phi if args.training == "cd" else None

@@ -10,12 +10,13 @@ import torch
 
 import common
 
-MODELS = ["ddpm", "ddim", "cfm", "rectified_flow", "meanflow", "vae", "ar", "latent_diffusion", "controlnet"]
+MODELS = ["ddpm", "ddim", "cfm", "rectified_flow", "meanflow", "vae", "ar", "latent_diffusion", "controlnet",
+          "consistency"]
 # the smallest run of each file: flags beside the shared ones
 OWN = {"ddpm": ["--T", "20"], "ddim": ["--T", "20", "--steps", "5"], "cfm": ["--steps", "2"],
        "rectified_flow": ["--steps", "2"], "meanflow": [], "vae": ["--hidden", "16", "--iwae-k", "0"],
        "ar": ["--depth", "1", "--bpd", "0"], "latent_diffusion": ["--ae-iters", "4", "--ae-width", "4", "--steps", "2"],
-       "controlnet": ["--base-iters", "4", "--steps", "2"]}
+       "controlnet": ["--base-iters", "4", "--steps", "2"], "consistency": ["--teacher-iters", "4"]}
 
 
 def tiny(model, out, iters=8):
@@ -74,7 +75,8 @@ def test_main_returns_its_training_seconds_and_never_writes_the_flags(model, tmp
         return args, ckpt
     monkeypatch.setattr(common, "parse_args", spy)
     q = importlib.import_module(model).main(tiny(model, tmp_path, iters=2))
-    first = {"latent_diffusion": "ae_", "controlnet": "base_"}.get(model, "")  # a network trained before the model
+    first = {"latent_diffusion": "ae_", "controlnet": "base_",  # a network trained before the model
+             "consistency": "teacher_"}.get(model, "")
     assert all(q[p + k] > 0 for p in ("", first) for k in ("train_seconds", "train_cpu_seconds")), q
     [(args, before)] = parsed
     assert vars(args) == before
