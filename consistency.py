@@ -80,6 +80,10 @@ Training: every option minimises, over pairs of times t < r on one trajectory,
   sCM                (continuous time, Lu & Song, 2024, arXiv 2410.11081: the limit r -> t of the loss, d/dt f by
                      a JVP along the teacher's field, tangent normalisation and warm-up) is not implemented. Its
                      condition d/dt f = 0 is MeanFlow's identity at r = 1 (above), which meanflow.py trains.
+  time features      the network embeds t with sinusoids of frequencies up to --time-scale (rad per unit time).
+                     The loss compares f at neighbouring times, so f must vary smoothly in t; at the flows' usual
+                     1000 the features vary fast over [0, 1], and ict from scratch defaults to 10 (as meanflow.py
+                     does for its d_t u). ect and cd copy a cfm.py network, and with it its 1000.
   not here           CM's EMA target (iCT's stop-gradient instead), LPIPS (the pseudo-Huber distance), ECT's
                      adaptive loss weights and dropout, iCT's larger networks.
 
@@ -333,6 +337,7 @@ class Consistency:
 # the teacher: a cfm.py model on the straight path, given (--teacher) or trained first into OUT/teacher
 
 TEACHERS = ("cfm",)
+TEACHER_TIME_SCALE = 1000.0  # cfm.py's network scales t by 1000 before its sinusoidal features
 
 
 def load_teacher(path, args):
@@ -392,15 +397,25 @@ def main(argv=None):
     g.add_argument("--p-mean", type=common.finite, help="mean of the lognormal noise levels (default -1.1)")
     g.add_argument("--p-std", type=common.finite, help="standard deviation of the lognormal noise levels (default 2)")
     g.add_argument("--weight", choices=list(WEIGHTS), help="the loss weight (default ict)")
+    g.add_argument("--time-scale", type=common.finite, help="t is scaled by this before the network's sinusoidal "
+                   "features (default: cfm.py's 1000 for ect and cd, which copy its network; 10 for ict)")
     g.add_argument("--steps", type=int, help="network calls per sample: 1, or k for the multistep sampler (default 1)")
     common.add_trajectory_flag(g)
     args, ckpt = common.parse_args(
-        parser, argv, "consistency", model_flags=("sigma_min", "training"), teacher=(("teacher",), TEACHERS),
+        parser, argv, "consistency", model_flags=("sigma_min", "training", "time_scale"),
+        teacher=(("teacher",), TEACHERS),
         defaults=dict(training="ect", teacher_iters=1500, stage_iters=300, cd_grid=18, teacher_solver="heun",
                       p_mean=P_MEAN, p_std=P_STD, weight="ict", steps=1, trajectory=0),
         budgets={"digits": dict(iters=1000, teacher_iters=1000, stage_iters=200)})  # with the teacher: cfm.py's 2000
     if args.steps < 1 or args.teacher_iters < 1:
         parser.error(f"--steps and --teacher-iters must be at least 1, got {args.steps} and {args.teacher_iters}")
+    if args.time_scale is not None:
+        time_scale = args.time_scale
+    else:  # unset (and no checkpoint's): ict's smooth features, else the teacher's
+        time_scale = 10.0 if args.training == "ict" else TEACHER_TIME_SCALE
+    if time_scale <= 0 or args.training != "ict" and time_scale != TEACHER_TIME_SCALE:
+        parser.error(f"--time-scale must be positive, and {TEACHER_TIME_SCALE:g} for ect and cd (the student copies "
+                     f"a cfm.py network), got {time_scale:g} with --training {args.training}")
     if args.teacher and args.sample_only:
         parser.error("--teacher and --ckpt/--sample-only exclude each other: a teacher is for training")
     if not args.sample_only and args.training == "cd" and not args.teacher:
@@ -423,7 +438,7 @@ def main(argv=None):
     with common.session(args) as device:
         data = common.load_data(args.data, args.data_root, args.download)
         num_classes = 0 if args.uncond else data.num_classes
-        F_theta = common.make_net(args.arch, data.shape, args.width, num_classes, time_scale=1000.0).to(device)
+        F_theta = common.make_net(args.arch, data.shape, args.width, num_classes, time_scale=time_scale).to(device)
         q = {}  # what main returns: the teacher's and the training's wall and CPU seconds, the quality figures
         if args.sample_only:
             F_theta = common.load_ema(ckpt, F_theta)
@@ -434,7 +449,7 @@ def main(argv=None):
                     F_theta.load_state_dict(v_phi.state_dict())
                 cm.teacher = v_phi if args.training == "cd" else None
             cm.step = ckpt["step"] if ckpt else 0  # the schedule's iteration, where --resume continues
-            saved = argparse.Namespace(**{**vars(args), "sigma_min": sigma_min})  # the path, to rebuild the model
+            saved = argparse.Namespace(**{**vars(args), "sigma_min": sigma_min, "time_scale": time_scale})  # to rebuild it
             t0, c0 = time.time(), time.process_time()
             F_theta = common.train(F_theta, cm.loss, data, saved, ckpt)  # returns the EMA network
             q.update(train_seconds=time.time() - t0, train_cpu_seconds=time.process_time() - c0)

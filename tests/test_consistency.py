@@ -361,7 +361,7 @@ def test_short_run_beats_a_gaussian_fitted_to_the_data():
     held-out points than as many draws of a Gaussian fitted to the training set."""
     torch.manual_seed(0)
     data = common.load_data("moons")
-    net = common.make_net("mlp", (2,), 64, time_scale=1000.0)
+    net = common.make_net("mlp", (2,), 64, time_scale=10.0)  # ict's default
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     cm = Consistency("ict", stage_iters=50)
     g = torch.Generator().manual_seed(0)
@@ -410,7 +410,8 @@ def test_cli(tmp_path, teachers, capsys):
     assert (out / "ckpt.pt").exists() and (out / "samples.png").exists() and (out / "trajectory.png").exists()
     assert common.load_checkpoint(out / "teacher" / "ckpt.pt", ("cfm",))["step"] == 3
     assert q["metric"] == "W2" and math.isfinite(q["value"]) and q["teacher_train_seconds"] > 0
-    assert common.load_checkpoint(out / "ckpt.pt", ("consistency",))["args"]["training"] == "ect"
+    saved = common.load_checkpoint(out / "ckpt.pt", ("consistency",))["args"]
+    assert saved["training"] == "ect" and saved["time_scale"] == 1000.0
     q2 = consistency.main(["--ckpt", str(out / "ckpt.pt"), "--steps", "2", "--n-eval", "50", "--out", str(out)])
     assert math.isfinite(q2["value"]) and q2["value"] != q["value"] and "train_seconds" not in q2
     # distillation from a teacher on file, whose flags (data, uncond, sigma_min) the student takes
@@ -430,7 +431,8 @@ def test_cli(tmp_path, teachers, capsys):
                        (["--teacher", ot, "--ckpt", str(out / "ckpt.pt")], "exclude each other"),
                        (["--stage-iters", "0"], "--stage-iters"), (["--p-std", "0"], "--p-std"),
                        (["--sigma-min", "1"], "--sigma-min"), (["--teacher-iters", "0"], "--teacher-iters"),
-                       (["--weight", "huber"], "--weight")):
+                       (["--weight", "huber"], "--weight"), (["--time-scale", "10"], "--time-scale"),
+                       (["--training", "ict", "--time-scale", "0"], "--time-scale")):
         with pytest.raises(SystemExit) as e:
             consistency.main(base + ["--data", "8gaussians", "--out", str(tmp_path / "bad")] + bad)
         err = capsys.readouterr().err.strip()
@@ -461,6 +463,9 @@ def test_own_teacher_is_cfm_py_and_the_student_starts_from_it(tmp_path, monkeypa
     q = consistency.main(flags + ["--iters", "2", "--training", "ict", "--out", str(tmp_path / "ict")])
     assert [m for m, _ in seen] == ["consistency"] and "teacher_train_seconds" not in q
     assert not (tmp_path / "ict" / "teacher").exists()
+    assert common.load_checkpoint(tmp_path / "ict" / "ckpt.pt", ("consistency",))["args"]["time_scale"] == 10.0
+    q = consistency.main(["--ckpt", str(tmp_path / "ict" / "ckpt.pt"), "--n-eval", "20"])  # rebuilt at its scale
+    assert math.isfinite(q["value"])
 
 
 def test_main_budget(tmp_path, monkeypatch):
@@ -473,3 +478,18 @@ def test_main_budget(tmp_path, monkeypatch):
     assert [(a.model, a.iters) for a in seen] == [("cfm", 1000), ("consistency", 1000), ("cfm", 7), ("consistency", 5),
                                                   ("cfm", 1500), ("consistency", common.DATA_DEFAULTS["toy"]["iters"])]
     assert [a.stage_iters for a in seen[1::2]] == [200, 200, 300]
+
+
+@pytest.mark.parametrize("training", ["ect", "ict"])
+def test_resume_is_bit_identical_across_stages(training, tmp_path):
+    """--stage-iters 3: the schedule changes stage within the run (ict's grid doubles, ect's gap halves), and
+    4 iterations + --resume for 4 more equal 8 straight: the loss's iteration count continues from the checkpoint."""
+    flags = ["--data", "8gaussians", "--width", "16", "--batch-size", "32", "--log-every", "2", "--ckpt-every", "4",
+             "--n-eval", "0", "--stage-iters", "3", "--teacher-iters", "3", "--training", training]
+    consistency.main(flags + ["--iters", "8", "--out", str(tmp_path / "straight")])
+    consistency.main(flags + ["--iters", "4", "--out", str(tmp_path / "resumed")])
+    consistency.main(["--resume", "--iters", "8", "--out", str(tmp_path / "resumed")])
+    a, b = (torch.load(tmp_path / d / "ckpt.pt", weights_only=True) for d in ("straight", "resumed"))
+    assert a["step"] == b["step"] == 8
+    for part in ("net", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
