@@ -32,7 +32,7 @@ make diffusion fast; the second ranks MeanFlow against iCT.
 
 Training: every option minimises, over pairs of times t < r on one trajectory,
 
-  loss               L = E w(t, r) d(f_theta(x_t, t), sg f_theta(x_r, r)),   w(t, r) = 1 / (r - t)
+  loss               L = E w(t, r) d(f_theta(x_t, t), sg f_theta(x_r, r)),   w(t, r) = t r / (r - t) (below)
                      d(a, b) = sqrt(||a - b||^2 + c^2) - c, c = 0.00054 sqrt(D), D the data's dimension (iCT's
                      pseudo-Huber distance: squared error / (2c) for small errors, the norm for large ones).
                      sg: the stop-gradient; the target is the network being trained, not an EMA copy of it
@@ -63,9 +63,16 @@ Training: every option minimises, over pairs of times t < r on one trajectory,
                      t = 1 / (1 + sigma_{i+1}), r = 1 / (1 + sigma_i). The grid doubles during training:
                      N(k) = min(s0 2^floor(k / K), s1) + 1 at iteration k, s0 = 10, s1 = 1280, K = --stage-iters
                      (iCT takes K = total iterations / (log2(s1 / s0) + 1); here K is fixed, so that --resume and
-                     a longer --iters continue the same schedule). The weight 1 / (r - t) is iCT's
-                     1 / (sigma_{i+1} - sigma_i) taken in the path's time: per pair it is larger by
-                     (sigma_{i+1} - sigma_i) / (r - t) ~ (1 + sigma)^2, i.e. the noisy end weighs more than in iCT.
+                     a longer --iters continue the same schedule).
+  weight             iCT's lambda = 1 / (sigma_t - sigma_r), in the path's time (sigma_t - sigma_r = (1 - t)/t -
+                     (1 - r)/r = (r - t) / (t r)): w(t, r) = t r / (r - t). For small gaps w d ~ t^2 ||d/dt f||:
+                     the noisy end (small t) counts little. The weight 1 / (r - t) of the path's own time
+                     (--weight path) is larger by 1 / (t r), so the noisy end, where the targets are least
+                     settled early in training, dominates the gradient: it trains far worse at this scale
+                     (benchmarks/README.md is where that is to be measured); --weight one is CM's lambda = 1.
+                     On the interval that reaches t = 0 (sigma = inf) iCT's weight is 0: the network meets t = 0,
+                     where sampling starts, only through its smoothness in t (ect's and cd's student start from a
+                     flow model trained at every t; iCT itself starts sampling at sigma = 80, t = 1/81).
   ect                (consistency tuning) the student starts from a cfm.py model's weights (so f_theta starts as
                      that model's one Euler step, above) and trains the same loss with continuous times:
                      sigma_t ~ lognormal(P_mean, P_std), sigma_r = sigma_t max(0, 1 - n(sigma_t) / 2^a),
@@ -145,7 +152,8 @@ class Consistency:
     network v(x, t, y) (a cfm.py model on the same path); the others take none. sigma_min: the path's noise
     std at t = 1 (a teacher's own). stage_iters: iterations per stage (iCT's grid doubles, ECT's gap halves).
     cd_grid: cd's N. teacher_solver, teacher_substeps: cd's ODE step from t to r, in that many substeps.
-    p_mean, p_std: the lognormal of the noise levels sigma = (1 - t) / t.
+    p_mean, p_std: the lognormal of the noise levels sigma = (1 - t) / t. weight: w(t, r), "ict" (default),
+    "path" or "one" (pair_weight).
     The loss counts its calls in `step` (one per training iteration): main sets it when resuming."""
 
     def __init__(self, training="ect", teacher=None, sigma_min=0.0, *, stage_iters=200, cd_grid=18,
@@ -396,7 +404,8 @@ def main(argv=None):
     g.add_argument("--teacher-solver", choices=list(TEACHER_SOLVERS), help="cd: the teacher's ODE step (default heun)")
     g.add_argument("--p-mean", type=common.finite, help="mean of the lognormal noise levels (default -1.1)")
     g.add_argument("--p-std", type=common.finite, help="standard deviation of the lognormal noise levels (default 2)")
-    g.add_argument("--weight", choices=list(WEIGHTS), help="the loss weight (default ict)")
+    g.add_argument("--weight", choices=list(WEIGHTS), help="the loss weight: ict, iCT's 1/(sigma_t - sigma_r) = "
+                   "t r/(r - t) (default); path, 1/(r - t); one, CM's 1")
     g.add_argument("--time-scale", type=common.finite, help="t is scaled by this before the network's sinusoidal "
                    "features (default: cfm.py's 1000 for ect and cd, which copy its network; 10 for ict)")
     g.add_argument("--steps", type=int, help="network calls per sample: 1, or k for the multistep sampler (default 1)")
