@@ -1086,7 +1086,7 @@ class Classifier(nn.Module):
     """Small CNN whose penultimate features (64) define the Frechet distance for images. Stride-2
     stages halve the map until it is at most 4x4 (at least two: 8 -> 2x2, 28 -> 4x4, 32 -> 4x4), so
     the final average pool sees a whole digit, not a patch of one (two stages on a 32x32 digit
-    leave 8x8 maps of 11-pixel receptive fields; benchmarks/README.md gives the accuracies)."""
+    leave 8x8 maps of 11-pixel receptive fields, each seeing a patch of a stroke)."""
 
     def __init__(self, channels=1, num_classes=10, size=8):
         super().__init__()
