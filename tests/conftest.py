@@ -20,3 +20,19 @@ def _cache(tmp_path_factory):
     """Downloads and the cached feature classifier go to a temporary folder, not the home."""
     os.environ["GENMODELS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     yield
+
+
+@pytest.fixture
+def parsed_flags(monkeypatch):
+    """Every (args, a deep copy of vars(args) as common.parse_args returned them) of the test's runs,
+    so a test can check that a model file never writes into its parsed flags."""
+    import copy
+    import common
+    parsed, parse = [], common.parse_args
+
+    def spy(*a, **k):
+        args, ckpt = parse(*a, **k)
+        parsed.append((args, copy.deepcopy(vars(args))))
+        return args, ckpt
+    monkeypatch.setattr(common, "parse_args", spy)
+    return parsed

@@ -1,6 +1,5 @@
 """Every model file's command line: exact resume, and bad input answered with one line and exit
 status 2, no traceback, nothing overwritten."""
-import copy
 import hashlib
 import importlib
 from pathlib import Path
@@ -62,18 +61,12 @@ def test_resume_is_bit_identical(model, trained, tmp_path):
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_main_returns_its_training_seconds_and_never_writes_the_flags(model, tmp_path, monkeypatch):
+def test_main_returns_its_training_seconds_and_never_writes_the_flags(model, tmp_path, parsed_flags):
     """A run that trains returns a dict with the wall and CPU seconds of common.train (benchmarks read
     them there, not from the log). The flags common.parse_args returned are read, never written: what
     a file derives from them it passes on explicitly, and the checkpoint records the flags as parsed,
     a derived value only where the flag was left unset (None)."""
-    parsed, parse = [], common.parse_args
-
-    def spy(*a, **k):
-        args, ckpt = parse(*a, **k)
-        parsed.append((args, copy.deepcopy(vars(args))))
-        return args, ckpt
-    monkeypatch.setattr(common, "parse_args", spy)
+    parsed = parsed_flags
     q = importlib.import_module(model).main(tiny(model, tmp_path, iters=2))
     first = {"latent_diffusion": "ae_", "controlnet": "base_",  # a network trained before the model
              "consistency": "teacher_"}.get(model, "")

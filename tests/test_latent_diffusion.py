@@ -1,7 +1,6 @@
 """Tests of latent_diffusion.py: with an identity autoencoder it is cfm.py exactly; the scale gives
 unit standard deviation and is divided out before decoding; the KL term against torch.distributions;
 a short run learns; the command line (tiny runs, exact --resume, bad input -> one line, exit 2)."""
-import copy
 import hashlib
 import json
 from pathlib import Path
@@ -257,17 +256,11 @@ def test_sampling_a_checkpoint_decodes_scaled_latents(trained, tmp_path, monkeyp
     torch.testing.assert_close(seen["x"], ae.decode(z / a["scale"]))
 
 
-def test_an_autoencoder_checkpoint_supplies_its_flags_and_the_run_s_stay_as_parsed(trained, tmp_path, monkeypatch):
+def test_an_autoencoder_checkpoint_supplies_its_flags_and_the_run_s_stay_as_parsed(trained, tmp_path, parsed_flags):
     """--ae: the autoencoder is built from its checkpoint's flags, and the stage-2 checkpoint records
     them with --ae and the scale, while the flags common.parse_args returned keep what was typed: main
     passes what it derives on explicitly, never writing it into them. Nothing trains in stage 1."""
-    parsed, parse = [], common.parse_args
-
-    def spy(*a, **k):
-        args, ckpt = parse(*a, **k)
-        parsed.append((args, copy.deepcopy(vars(args))))
-        return args, ckpt
-    monkeypatch.setattr(common, "parse_args", spy)
+    parsed = parsed_flags
     ae = str(trained / "ae" / "ckpt.pt")
     q = ld.main(tiny(tmp_path, iters=2) + ["--ae", ae, "--ae-width", "8"])  # the checkpoint's 4 wins
     [(args, before)] = parsed

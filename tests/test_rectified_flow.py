@@ -392,18 +392,13 @@ def test_student_starts_from_the_teacher(tmp_path):
         torch.testing.assert_close(v, teacher["module." + k], rtol=0, atol=1e-9)
 
 
-def test_distillation_records_p_uncond_0_and_leaves_the_flags(tmp_path, monkeypatch):
+def test_distillation_records_p_uncond_0_and_leaves_the_flags(tmp_path, parsed_flags):
     """--distill-from trains without label dropout, so its checkpoint records p_uncond 0, while the
     flags common.parse_args returned keep the typed value: main passes what it derives to common.train
     and never writes it into them. The returned dict has the seconds of the pairs and of the training."""
     rectified_flow.main(TINY + ["--iters", "2", "--n-eval", "0", "--out", str(tmp_path / "t")])
-    parsed, parse = [], common.parse_args
-
-    def spy(*a, **k):
-        args, ckpt = parse(*a, **k)
-        parsed.append((args, copy.deepcopy(vars(args))))
-        return args, ckpt
-    monkeypatch.setattr(common, "parse_args", spy)
+    parsed = parsed_flags
+    parsed.clear()  # the teacher's run above is not the one under test
     q = rectified_flow.main(MODEL + ["--distill-from", str(tmp_path / "t" / "ckpt.pt"), "--p-uncond", "0.2",
                                      "--iters", "2", "--n-pairs", "20", "--batch-size", "16", "--pair-steps", "1",
                                      "--n-eval", "0", "--out", str(tmp_path / "d")])
