@@ -1,0 +1,250 @@
+"""Consistency models against flow matching's 100 steps and MeanFlow's one, at equal training compute,
+every claim a paired comparison with its 95% bootstrap interval.
+
+  for p in digits-uncond digits-cond checkerboard; do for s in 0 1 2; do
+      OMP_NUM_THREADS=1 python benchmarks/bench_consistency.py --part $p --seed $s; done; done  # ~15 min a run
+  python benchmarks/bench_consistency.py --analyse   # paired bootstrap -> results/consistency_claims.json
+
+One seed of one part, in this process, through the model files' own main():
+  1. cfm.py trains for T iterations (the flow model that ECT and CD start from: digits 1000, consistency.py's
+     default teacher, checkerboard 1500), then continues exactly with --resume to the reference's
+     iterations (digits 2500, checkerboard 3000: run_all.py's budgets). The reference's CPU seconds B
+     (both segments) are the budget every other row is given.
+  2. ECT (consistency tuning, consistency.py's default) and CD (distillation) start from the cfm.py model
+     at T iterations and train for the rest of B: the flow model's seconds count against them.
+  3. iCT (consistency training from scratch) and meanflow.py (its default recipe) train for all of B.
+Iterations are the seconds left over each recipe's own CPU seconds per iteration, measured in this
+process (80 iterations minus 20, one thread); the seconds each run actually spent are reported.
+
+Sampling: every row draws its starting noise from the same generator (the same --seed), and the
+labels (digits-cond) are the same, so a one-step row and the reference start from the same noise;
+all are scored against the same held-out set: digits 2000 samples against the 500 held-out digits
+(FD and KID in the feature classifier's space, the memorised share), the checkerboard 5000 points
+against 5000 held-out (W2). The analysis is run_all.py's paired bootstrap: every replicate resamples
+the generated samples (the same indices for every row) and the held-out items, and recomputes every
+row's figure (FD on digits, sliced W2 on 2-D); a claim's ratio is the mean over seeds of the per-seed
+ratio, its interval the bias-corrected 95% percentile interval; it holds (or does not) when the
+interval lies on one side of the target, else it is within noise.
+"""
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+
+import bench
+import run_all  # the paired bootstrap (replicate_figures, interval, verdict, figure_floor)
+
+import cfm  # noqa: E402 (the model files: bench puts the repository's root on sys.path)
+import common  # noqa: E402
+import consistency  # noqa: E402
+import meanflow  # noqa: E402
+
+RESULTS = bench.RESULTS
+COMMAND = "OMP_NUM_THREADS=1 python benchmarks/bench_consistency.py"
+PARTS = {  # data flags, the flow model's iterations T, the reference's iterations, (run_all's part)
+    "digits-uncond": (["--data", "digits", "--uncond"], 1000, 2500, "digits"),
+    "digits-cond": (["--data", "digits"], 1000, 2500, "digits"),
+    "checkerboard": (["--data", "checkerboard", "--uncond"], 1500, 3000, "2d"),
+}
+REFERENCE = "CFM Euler x 100"
+# the rows: (label, module, run, sampler flags, NFE)
+SAMPLERS = [(REFERENCE, "cfm", "cfm", ["--solver", "euler", "--steps", "100"], 100),
+            ("CFM Euler x 2", "cfm", "cfm", ["--solver", "euler", "--steps", "2"], 2),
+            ("ECT, 1 step", "consistency", "ect", ["--steps", "1"], 1),
+            ("ECT, 2 steps", "consistency", "ect", ["--steps", "2"], 2),
+            ("ECT, 4 steps", "consistency", "ect", ["--steps", "4"], 4),
+            ("CD, 1 step", "consistency", "cd", ["--steps", "1"], 1),
+            ("CD, 2 steps", "consistency", "cd", ["--steps", "2"], 2),
+            ("iCT, 1 step", "consistency", "ict", ["--steps", "1"], 1),
+            ("iCT, 2 steps", "consistency", "ict", ["--steps", "2"], 2),
+            ("MeanFlow, 1 step", "meanflow", "meanflow", ["--steps", "1"], 1),
+            ("MeanFlow, 2 steps", "meanflow", "meanflow", ["--steps", "2"], 2)]
+MODULES = {"cfm": cfm, "consistency": consistency, "meanflow": meanflow}
+# each claim: (text, numerator row, denominator row, threshold, sense)
+CLAIMS = [(f"{label} within {t}x of CFM-100", label, REFERENCE, t, "<=")
+          for label, t in (("ECT, 1 step", 1.3), ("ECT, 2 steps", 1.1), ("ECT, 4 steps", 1.1), ("CD, 1 step", 1.3),
+                           ("CD, 2 steps", 1.1), ("iCT, 1 step", 1.3), ("iCT, 2 steps", 1.1), ("MeanFlow, 1 step", 1.3),
+                           ("MeanFlow, 2 steps", 1.1), ("CFM Euler x 2", 1.3))] + [
+    ("ECT's one step beats MeanFlow's", "ECT, 1 step", "MeanFlow, 1 step", 1.0, "<"),
+    ("ECT's one step beats iCT's", "ECT, 1 step", "iCT, 1 step", 1.0, "<"),
+    ("ECT's one step beats CD's", "ECT, 1 step", "CD, 1 step", 1.0, "<"),
+    ("ECT's two steps beat its one", "ECT, 2 steps", "ECT, 1 step", 1.0, "<")]
+
+
+def cost_per_iter(module, flags, work):
+    """CPU seconds per training iteration: 80 iterations minus 20, after a throwaway run of 2 (start-up,
+    data loading and first-call costs cancel)."""
+    per = []
+    for iters in (2, 20, 80):
+        q = bench.run(module.main, flags + ["--iters", str(iters), "--n-eval", "0", "--log-every", "1000", "--warmup", "1",
+                                            "--out", str(work / f"calib-{iters}")])
+        per.append(q["train_cpu_seconds"])
+    return (per[2] - per[1]) / 60
+
+
+def train(module, flags):
+    """A training run in this process; its training CPU seconds (a teacher trained inside it included)."""
+    q = bench.run(module.main, flags + ["--n-eval", "0", "--log-every", "1000"])
+    return q["train_cpu_seconds"]
+
+
+def run_part(part, seed, work, quick=False):
+    data_flags, t_iters, ref_iters, metric_part = PARTS[part]
+    n_gen = 100 if quick else run_all.PARTS[metric_part]["n_gen"]
+    if quick:
+        t_iters, ref_iters = 20, 40
+    data = common.load_data(data_flags[1])
+    base = data_flags + ["--seed", str(seed)]
+    folder = work / f"seed{seed}" / part
+    out = {name: folder / name for name in ("flow", "cfm", "ect", "cd", "ict", "meanflow")}
+    # 1. the flow model at T, continued to the reference's iterations
+    cpu_t = train(cfm, base + ["--iters", str(t_iters), "--out", str(out["flow"])])
+    shutil.rmtree(out["cfm"], ignore_errors=True)
+    shutil.copytree(out["flow"], out["cfm"])
+    budget = cpu_t + train(cfm, base + ["--iters", str(ref_iters), "--resume", "--out", str(out["cfm"])])
+    teacher = ["--teacher", str(out["flow"] / "ckpt.pt")]
+    recipes = {"ect": (consistency, ["--training", "ect"] + teacher, cpu_t),
+               "cd": (consistency, ["--training", "cd"] + teacher, cpu_t),
+               "ict": (consistency, ["--training", "ict"], 0.0),
+               "meanflow": (meanflow, [], 0.0)}
+    trained = {"cfm": dict(iters=ref_iters, train_cpu_s=budget, flow_cpu_s=cpu_t)}
+    for name, (module, flags, spent) in recipes.items():  # 2., 3.: the rest of the budget
+        cost = cost_per_iter(module, base + flags, work / "calib" / name)
+        iters = max(1, round((budget - spent) / cost)) if not quick else 20
+        cpu = train(module, base + flags + ["--iters", str(iters), "--out", str(out[name])])
+        trained[name] = dict(iters=iters, cost_per_iter=cost, train_cpu_s=spent + cpu, flow_cpu_s=spent)
+        print(f"{part} seed {seed}: {name} {iters} iterations at {cost:.4f} CPU s each, {spent + cpu:.0f} CPU s "
+              f"against the reference's {budget:.0f}", flush=True)
+    rows, samples = [], {}
+    for label, module, name, sflags, nfe in SAMPLERS:
+        q = bench.run(MODULES[module].main, ["--ckpt", str(out[name] / "ckpt.pt"), "--n-eval", str(n_gen), "--seed",
+                                             str(seed), "--out", str(out[name])] + sflags, trains=False, samples=True)
+        x = q.pop("samples")
+        samples[label] = common.features(data, x) if data.is_image else x.double()
+        rows.append(dict(sampler=label, model=module, run=name, nfe=nfe, seed=seed, **trained[name],
+                         **{k: q[k] for k in ("metric", "value", "floor", "floor_sd", "floor_n", "n", "kid", "kid_floor",
+                                              "kid_floor_sd", "memorised", "sample_seconds") if k in q}))
+        print({k: v for k, v in rows[-1].items()}, flush=True)
+    common.atomic_save(samples, work / f"seed{seed}" / f"{part}-samples.pt")
+    name = f"consistency_{part}_seed{seed}{'_quick' if quick else ''}.json"
+    bench.write_json(RESULTS / name, {"machine": bench.machine(), "part": part, "seed": seed, "n_gen": n_gen,
+                                      "command": f"{COMMAND} --part {part} --seed {seed}", "rows": rows})
+    return rows
+
+
+def analyse(work, quick=False, replicates=None):
+    """Every part's seeds: run_all.py's paired bootstrap -> results/consistency_claims.json."""
+    suffix = "_quick" if quick else ""
+    res = {"machine": bench.machine(), "command": f"python benchmarks/bench_consistency.py --analyse", "parts": {}}
+    for part, (data_flags, _, _, metric_part) in PARTS.items():
+        runs = [bench.read_json(f) for f in sorted(RESULTS.glob(f"consistency_{part}_seed[0-9]{suffix}.json"))]
+        if not runs:
+            continue
+        cfg = run_all.PARTS[metric_part]
+        reps = replicates or cfg["replicates"]
+        data = common.load_data(data_flags[1])
+        n_gen = runs[0]["n_gen"]
+        n_test = cfg["n_test"] if data.is_image else min(n_gen, cfg["n_test"])
+        test = (common.features(data, data.x_test[:n_test]) if data.is_image else data.x_test[:n_test]).double()
+        g = torch.Generator().manual_seed(0)
+        index_gen = torch.cat([torch.arange(n_gen)[None], torch.randint(n_gen, (reps, n_gen), generator=g)])
+        index_test = torch.cat([torch.arange(n_test)[None], torch.randint(n_test, (reps, n_test), generator=g)])
+        figs = {}
+        for run in runs:
+            samples = torch.load(work / f"seed{run['seed']}" / f"{part}-samples.pt", weights_only=True)
+            figs[run["seed"]] = run_all.replicate_figures(samples, test, data.is_image, index_gen, index_test)
+        claims = []
+        for text, num, den, threshold, sense in CLAIMS:
+            values = {s: f[num] / f[den] for s, f in figs.items() if num in f and den in f}
+            if not values:
+                continue
+            pooled = torch.stack(list(values.values())).mean(0)  # mean over seeds of each seed's ratio
+            lo, hi = run_all.interval(pooled)
+            claims.append(dict(claim=text, numerator=num, denominator=den, threshold=threshold, sense=sense,
+                               ratio=float(pooled[0]), lo=lo, hi=hi, verdict=run_all.verdict(lo, hi, threshold, sense),
+                               seeds={str(s): float(v[0]) for s, v in values.items()}))
+        res["parts"][part] = dict(metric=cfg["metric"], n_gen=n_gen, n_test=n_test, replicates=reps, seeds=sorted(figs),
+                                  figure={str(s): {k: float(v[0]) for k, v in f.items()} for s, f in figs.items()},
+                                  floor=run_all.figure_floor(data, test), claims=claims)
+        print(f"{part}: {len(claims)} claims over seeds {sorted(figs)}", flush=True)
+    bench.write_json(RESULTS / f"consistency_claims{suffix}.json", res)
+    return res
+
+
+# -----------------------------------------------------------------------------
+# markdown for report.py
+
+def markdown(results=RESULTS):
+    """Per part: one row per sampler (iterations, training CPU seconds, figure, its ratio to CFM-100 with the
+    paired interval and verdict), mean +- sd over seeds, beside the floor; then the pairwise claims."""
+    claims_file = Path(results) / "consistency_claims.json"
+    claims = bench.read_json(claims_file)["parts"] if claims_file.exists() else {}
+    lines = []
+    for part in PARTS:
+        runs = [bench.read_json(f) for f in sorted(Path(results).glob(f"consistency_{part}_seed[0-9].json"))]
+        if not runs:
+            continue
+        first = runs[0]["rows"][0]
+        c = claims.get(part, {})
+        by = {}
+        for run in runs:
+            for r in run["rows"]:
+                by.setdefault(r["sampler"], []).append(r)
+        image = first["metric"] == "FD"
+        head = ["sampler", "NFE", "iterations", "train CPU s", f"{first['metric']} (n={runs[0]['n_gen']})"]
+        head += (["KID", "memorised %"] if image else []) + [f"{c.get('metric', '')} ratio to CFM-100, 95% interval",
+                                                             "target", "verdict"]
+        out = []
+        for label, rs in by.items():
+            claim = next((x for x in c.get("claims", []) if x["numerator"] == label and x["denominator"] == REFERENCE), None)
+            cells = [label, rs[0]["nfe"], bench.ms([r["iters"] for r in rs], ".0f"), bench.ms([r["train_cpu_s"] for r in rs], ".0f"),
+                     bench.ms([r["value"] for r in rs])]
+            if image:
+                cells += [bench.ms([r.get("kid") for r in rs], ".2g"),
+                          bench.ms([100 * r["memorised"] for r in rs if r.get("memorised") is not None], ".2g")]
+            cells += ([f"{claim['ratio']:.3g} ({claim['lo']:.3g} - {claim['hi']:.3g})", f"<= {claim['threshold']:g}",
+                       f"**{claim['verdict']}**"] if claim else ["1" if label == REFERENCE else "", "", ""])
+            out.append(cells)
+        floor = (f"floor (real vs real, {first['floor_n']} training vs {first['floor_n']} held-out, mean +- sd over 20 "
+                 f"draws): {first['metric']} {first['floor']:.3g} +- {first['floor_sd']:.2g}"
+                 + (f", KID {first['kid_floor']:.2g} +- {first['kid_floor_sd']:.2g}" if image else ""))
+        if c:
+            floor += f"; the ratios' {c['metric']}: floor {c['floor']['mean']:.3g} +- {c['floor']['sd']:.2g} at n={c['floor']['n']}"
+        seeds = ", ".join(str(r["seed"]) for r in runs)
+        lines += [f"#### {part}: {runs[0]['n_gen']} samples, mean +- sd over seeds {seeds}", "",
+                  bench.caption(runs[0]["machine"], f"for s in 0 1 2; do {COMMAND} --part {part} --seed $s; done; "
+                                f"python benchmarks/bench_consistency.py --analyse"), "",
+                  bench.table(head, out, ["l"] + ["r"] * (len(head) - 3) + ["l", "l"]), "", floor + ".", ""]
+        pair = [x for x in c.get("claims", []) if x["denominator"] != REFERENCE]
+        if pair:
+            lines += [bench.table(["claim", "ratio", "95% interval", "per seed", "verdict"],
+                                  [[x["claim"], f"{x['ratio']:.3g}", f"{x['lo']:.3g} - {x['hi']:.3g}",
+                                    ", ".join(f"{v:.3g}" for v in x["seeds"].values()), f"**{x['verdict']}**"] for x in pair],
+                                  ["l", "r", "r", "l", "l"]), ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--part", choices=list(PARTS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", default=str(bench.ROOT / "benchmarks" / "work" / "consistency"))
+    p.add_argument("--analyse", action="store_true", help="the paired bootstrap over every part's seeds")
+    p.add_argument("--quick", action="store_true", help="smoke test: 20-40 iterations, 100 samples")
+    p.add_argument("--table", action="store_true", help="print the markdown of the results")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    work = Path(args.work) / ("quick" if args.quick else "")
+    if args.part:
+        run_part(args.part, args.seed, work, args.quick)
+    if args.analyse:
+        analyse(work, args.quick, replicates=20 if args.quick else None)
+    if args.table:
+        print(markdown())
+    if not (args.part or args.analyse or args.table):
+        p.error("give --part (to measure), --analyse or --table")
+
+
+if __name__ == "__main__":
+    main()
