@@ -3,6 +3,7 @@ every claim a paired comparison with its 95% bootstrap interval.
 
   for p in digits-uncond digits-cond checkerboard; do for s in 0 1 2; do
       OMP_NUM_THREADS=1 python benchmarks/bench_consistency.py --part $p --seed $s; done; done  # ~15 min a run
+  OMP_NUM_THREADS=1 python benchmarks/bench_consistency.py --part digits-uncond --seed 0 --ablation  # ~6 min
   python benchmarks/bench_consistency.py --analyse   # paired bootstrap -> results/consistency_claims.json
 
 One seed of one part, in this process, through the model files' own main():
@@ -65,11 +66,16 @@ MODULES = {"cfm": cfm, "consistency": consistency, "meanflow": meanflow}
 CLAIMS = [(f"{label} within {t}x of CFM-100", label, REFERENCE, t, "<=")
           for label, t in (("ECT, 1 step", 1.3), ("ECT, 2 steps", 1.1), ("ECT, 4 steps", 1.1), ("CD, 1 step", 1.3),
                            ("CD, 2 steps", 1.1), ("iCT, 1 step", 1.3), ("iCT, 2 steps", 1.1), ("MeanFlow, 1 step", 1.3),
-                           ("MeanFlow, 2 steps", 1.1), ("CFM Euler x 2", 1.3))] + [
+                           ("MeanFlow, 2 steps", 1.1), ("CFM Euler x 2", 1.3),
+                           ("ECT weight path, 1 step", 1.3), ("ECT weight one, 1 step", 1.3))] + [
     ("ECT's one step beats MeanFlow's", "ECT, 1 step", "MeanFlow, 1 step", 1.0, "<"),
     ("ECT's one step beats iCT's", "ECT, 1 step", "iCT, 1 step", 1.0, "<"),
     ("ECT's one step beats CD's", "ECT, 1 step", "CD, 1 step", 1.0, "<"),
-    ("ECT's two steps beat its one", "ECT, 2 steps", "ECT, 1 step", 1.0, "<")]
+    ("ECT's two steps beat its one", "ECT, 2 steps", "ECT, 1 step", 1.0, "<")] + [
+    (f"the weight {w} against iCT's (ECT, 1 step)", f"ECT weight {w}, 1 step", "ECT, 1 step", 1.0, "<")
+    for w in ("path", "one")]
+# --ablation: ECT with another loss weight, from the same flow model, for as many iterations as ECT's row
+ABLATIONS = {f"ect-weight-{w}": (["--training", "ect", "--weight", w], f"ECT weight {w}") for w in ("path", "one")}
 
 
 def cost_per_iter(module, flags, work):
@@ -131,6 +137,38 @@ def run_part(part, seed, work, quick=False):
     bench.write_json(RESULTS / name, {"machine": bench.machine(), "part": part, "seed": seed, "n_gen": n_gen,
                                       "command": f"{COMMAND} --part {part} --seed {seed}", "rows": rows})
     return rows
+
+
+def run_ablation(part, seed, work, quick=False):
+    """ABLATIONS on a measured seed: each trains from the seed's flow model for ECT's iterations and is sampled
+    with 1 and 2 steps from the same noise; its rows and samples join the seed's (the same --analyse)."""
+    name = RESULTS / f"consistency_{part}_seed{seed}{'_quick' if quick else ''}.json"
+    res = bench.read_json(name)
+    ect = next(r for r in res["rows"] if r["run"] == "ect")
+    data_flags = PARTS[part][0]
+    data = common.load_data(data_flags[1])
+    folder = work / f"seed{seed}" / part
+    keep = work / f"seed{seed}" / f"{part}-samples.pt"
+    samples = torch.load(keep, weights_only=True)
+    base = data_flags + ["--seed", str(seed)]
+    for run, (flags, label) in ABLATIONS.items():
+        cpu = train(consistency, base + flags + ["--teacher", str(folder / "flow" / "ckpt.pt"), "--iters", str(ect["iters"]),
+                                                 "--out", str(folder / run)])
+        res["rows"] = [r for r in res["rows"] if r["run"] != run]
+        for steps in (1, 2):
+            q = bench.run(consistency.main, ["--ckpt", str(folder / run / "ckpt.pt"), "--n-eval", str(res["n_gen"]),
+                                             "--seed", str(seed), "--out", str(folder / run), "--steps", str(steps)],
+                          trains=False, samples=True)
+            x = q.pop("samples")
+            row_label = f"{label}, {steps} step{'s' * (steps > 1)}"
+            samples[row_label] = common.features(data, x) if data.is_image else x.double()
+            res["rows"].append(dict(sampler=row_label, model="consistency", run=run, nfe=steps, seed=seed,
+                                    iters=ect["iters"], train_cpu_s=ect["flow_cpu_s"] + cpu, flow_cpu_s=ect["flow_cpu_s"],
+                                    **{k: q[k] for k in ("metric", "value", "floor", "floor_sd", "floor_n", "n", "kid",
+                                                         "kid_floor", "kid_floor_sd", "memorised", "sample_seconds") if k in q}))
+            print(res["rows"][-1], flush=True)
+    common.atomic_save(samples, keep)
+    bench.write_json(name, res)
 
 
 def analyse(work, quick=False, replicates=None):
@@ -232,11 +270,15 @@ def main(argv=None):
     p.add_argument("--work", default=str(bench.ROOT / "benchmarks" / "work" / "consistency"))
     p.add_argument("--analyse", action="store_true", help="the paired bootstrap over every part's seeds")
     p.add_argument("--quick", action="store_true", help="smoke test: 20-40 iterations, 100 samples")
+    p.add_argument("--ablation", action="store_true", help="with --part and --seed (measured): ECT with the other "
+                   "loss weights, the same flow model and iterations, rows added to the seed's")
     p.add_argument("--table", action="store_true", help="print the markdown of the results")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     work = Path(args.work) / ("quick" if args.quick else "")
-    if args.part:
+    if args.part and args.ablation:
+        run_ablation(args.part, args.seed, work, args.quick)
+    elif args.part:
         run_part(args.part, args.seed, work, args.quick)
     if args.analyse:
         analyse(work, args.quick, replicates=20 if args.quick else None)
