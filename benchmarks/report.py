@@ -16,6 +16,7 @@ from pathlib import Path
 
 import bench
 import bench_ar
+import bench_consistency
 import bench_cfm
 import bench_controlnet
 import bench_ddim
@@ -110,6 +111,14 @@ table give the first MeanFlow checkpoint within each target of cfm.py's quality 
 iterations, as its CPU seconds over cfm.py's there. The picture is `python benchmarks/figures.py
 compute` (Pictures, below)."""
 
+CONSISTENCY = """Consistency models (consistency.py) against cfm.py's 100 Euler steps at equal training CPU seconds,
+beside MeanFlow (meanflow.py's default recipe). cfm.py trains to the reference's iterations; its
+checkpoint at T iterations is the flow model that ECT (consistency tuning, the default) and CD
+(distillation) start from, and its seconds count against them; iCT and MeanFlow train from scratch
+for all of them. Every row starts from the same noise and is scored on the same held-out set; each
+ratio to the reference is a paired bootstrap interval (benchmarks/bench_consistency.py's docstring).
+Targets: one step within 1.3x of CFM-100, two steps within 1.1x."""
+
 LATENT = """Both models are the command lines' digits32 defaults (conditional, w = 1), trained in segments
 continued exactly with `--resume`, each checkpoint sampled with the midpoint solver x 10; the latent
 model's seconds include its autoencoder (stage 1). The lecture's claim is that latent diffusion
@@ -201,6 +210,8 @@ def sections():
          meanflow_compute.markdown(R("meanflow_compute.json"))),
         ("### Where the curves meet", CURVES,
          meanflow_compute.curve_markdown(meanflow_compute.curve_files())),
+        ("Consistency models against flow matching at equal compute (consistency.py)", CONSISTENCY,
+         bench_consistency.markdown()),
         ("Latent against pixel space at equal seconds (latent_diffusion.py)", LATENT,
          bench_latent_diffusion.markdown(bench_latent_diffusion.seed_files())),
         ("ControlNet against fine-tuning the whole base (controlnet.py)", CONTROLNET,

@@ -79,3 +79,37 @@ def test_a_variants_curve_joins_its_parts_panel(tmp_path):
     assert lines["cfm.py, 100 Euler steps"][0][2] == 0.2  # the default file's cfm.py rows only
     assert lines["meanflow.py default, 1 step(s)"][1][2:] == (0.8, figures.mean_sd([0.3, 1.3])[1])
     assert "checkerboard" in title and metric == "FD" and floor == (10.0, 1.0)
+
+
+def test_consistency_claims_and_table_on_made_up_samples(tmp_path, monkeypatch):
+    """benchmarks/bench_consistency.py's analysis on two seeds of made-up checkerboard rows: a row identical
+    to the reference has ratio 1 on every replicate and meets a <= target; a row stretched off the data is
+    far above it with an interval that excludes it; a row no seed has makes no claim. The table shows
+    each row's ratio, interval and verdict beside the floor."""
+    import torch
+    import common
+    bc = load("bench_consistency")
+    monkeypatch.setattr(bc, "RESULTS", tmp_path)
+    data = common.load_data("checkerboard")
+    n = 300
+    for seed in (0, 1):
+        good = data.x_train[torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(seed))[:n]].double()
+        samples = {bc.REFERENCE: good, "ECT, 1 step": good.clone(), "ECT, 2 steps": good * 1.5}
+        (tmp_path / f"seed{seed}").mkdir()
+        torch.save(samples, tmp_path / f"seed{seed}" / "checkerboard-samples.pt")
+        rows = [dict(sampler=k, run="cfm" if k == bc.REFERENCE else "ect", nfe=1, seed=seed, iters=10, train_cpu_s=5.0,
+                     metric="W2", value=1.0, floor=0.5, floor_sd=0.1, floor_n=n) for k in samples]
+        (tmp_path / f"consistency_checkerboard_seed{seed}.json").write_text(json.dumps(
+            dict(machine="test", part="checkerboard", seed=seed, n_gen=n, rows=rows)))
+    bc.analyse(tmp_path, replicates=50)
+    res = json.loads((tmp_path / "consistency_claims.json").read_text())["parts"]["checkerboard"]
+    claims = {c["claim"]: c for c in res["claims"]}
+    same = claims["ECT, 1 step within 1.3x of CFM-100"]
+    assert (same["ratio"], same["lo"], same["hi"], same["verdict"]) == (1.0, 1.0, 1.0, "holds")
+    off = claims["ECT, 2 steps within 1.1x of CFM-100"]
+    assert off["lo"] > 1.1 and off["verdict"] == "does not hold" and set(off["seeds"]) == {"0", "1"}
+    assert "CD, 1 step within 1.3x of CFM-100" not in claims and res["seeds"] == [0, 1]
+    text = bc.markdown(tmp_path)
+    assert "| ECT, 1 step | 1 | 10 +- 0 | 5 +- 0 | 1 +- 0 | 1 (1 - 1) | <= 1.3 | **holds** |" in text
+    assert f"| ECT, 2 steps | 1 | 10 +- 0 | 5 +- 0 | 1 +- 0 | {off['ratio']:.3g} " in text and "**does not hold**" in text
+    assert "floor (real vs real, 300 training vs 300 held-out, mean +- sd over 20 draws): W2 0.5 +- 0.1" in text
