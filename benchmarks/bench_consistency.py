@@ -4,6 +4,7 @@ every claim a paired comparison with its 95% bootstrap interval.
   for p in digits-uncond digits-cond checkerboard; do for s in 0 1 2; do
       OMP_NUM_THREADS=1 python benchmarks/bench_consistency.py --part $p --seed $s; done; done  # ~15 min a run
   OMP_NUM_THREADS=1 python benchmarks/bench_consistency.py --part digits-uncond --seed 0 --ablation  # ~6 min
+  OMP_NUM_THREADS=1 python benchmarks/bench_consistency.py --part digits-uncond --seed 0 --curve     # ~25 min
   python benchmarks/bench_consistency.py --analyse   # paired bootstrap -> results/consistency_claims.json
 
 One seed of one part, in this process, through the model files' own main():
@@ -74,6 +75,15 @@ CLAIMS = [(f"{label} within {t}x of CFM-100", label, REFERENCE, t, "<=")
     ("ECT's two steps beat its one", "ECT, 2 steps", "ECT, 1 step", 1.0, "<")] + [
     (f"the weight {w} against iCT's (ECT, 1 step)", f"ECT weight {w}, 1 step", "ECT, 1 step", 1.0, "<")
     for w in ("path", "one")]
+# --curve: ECT and cfm.py continued exactly to these multiples of the reference's CPU seconds
+CURVE = (2, 4)
+CURVE_SAMPLERS = {"ect": [("ECT, 1 step", ["--steps", "1"], 1), ("ECT, 2 steps", ["--steps", "2"], 2)],
+                  "cfm": [(REFERENCE, ["--solver", "euler", "--steps", "100"], 100)]}
+CLAIMS += [c for m in CURVE for c in (
+    (f"ECT, 1 step at {m}x the seconds within 1.3x of CFM-100", f"ECT, 1 step at {m}x", REFERENCE, 1.3, "<="),
+    (f"ECT, 2 steps at {m}x the seconds within 1.1x of CFM-100", f"ECT, 2 steps at {m}x", REFERENCE, 1.1, "<="),
+    (f"ECT, 1 step within 1.3x of CFM-100, both at {m}x", f"ECT, 1 step at {m}x", f"{REFERENCE} at {m}x", 1.3, "<="),
+    (f"CFM-100 at {m}x the seconds beats CFM-100", f"{REFERENCE} at {m}x", REFERENCE, 1.0, "<"))]
 # --ablation: ECT with another loss weight, from the same flow model, for as many iterations as ECT's row
 ABLATIONS = {f"ect-weight-{w}": (["--training", "ect", "--weight", w], f"ECT weight {w}") for w in ("path", "one")}
 
@@ -169,6 +179,45 @@ def run_ablation(part, seed, work, quick=False):
             print(res["rows"][-1], flush=True)
     common.atomic_save(samples, keep)
     bench.write_json(name, res)
+
+
+def run_curve(part, seed, work, quick=False, multiples=CURVE):
+    """ECT and cfm.py of a measured seed continued exactly (--resume, a copy of each run) until their training
+    CPU seconds reach each multiple of the reference's; each point sampled as the main rows, from the same
+    noise, and joined to the seed's rows as "<row> at <m>x" (the same --analyse)."""
+    name = RESULTS / f"consistency_{part}_seed{seed}{'_quick' if quick else ''}.json"
+    res = bench.read_json(name)
+    data_flags = PARTS[part][0]
+    data = common.load_data(data_flags[1])
+    folder = work / f"seed{seed}" / part
+    keep = work / f"seed{seed}" / f"{part}-samples.pt"
+    samples = torch.load(keep, weights_only=True)
+    base = data_flags + ["--seed", str(seed)]
+    budget = next(r for r in res["rows"] if r["sampler"] == REFERENCE)["train_cpu_s"]
+    for run, module in (("ect", consistency), ("cfm", cfm)):
+        row = next(r for r in res["rows"] if r["run"] == run)
+        out = folder / f"{run}-curve"
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(folder / run, out)
+        cpu, iters = row["train_cpu_s"], row["iters"]
+        cost = (cpu - (row["flow_cpu_s"] if run == "ect" else 0.0)) / iters  # its CPU s per iteration
+        res["rows"] = [r for r in res["rows"] if r["run"] != f"{run}-curve"]
+        for m in multiples:
+            iters += max(1, round((m * budget - cpu) / cost))
+            cpu += train(module, base + ["--iters", str(iters), "--resume", "--out", str(out)])
+            for label, sflags, nfe in CURVE_SAMPLERS[run]:
+                q = bench.run(module.main, ["--ckpt", str(out / "ckpt.pt"), "--n-eval", str(res["n_gen"]), "--seed", str(seed),
+                                            "--out", str(out)] + sflags, trains=False, samples=True)
+                x = q.pop("samples")
+                samples[f"{label} at {m}x"] = common.features(data, x) if data.is_image else x.double()
+                res["rows"].append(dict(sampler=f"{label} at {m}x", model=row["model"], run=f"{run}-curve", nfe=nfe,
+                                        seed=seed, iters=iters, train_cpu_s=cpu, flow_cpu_s=row["flow_cpu_s"], budget=m,
+                                        **{k: q[k] for k in ("metric", "value", "floor", "floor_sd", "floor_n", "n", "kid",
+                                                             "kid_floor", "kid_floor_sd", "memorised", "sample_seconds")
+                                           if k in q}))
+                print(res["rows"][-1], flush=True)
+            common.atomic_save(samples, keep)
+            bench.write_json(name, res)
 
 
 def analyse(work, quick=False, replicates=None):
@@ -272,11 +321,15 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="smoke test: 20-40 iterations, 100 samples")
     p.add_argument("--ablation", action="store_true", help="with --part and --seed (measured): ECT with the other "
                    "loss weights, the same flow model and iterations, rows added to the seed's")
+    p.add_argument("--curve", action="store_true", help="with --part and --seed (measured): ECT and cfm.py continued "
+                   f"to {' and '.join(map(str, CURVE))} times the reference's CPU seconds, rows added to the seed's")
     p.add_argument("--table", action="store_true", help="print the markdown of the results")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     work = Path(args.work) / ("quick" if args.quick else "")
-    if args.part and args.ablation:
+    if args.part and args.curve:
+        run_curve(args.part, args.seed, work, args.quick)
+    elif args.part and args.ablation:
         run_ablation(args.part, args.seed, work, args.quick)
     elif args.part:
         run_part(args.part, args.seed, work, args.quick)
