@@ -10,12 +10,13 @@ import torch
 import common
 
 MODELS = ["ddpm", "ddim", "cfm", "rectified_flow", "meanflow", "vae", "ar", "latent_diffusion", "controlnet",
-          "consistency"]
+          "consistency", "mar"]
 # the smallest run of each file: flags beside the shared ones
 OWN = {"ddpm": ["--T", "20"], "ddim": ["--T", "20", "--steps", "5"], "cfm": ["--steps", "2"],
        "rectified_flow": ["--steps", "2"], "meanflow": [], "vae": ["--hidden", "16", "--iwae-k", "0"],
        "ar": ["--depth", "1", "--bpd", "0"], "latent_diffusion": ["--ae-iters", "4", "--ae-width", "4", "--steps", "2"],
-       "controlnet": ["--base-iters", "4", "--steps", "2"], "consistency": ["--teacher-iters", "4"]}
+       "controlnet": ["--base-iters", "4", "--steps", "2"], "consistency": ["--teacher-iters", "4"],
+       "mar": ["--depth", "1", "--head-width", "8", "--head-steps", "2"]}
 
 
 def tiny(model, out, iters=8):
