@@ -4,7 +4,7 @@ every claim a paired comparison with its 95% bootstrap interval.
   for p in digits-uncond digits-cond checkerboard; do for s in 0 1 2; do
       OMP_NUM_THREADS=1 python benchmarks/bench_consistency.py --part $p --seed $s; done; done  # ~15 min a run
   OMP_NUM_THREADS=1 python benchmarks/bench_consistency.py --part digits-uncond --seed 0 --ablation  # ~6 min
-  OMP_NUM_THREADS=1 python benchmarks/bench_consistency.py --part digits-uncond --seed 0 --curve     # ~25 min
+  OMP_NUM_THREADS=1 python benchmarks/bench_consistency.py --part digits-uncond --seed 0 --curve ect  # ~25 min
   python benchmarks/bench_consistency.py --analyse   # paired bootstrap -> results/consistency_claims.json
 
 One seed of one part, in this process, through the model files' own main():
@@ -27,6 +27,13 @@ the generated samples (the same indices for every row) and the held-out items, a
 row's figure (FD on digits, sliced W2 on 2-D); a claim's ratio is the mean over seeds of the per-seed
 ratio, its interval the bias-corrected 95% percentile interval; it holds (or does not) when the
 interval lies on one side of the target, else it is within noise.
+
+--curve RECIPE (on a measured seed): the recipe's run and the reference's run continued exactly (--resume on
+a copy; the learning rate is constant after warm-up, ECT's and iCT's stages follow the iteration count)
+until each has spent 2 and 4 times the reference's CPU seconds, each point sampled from the same noise:
+how much more compute a one- or two-step model needs to come within the target of CFM-100, and whether
+it does at equal compute. --ablation: ECT with the path's weight 1 / (r - t) and with CM's weight 1, from
+the same flow model for as many iterations as ECT's row.
 """
 import argparse
 import shutil
@@ -75,15 +82,14 @@ CLAIMS = [(f"{label} within {t}x of CFM-100", label, REFERENCE, t, "<=")
     ("ECT's two steps beat its one", "ECT, 2 steps", "ECT, 1 step", 1.0, "<")] + [
     (f"the weight {w} against iCT's (ECT, 1 step)", f"ECT weight {w}, 1 step", "ECT, 1 step", 1.0, "<")
     for w in ("path", "one")]
-# --curve: ECT and cfm.py continued exactly to these multiples of the reference's CPU seconds
+# --curve: a consistency recipe and cfm.py continued exactly to these multiples of the reference's CPU seconds
 CURVE = (2, 4)
-CURVE_SAMPLERS = {"ect": [("ECT, 1 step", ["--steps", "1"], 1), ("ECT, 2 steps", ["--steps", "2"], 2)],
-                  "cfm": [(REFERENCE, ["--solver", "euler", "--steps", "100"], 100)]}
-CLAIMS += [c for m in CURVE for c in (
-    (f"ECT, 1 step at {m}x the seconds within 1.3x of CFM-100", f"ECT, 1 step at {m}x", REFERENCE, 1.3, "<="),
-    (f"ECT, 2 steps at {m}x the seconds within 1.1x of CFM-100", f"ECT, 2 steps at {m}x", REFERENCE, 1.1, "<="),
-    (f"ECT, 1 step within 1.3x of CFM-100, both at {m}x", f"ECT, 1 step at {m}x", f"{REFERENCE} at {m}x", 1.3, "<="),
-    (f"CFM-100 at {m}x the seconds beats CFM-100", f"{REFERENCE} at {m}x", REFERENCE, 1.0, "<"))]
+CURVE_RUNS = {"ect": "ECT", "cd": "CD", "ict": "iCT"}
+CLAIMS += [c for m in CURVE for name in CURVE_RUNS.values() for c in (
+    (f"{name}, 1 step at {m}x the seconds within 1.3x of CFM-100", f"{name}, 1 step at {m}x", REFERENCE, 1.3, "<="),
+    (f"{name}, 2 steps at {m}x the seconds within 1.1x of CFM-100", f"{name}, 2 steps at {m}x", REFERENCE, 1.1, "<="),
+    (f"{name}, 1 step within 1.3x of CFM-100, both at {m}x", f"{name}, 1 step at {m}x", f"{REFERENCE} at {m}x", 1.3, "<="))]
+CLAIMS += [(f"CFM-100 at {m}x the seconds beats CFM-100", f"{REFERENCE} at {m}x", REFERENCE, 1.0, "<") for m in CURVE]
 # --ablation: ECT with another loss weight, from the same flow model, for as many iterations as ECT's row
 ABLATIONS = {f"ect-weight-{w}": (["--training", "ect", "--weight", w], f"ECT weight {w}") for w in ("path", "one")}
 
@@ -181,8 +187,8 @@ def run_ablation(part, seed, work, quick=False):
     bench.write_json(name, res)
 
 
-def run_curve(part, seed, work, quick=False, multiples=CURVE):
-    """ECT and cfm.py of a measured seed continued exactly (--resume, a copy of each run) until their training
+def run_curve(part, seed, work, quick=False, recipe="ect", multiples=CURVE):
+    """A consistency recipe (ect, cd or ict) and cfm.py of a measured seed continued exactly (--resume, a copy of each run) until their training
     CPU seconds reach each multiple of the reference's; each point sampled as the main rows, from the same
     noise, and joined to the seed's rows as "<row> at <m>x" (the same --analyse)."""
     name = RESULTS / f"consistency_{part}_seed{seed}{'_quick' if quick else ''}.json"
@@ -194,18 +200,20 @@ def run_curve(part, seed, work, quick=False, multiples=CURVE):
     samples = torch.load(keep, weights_only=True)
     base = data_flags + ["--seed", str(seed)]
     budget = next(r for r in res["rows"] if r["sampler"] == REFERENCE)["train_cpu_s"]
-    for run, module in (("ect", consistency), ("cfm", cfm)):
+    samplers = {recipe: [(f"{CURVE_RUNS[recipe]}, {k} step{'s' * (k > 1)}", ["--steps", str(k)], k) for k in (1, 2)],
+                "cfm": [(REFERENCE, ["--solver", "euler", "--steps", "100"], 100)]}
+    for run, module in ((recipe, consistency), ("cfm", cfm)):
         row = next(r for r in res["rows"] if r["run"] == run)
         out = folder / f"{run}-curve"
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(folder / run, out)
         cpu, iters = row["train_cpu_s"], row["iters"]
-        cost = (cpu - (row["flow_cpu_s"] if run == "ect" else 0.0)) / iters  # its CPU s per iteration
+        cost = (cpu - (row["flow_cpu_s"] if run != "cfm" else 0.0)) / iters  # its CPU s per iteration
         res["rows"] = [r for r in res["rows"] if r["run"] != f"{run}-curve"]
         for m in multiples:
             iters += max(1, round((m * budget - cpu) / cost))
             cpu += train(module, base + ["--iters", str(iters), "--resume", "--out", str(out)])
-            for label, sflags, nfe in CURVE_SAMPLERS[run]:
+            for label, sflags, nfe in samplers[run]:
                 q = bench.run(module.main, ["--ckpt", str(out / "ckpt.pt"), "--n-eval", str(res["n_gen"]), "--seed", str(seed),
                                             "--out", str(out)] + sflags, trains=False, samples=True)
                 x = q.pop("samples")
@@ -321,14 +329,14 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="smoke test: 20-40 iterations, 100 samples")
     p.add_argument("--ablation", action="store_true", help="with --part and --seed (measured): ECT with the other "
                    "loss weights, the same flow model and iterations, rows added to the seed's")
-    p.add_argument("--curve", action="store_true", help="with --part and --seed (measured): ECT and cfm.py continued "
+    p.add_argument("--curve", choices=list(CURVE_RUNS), help="with --part and --seed (measured): this recipe and cfm.py continued "
                    f"to {' and '.join(map(str, CURVE))} times the reference's CPU seconds, rows added to the seed's")
     p.add_argument("--table", action="store_true", help="print the markdown of the results")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     work = Path(args.work) / ("quick" if args.quick else "")
     if args.part and args.curve:
-        run_curve(args.part, args.seed, work, args.quick)
+        run_curve(args.part, args.seed, work, args.quick, args.curve)
     elif args.part and args.ablation:
         run_ablation(args.part, args.seed, work, args.quick)
     elif args.part:
