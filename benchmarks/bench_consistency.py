@@ -287,13 +287,13 @@ def markdown(results=RESULTS):
             for r in run["rows"]:
                 by.setdefault(r["sampler"], []).append(r)
         image = first["metric"] == "FD"
-        head = ["sampler", "NFE", "iterations", "train CPU s", f"{first['metric']} (n={runs[0]['n_gen']})"]
+        head = ["sampler", "NFE", "seeds", "iterations", "train CPU s", f"{first['metric']} (n={runs[0]['n_gen']})"]
         head += (["KID", "memorised %"] if image else []) + [f"{c.get('metric', '')} ratio to CFM-100, 95% interval",
                                                              "target", "verdict"]
         out = []
         for label, rs in by.items():
             claim = next((x for x in c.get("claims", []) if x["numerator"] == label and x["denominator"] == REFERENCE), None)
-            cells = [label, rs[0]["nfe"], bench.ms([r["iters"] for r in rs], ".0f"), bench.ms([r["train_cpu_s"] for r in rs], ".0f"),
+            cells = [label, rs[0]["nfe"], len(rs), bench.ms([r["iters"] for r in rs], ".0f"), bench.ms([r["train_cpu_s"] for r in rs], ".0f"),
                      bench.ms([r["value"] for r in rs])]
             if image:
                 cells += [bench.ms([r.get("kid") for r in rs], ".2g"),
@@ -307,7 +307,7 @@ def markdown(results=RESULTS):
         if c:
             floor += f"; the ratios' {c['metric']}: floor {c['floor']['mean']:.3g} +- {c['floor']['sd']:.2g} at n={c['floor']['n']}"
         seeds = ", ".join(str(r["seed"]) for r in runs)
-        lines += [f"#### {part}: {runs[0]['n_gen']} samples, mean +- sd over seeds {seeds}", "",
+        lines += [f"#### {part}: {runs[0]['n_gen']} samples, mean +- sd over seeds {seeds} (or as many as a row has)", "",
                   bench.caption(runs[0]["machine"], f"for s in 0 1 2; do {COMMAND} --part {part} --seed $s; done; "
                                 f"python benchmarks/bench_consistency.py --analyse"), "",
                   bench.table(head, out, ["l"] + ["r"] * (len(head) - 3) + ["l", "l"]), "", floor + ".", ""]

@@ -110,6 +110,6 @@ def test_consistency_claims_and_table_on_made_up_samples(tmp_path, monkeypatch):
     assert off["lo"] > 1.1 and off["verdict"] == "does not hold" and set(off["seeds"]) == {"0", "1"}
     assert "CD, 1 step within 1.3x of CFM-100" not in claims and res["seeds"] == [0, 1]
     text = bc.markdown(tmp_path)
-    assert "| ECT, 1 step | 1 | 10 +- 0 | 5 +- 0 | 1 +- 0 | 1 (1 - 1) | <= 1.3 | **holds** |" in text
-    assert f"| ECT, 2 steps | 1 | 10 +- 0 | 5 +- 0 | 1 +- 0 | {off['ratio']:.3g} " in text and "**does not hold**" in text
+    assert "| ECT, 1 step | 1 | 2 | 10 +- 0 | 5 +- 0 | 1 +- 0 | 1 (1 - 1) | <= 1.3 | **holds** |" in text
+    assert f"| ECT, 2 steps | 1 | 2 | 10 +- 0 | 5 +- 0 | 1 +- 0 | {off['ratio']:.3g} " in text and "**does not hold**" in text
     assert "floor (real vs real, 300 training vs 300 held-out, mean +- sd over 20 draws): W2 0.5 +- 0.1" in text
