@@ -20,20 +20,29 @@ continuous tokens x_1..x_N, the p x p patches (--patch; 8x8 digits, p = 2: N = 1
   matching          x_0 ~ N(0, I_d), target velocity x_1 - x_0; the head v_theta(x_t, t, z_i) carries N(0, I_d) at
                     t = 0 to p_theta(. | z_i) at t = 1 (Lipman et al., arXiv 2210.02747).
   diffusion loss    (the paper's, here with the velocity loss in place of noise prediction) on the masked tokens only:
-                    L = E_{x, sigma, m} (1 / |M| r) sum_{i in M} sum_{j=1..r} || v_theta(x_{t_j}, t_j, z_i) - (x_1 - x_0,j) ||^2,
-                    M the m last tokens of a random order sigma (a fresh order per example), z = f_theta(x_{not M}, y),
-                    r (t, x_0) draws per token (--draws, the paper's 4: the transformer runs once for r head terms).
-                    Each term trains p_theta(x_i | x_{not M}): the conditional of a masked token given any visible set.
+                    L = mean over (i in M, j = 1..r) of || v_theta(x_{t_j}, t_j, z_i) - (x_1 - x_{0,j}) ||^2 / d,
+                    x_1 = x_i, x_{t_j} = (1 - t_j) x_{0,j} + t_j x_1, t_j ~ U(0, 1), x_{0,j} ~ N(0, I_d); M the m last
+                    tokens of a random order sigma (a fresh order per example), z = f_theta(x_{not M}, y); the mean runs
+                    over the masked tokens of the whole batch (the paper's mask-weighted mean) and r (t, x_0) draws per
+                    token (--draws, the paper's 4: the transformer runs once for r head terms). Each term trains
+                    p_theta(x_i | x_{not M}), the conditional of a masked token given a visible set; the visible tokens
+                    are never targets, and their values reach the loss only through z.
   mask ratio        uniform (default): m ~ U{1, ..., N}: every count of known tokens, 0..N - 1, is trained equally often,
                     and the sampler meets all of them (K = N: N, N - 1, ..., 1 masked). paper: the ratio
                     r ~ N(1, 0.25^2) truncated to [0.7, 1], m = ceil(r N) (always >= 70% masked). At N = 16 the
-                    paper's choice never trains a context of more than 4 known tokens, which the last 12 of K = N's
+                    paper's choice never trains a context of more than 4 known tokens, which the last 11 of K = N's
                     16 steps need; with 256 tokens and 64 steps the paper's sampler stays closer to its training.
-  schedule          --steps K in 1..N: masked after step k, m_k = floor(N cos(pi/2 k / K)), m_0 = N, m_K = 0, clamped to
-                    K - k <= m_k <= m_{k-1} - 1 (the paper's clamp: every step decodes at least one token and leaves one
-                    for each step to come); group k is the next m_{k-1} - m_k tokens of a random order. K = N: one
-                    token per step; K = 1: all N at once. For K' = 2K the schedule is a refinement of K's (m_{2k} of K'
-                    equals m_k of K where the clamp is idle: 1, 2, 4, 8, 16 on digits are nested).
+  schedule          --steps K in 1..N: masked after step k, m_k = min(floor(N cos(pi/2 k / K)), m_{k-1} - 1), m_0 = N,
+                    m_K = 0 (cos(pi/2) = 0); group k is the next m_{k-1} - m_k tokens of a random order. The min makes every
+                    step decode at least one token (without it K = N would stall: floor(16 cos(pi/32)) = 15 = m_0 - 1,
+                    but floor(16 cos(2 pi/32)) = 15 too). The paper also clamps from below (at least one token left for
+                    each step to come, m_k >= K - k); that clamp is never active: cos(pi/2 x) >= 1 - x on [0, 1] (a
+                    concave function above its chord), so floor(N cos(pi/2 k/K)) >= floor(N (1 - k/K)) >= K - k for
+                    N >= K, and m_k >= K - k by induction. It stays in the code as a guard against rounding only
+                    (pi/2 k / K evaluated as (pi/2 k) / K lands past pi/2 at k = K = 13, and floor(13 cos) = -1).
+                    K = N: one token per step; K = 1: all N at once. For
+                    K' = 2K, m_{2k} of K' equals m_k of K where the min is idle, so 1, 2, 4, 8, 16 steps on digits are
+                    nested partitions (each refines the one before).
   sampling          for k = 1..K: z = f_theta(x_{G_<k}, y); each token i of G_k solves dx/dt = v_theta(x, t, z_i) from
                     x_0 = tau eps (tau: --temperature) at t = 0 to t = 1, midpoint steps (--head-steps).
   guidance          v = v_theta(x, t, z_i(null)) + w (v_theta(x, t, z_i(y)) - v_theta(x, t, z_i(null)))  (classifier-free,
@@ -54,10 +63,13 @@ continuous tokens x_1..x_N, the p x p patches (--patch; 8x8 digits, p = 2: N = 1
                     P(x) = Delta^D E_u[p(x~)]), D = N d pixels; bits/dim = (-log p(x~) / D - log Delta) / ln 2. The model
                     trains on x~ (fresh u per batch), the density the bound scores (cfm.py, "dequantization").
 
-The lecture's slide "in any partition" writes p(A, B, C, D) = p(A, B, C) p(D | A, B, C) among the partitions:
-that is the chain rule "in any order" cut after the third factor, a partition with groups {A, B, C}, {D}. The
-paper's diffusion head predicts noise on a cosine DDPM schedule with 100 sampling steps; here the head is a flow on
-the straight path so that its likelihood is exact, and the paper's [0.7, 1] mask ratio is an option (above).
+The lecture's two slides are the two ends of --steps: "in any order" is the partition into single tokens (K = N),
+"in any partition" groups them, p(A, B, C, D) = p(A, B) p(C, D | A, B) being K = 2 with groups of two; no typo to
+correct there. What the slides leave implicit, and the model adds: the groups' conditionals are factorised over
+their tokens (above), exact only at K = N. Departures from the paper: its diffusion head predicts noise on a cosine
+DDPM schedule (100 sampling steps); here the head is a flow on the straight path, so that its likelihood is exact;
+its [0.7, 1] mask ratio is an option (above); its encoder-decoder (the encoder sees the visible tokens only, with 64
+class "buffer" tokens) is one transformer over all positions here, the class through adaLN.
 
 Run:
   python mar.py                                  # digits 8x8: 16 tokens of 2x2 pixels, K = 8 steps; grid + FD
@@ -104,13 +116,14 @@ def dequantize(x, levels, generator=None):
 
 
 def masked_counts(N, K):
-    """[m_0, ..., m_K]: tokens still masked after step k, m_k = floor(N cos(pi/2 k / K)) clamped to
-    [K - k, m_{k-1} - 1], in float64 (Python floats); m_0 = N, m_K = 0."""
+    """[m_0, ..., m_K]: tokens still masked after step k, m_k = min(floor(N cos(pi/2 k / K)), m_{k-1} - 1), in
+    float64 (Python floats); m_0 = N, m_K = 0; the clamp m_k >= K - k is idle in exact arithmetic (module
+    docstring) and guards against rounding."""
     if not 1 <= K <= N:
         raise ValueError(f"--steps must be in 1..{N} (the number of tokens), got {K}")
     m = [N]
     for k in range(1, K + 1):
-        m.append(max(K - k, min(m[-1] - 1, math.floor(N * math.cos(math.pi / 2 * k / K)))))
+        m.append(max(K - k, min(m[-1] - 1, math.floor(N * math.cos(math.pi / 2 * (k / K))))))
     return m
 
 

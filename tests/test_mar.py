@@ -42,14 +42,15 @@ def test_patchify_round_trip(C, gh, gw, p, seed):
 @given(N=st.integers(1, 300), data=st.data())
 def test_schedule_counts(N, data):
     """m_0 = N, m_K = 0, strictly decreasing (every step decodes a token), groups summing to N, equal to
-    floor(N cos(pi/2 k/K)) wherever the clamp is idle, and nested when K doubles."""
+    floor(N cos(pi/2 k/K)) wherever the min is idle, never below K - k (the paper's lower clamp, idle)."""
     K = data.draw(st.integers(1, N))
     m = mar.masked_counts(N, K)
     sizes = [a - b for a, b in zip(m, m[1:])]
     assert m[0] == N and m[-1] == 0 and len(m) == K + 1 and min(sizes) >= 1 and sum(sizes) == N
     for k in range(1, K):
         raw = math.floor(N * math.cos(math.pi / 2 * k / K))
-        if K - k <= raw <= m[k - 1] - 1:
+        assert raw >= K - k and m[k] >= K - k
+        if raw <= m[k - 1] - 1:
             assert m[k] == raw
     assert mar.masked_counts(N, N) == list(range(N, -1, -1))  # one token per step
     assert mar.masked_counts(N, 1) == [N, 0]  # all at once
@@ -246,16 +247,18 @@ def test_sampler_decodes_the_schedules_groups():
     """Each step fills exactly its group of tokens (one per step at K = N), in the given order; guidance
     and temperature run; the samples are finite images."""
     net, method = perturbed().float(), MaskedAR((1, 8, 8), 2)
-    y = torch.arange(3)
+    y, g = torch.arange(3), torch.Generator().manual_seed(0)
     for K in (16, 5, 1):
-        states = []
-        x = method.sample(net, (3, 1, 8, 8), K, y, cfg_scale=2.0, generator=torch.Generator().manual_seed(K),
-                          temperature=0.8, head_steps=2, trajectory=states)
+        states, order = [], method.orders(3, g)
+        x = method.sample(net, (3, 1, 8, 8), K, y, cfg_scale=2.0, generator=g, temperature=0.8, head_steps=2,
+                          order=order, trajectory=states)
         assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all() and len(states) == K + 1
-        filled = [(mar.patchify(s, 2) != 0).any(2).sum(1) for s in states]  # tokens decoded so far, per image
+        assert torch.equal(states[-1], x) and (states[0] == 0).all()
         m = mar.masked_counts(16, K)
-        assert all((f == 16 - mk).all() for f, mk in zip(filled, m)), (K, filled)
-        assert torch.equal(states[-1], x)
+        for k in range(1, K + 1):  # step k writes its group G_k, the next tokens of the order, and nothing else
+            changed = (mar.patchify(states[k], 2) != mar.patchify(states[k - 1], 2)).any(2)  # (3, 16)
+            group = torch.zeros(3, 16, dtype=torch.bool).scatter(1, order[:, 16 - m[k - 1]:16 - m[k]], True)
+            assert torch.equal(changed, group), (K, k)
 
 
 # -----------------------------------------------------------------------------
