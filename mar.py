@@ -118,12 +118,13 @@ def dequantize(x, levels, generator=None):
 def masked_counts(N, K):
     """[m_0, ..., m_K]: tokens still masked after step k, m_k = min(floor(N cos(pi/2 k / K)), m_{k-1} - 1), in
     float64 (Python floats); m_0 = N, m_K = 0; the clamp m_k >= K - k is idle in exact arithmetic (module
-    docstring) and guards against rounding."""
+    docstring) and guards against rounding, as does the floor's slack of 1e-9: N cos(pi/3) = N/2 exactly, which
+    rounding may put just below the integer."""
     if not 1 <= K <= N:
         raise ValueError(f"--steps must be in 1..{N} (the number of tokens), got {K}")
     m = [N]
     for k in range(1, K + 1):
-        m.append(max(K - k, min(m[-1] - 1, math.floor(N * math.cos(math.pi / 2 * (k / K))))))
+        m.append(max(K - k, min(m[-1] - 1, math.floor(N * math.cos(math.pi / 2 * (k / K)) + 1e-9))))
     return m
 
 

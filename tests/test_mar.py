@@ -48,7 +48,7 @@ def test_schedule_counts(N, data):
     sizes = [a - b for a, b in zip(m, m[1:])]
     assert m[0] == N and m[-1] == 0 and len(m) == K + 1 and min(sizes) >= 1 and sum(sizes) == N
     for k in range(1, K):
-        raw = math.floor(N * math.cos(math.pi / 2 * k / K))
+        raw = math.floor(N * math.cos(math.pi / 2 * k / K) + 1e-9)  # + 1e-9: N cos(pi/3) = N/2 is an integer
         assert raw >= K - k and m[k] >= K - k
         if raw <= m[k - 1] - 1:
             assert m[k] == raw
