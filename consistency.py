@@ -83,7 +83,7 @@ Training: every option minimises, over pairs of times t < r on one trajectory,
                      forward passes a step. The flow model's training is part of the run (or given by --teacher).
   cd                 (consistency distillation) ict's grid with N fixed (--cd-grid, CM's 18 for CIFAR-10) and the
                      same lognormal choice of the interval (CM drew it uniformly); the student starts from the
-                     teacher's weights, as in ect.
+                     teacher's weights, as in ect; the teacher is --teacher's, else trained first in the run.
   sCM                (continuous time, Lu & Song, 2024, arXiv 2410.11081: the limit r -> t of the loss, d/dt f by
                      a JVP along the teacher's field, tangent normalisation and warm-up) is not implemented. Its
                      condition d/dt f = 0 is MeanFlow's identity at r = 1 (above), which meanflow.py trains.
@@ -105,19 +105,22 @@ Sampling:
   guidance           F = F_theta(x, t, None) + w (F_theta(x, t, y) - F_theta(x, t, None)) (Ho & Salimans, 2022,
                      arXiv 2207.12598); f is affine in F, so f is guided the same way (two calls per step).
 
-The default: ect, with its cfm.py teacher trained first in the same run (into OUT/teacher, unless --teacher
-gives one). A flow model is already a consistency model at the widest gap, and its one step is the denoiser,
-so tuning begins from a working one-step sampler and only has to shrink the gap; consistency training from
-scratch (ict) must learn the whole chain of gaps while its grid is refined, which the iCT paper does over
-hundreds of thousands of iterations of a large network, far beyond a run of minutes on a CPU. The teacher's
-iterations count in the run's time (teacher_train_seconds beside train_seconds in main's dict).
-benchmarks/README.md is where the options are measured against each other and the other files.
+The default: cd, with its cfm.py teacher trained first in the same run (into OUT/teacher, unless --teacher
+gives one; ect trains its own the same way). Which option is best at equal compute is measured, not assumed
+(benchmarks/README.md, every option given the same CPU seconds, the teacher's counted): on digits the
+distillation's one step is the best, and the default follows the default data (on the checkerboard ect's
+is). A likely reason at this scale: the teacher's ODE step is a target without noise of its own, where
+ict's and ect's same-noise x_r is the exact field's Euler step only in expectation (above), a single pair
+carrying noise of order r - t; a few hundred iterations of a small batch do not average it away. Its price:
+the student learns the teacher's ODE, so the teacher's quality bounds it, and a second step helps it
+little. The teacher's iterations count in the run's time (teacher_train_seconds beside train_seconds in
+main's dict).
 
 Run:
-  python consistency.py                              # digits: a cfm.py teacher, then ECT; 1-step samples
+  python consistency.py                              # digits: a cfm.py teacher, then CD; 1-step samples
   python consistency.py --ckpt runs/consistency-digits/ckpt.pt --steps 2     # 2-step samples of that model
-  python consistency.py --teacher runs/cfm-digits/ckpt.pt --out runs/ect     # ECT from a trained cfm.py model
-  python consistency.py --training cd --teacher runs/cfm-digits/ckpt.pt --out runs/cd   # distillation
+  python consistency.py --teacher runs/cfm-digits/ckpt.pt --out runs/cd      # CD of a trained cfm.py model
+  python consistency.py --training ect --teacher runs/cfm-digits/ckpt.pt --out runs/ect   # tuning (ECT)
   python consistency.py --training ict --data checkerboard --uncond          # iCT from scratch, 2-D points
   python consistency.py --resume --iters 2000        # continue runs/consistency-digits/ckpt.pt, exactly
   python consistency.py --data 8gaussians --steps 2 --trajectory 300         # the jumps, drawn
@@ -136,7 +139,7 @@ import common
 # -----------------------------------------------------------------------------
 # the method: the consistency function, time pairs, the loss, the multistep sampler
 
-OPTIONS = ("ect", "ict", "cd")
+OPTIONS = ("cd", "ect", "ict")
 TEACHER_SOLVERS = ("heun", "euler")
 P_MEAN, P_STD = -1.1, 2.0  # iCT's lognormal noise levels (EDM's)
 SIGMA_LO, SIGMA_HI, RHO = 0.002, 80.0, 7.0  # iCT's Karras grid
@@ -148,7 +151,7 @@ HUBER = 0.00054  # iCT's pseudo-Huber c = 0.00054 sqrt(D)
 
 
 class Consistency:
-    """training: "ect" (default), "ict" or "cd" (module docstring). teacher: for "cd", the teacher's velocity
+    """training: "cd" (default), "ect" or "ict" (module docstring). teacher: for "cd", the teacher's velocity
     network v(x, t, y) (a cfm.py model on the same path); the others take none. sigma_min: the path's noise
     std at t = 1 (a teacher's own). stage_iters: iterations per stage (iCT's grid doubles, ECT's gap halves).
     cd_grid: cd's N. teacher_solver, teacher_substeps: cd's ODE step from t to r, in that many substeps.
@@ -156,7 +159,7 @@ class Consistency:
     "path" or "one" (pair_weight).
     The loss counts its calls in `step` (one per training iteration): main sets it when resuming."""
 
-    def __init__(self, training="ect", teacher=None, sigma_min=0.0, *, stage_iters=200, cd_grid=18,
+    def __init__(self, training="cd", teacher=None, sigma_min=0.0, *, stage_iters=200, cd_grid=18,
                  teacher_solver="heun", teacher_substeps=1, p_mean=P_MEAN, p_std=P_STD, weight="ict"):
         if training not in OPTIONS:
             raise ValueError(f"unknown --training {training!r}: use one of {', '.join(OPTIONS)}")
@@ -308,7 +311,7 @@ class Consistency:
 
     def flow_matching_loss(self, net, x1, y=None):
         """cfm.py's L_CFM on this path, ||v(x_t, t) - (x1 - (1 - sigma_min) x0)||^2 with t ~ U(0, 1): the
-        teacher's objective when ect trains its own (the same draws and arithmetic as cfm.py's loss)."""
+        teacher's objective when cd or ect trains its own (the same draws and arithmetic as cfm.py's loss)."""
         x0 = torch.randn(x1.shape, device=x1.device, dtype=x1.dtype)
         t = torch.rand(x1.shape[0], device=x1.device, dtype=x1.dtype)
         a, b = t, 1 - (1 - self.sigma_min) * t
@@ -391,11 +394,11 @@ def main(argv=None):
     parser = common.add_args(argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                                      epilog="see the module docstring for the math"))
     g = parser.add_argument_group("consistency")
-    g.add_argument("--training", choices=list(OPTIONS), help="ect: tune a flow model (default); ict: from scratch; "
-                   "cd: distil a flow model's ODE (needs --teacher)")
+    g.add_argument("--training", choices=list(OPTIONS), help="cd: distil a flow model's ODE (default); ect: tune a "
+                   "flow model; ict: from scratch (equal compute on digits: --iters 2000)")
     g.add_argument("--teacher", metavar="CKPT", help="a cfm.py checkpoint (straight path): cd distils it, ect starts from "
-                   "it (default for ect: train one into OUT/teacher)")
-    g.add_argument("--teacher-iters", type=int, help="iterations of ect's own teacher when there is no --teacher "
+                   "it (default: train one into OUT/teacher)")
+    g.add_argument("--teacher-iters", type=int, help="iterations of cd's and ect's own teacher when there is no --teacher "
                    "(default 1000 on digits, else 1500)")
     g.add_argument("--sigma-min", type=common.finite, help="the path's noise std at t = 1 (default: the teacher's, else 0)")
     g.add_argument("--stage-iters", type=int, help="iterations per stage: ict's grid doubles, ect's gap halves "
@@ -413,9 +416,9 @@ def main(argv=None):
     args, ckpt = common.parse_args(
         parser, argv, "consistency", model_flags=("sigma_min", "training", "time_scale"),
         teacher=(("teacher",), TEACHERS),
-        defaults=dict(training="ect", teacher_iters=1500, stage_iters=300, cd_grid=18, teacher_solver="heun",
+        defaults=dict(training="cd", teacher_iters=1500, stage_iters=300, cd_grid=18, teacher_solver="heun",
                       p_mean=P_MEAN, p_std=P_STD, weight="ict", steps=1, trajectory=0),
-        budgets={"digits": dict(iters=1000, teacher_iters=1000, stage_iters=200)})  # with the teacher: cfm.py's 2000
+        budgets={"digits": dict(iters=800, teacher_iters=1000, stage_iters=200)})  # cd's 800 cost about ect's 1000
     if args.steps < 1 or args.teacher_iters < 1:
         parser.error(f"--steps and --teacher-iters must be at least 1, got {args.steps} and {args.teacher_iters}")
     if args.time_scale is not None:
@@ -427,8 +430,6 @@ def main(argv=None):
                      f"a cfm.py network), got {time_scale:g} with --training {args.training}")
     if args.teacher and args.sample_only:
         parser.error("--teacher and --ckpt/--sample-only exclude each other: a teacher is for training")
-    if not args.sample_only and args.training == "cd" and not args.teacher:
-        parser.error("--training cd distils a teacher: pass --teacher CKPT (a cfm.py checkpoint of the straight path)")
     if not args.sample_only and args.training == "ict" and args.teacher:
         parser.error("--training ict trains from scratch: drop --teacher (or use --training ect or cd)")
     teacher_ckpt = None

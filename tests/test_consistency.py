@@ -404,25 +404,25 @@ def test_cli(tmp_path, teachers, capsys):
     capsys.readouterr()
     out = tmp_path / "run"
     base = ["--width", "16", "--batch-size", "32", "--n-eval", "50", "--log-every", "2", "--uncond"]
-    # the default, ect, with its own teacher: a cfm.py checkpoint in OUT/teacher
+    # the default, cd, with its own teacher: a cfm.py checkpoint in OUT/teacher
     q = consistency.main(base + ["--data", "8gaussians", "--iters", "4", "--teacher-iters", "3", "--trajectory", "10",
                                  "--out", str(out)])
     assert (out / "ckpt.pt").exists() and (out / "samples.png").exists() and (out / "trajectory.png").exists()
     assert common.load_checkpoint(out / "teacher" / "ckpt.pt", ("cfm",))["step"] == 3
     assert q["metric"] == "W2" and math.isfinite(q["value"]) and q["teacher_train_seconds"] > 0
     saved = common.load_checkpoint(out / "ckpt.pt", ("consistency",))["args"]
-    assert saved["training"] == "ect" and saved["time_scale"] == 1000.0
+    assert saved["training"] == "cd" and saved["time_scale"] == 1000.0
     q2 = consistency.main(["--ckpt", str(out / "ckpt.pt"), "--steps", "2", "--n-eval", "50", "--out", str(out)])
     assert math.isfinite(q2["value"]) and q2["value"] != q["value"] and "train_seconds" not in q2
-    # distillation from a teacher on file, whose flags (data, uncond, sigma_min) the student takes
-    cd = consistency.main(base[:-1] + ["--training", "cd", "--teacher", str(teachers / "ot-sigma" / "ckpt.pt"),
-                                       "--iters", "4", "--out", str(tmp_path / "cd")])
-    saved = common.load_checkpoint(tmp_path / "cd" / "ckpt.pt", ("consistency",))["args"]
+    # tuning (ect) from a teacher on file, whose flags (data, uncond, sigma_min) the student takes
+    ect = consistency.main(base[:-1] + ["--training", "ect", "--teacher", str(teachers / "ot-sigma" / "ckpt.pt"),
+                                        "--iters", "4", "--out", str(tmp_path / "ect")])
+    saved = common.load_checkpoint(tmp_path / "ect" / "ckpt.pt", ("consistency",))["args"]
     assert saved["sigma_min"] == 0.1 and saved["data"] == "8gaussians" and saved["uncond"]
-    assert "teacher_train_seconds" not in cd and cd["train_seconds"] > 0
+    assert "teacher_train_seconds" not in ect and ect["train_seconds"] > 0
     capsys.readouterr()
     ot = str(teachers / "ot" / "ckpt.pt")
-    for bad, words in ((["--steps", "0"], "--steps"), (["--training", "cd"], "--teacher"),
+    for bad, words in ((["--steps", "0"], "--steps"), (["--cd-grid", "1"], "--cd-grid"),
                        (["--training", "ict", "--teacher", ot], "ict trains from scratch"),
                        (["--teacher", str(out / "ckpt.pt")], "is a consistency checkpoint"),
                        (["--teacher", str(teachers / "vp" / "ckpt.pt")], "vp path"),
@@ -441,17 +441,22 @@ def test_cli(tmp_path, teachers, capsys):
 
 
 def test_own_teacher_is_cfm_py_and_the_student_starts_from_it(tmp_path, monkeypatch):
-    """ect's teacher trained in the run is the model cfm.py trains with the same flags (its EMA weights, bit
+    """The default's (cd) teacher trained in the run is the model cfm.py trains with the same flags (its EMA weights, bit
     for bit), and the student starts from those weights; ict starts from a fresh network and trains no teacher."""
     import cfm
     flags = ["--data", "moons", "--width", "16", "--batch-size", "32", "--log-every", "2", "--n-eval", "0"]
     cfm.main(flags + ["--iters", "5", "--out", str(tmp_path / "cfm")])
-    seen, train = [], common.train
+    seen, train, teachers, step = [], common.train, [], consistency.Consistency.teacher_step
 
     def spy(net, loss, data, args, ckpt=None):
         seen.append((args.model, {k: v.clone() for k, v in net.state_dict().items()}))
         return train(net, loss, data, args, ckpt)
+
+    def teacher_spy(self, x, t, r, y=None):
+        teachers.append({k: v.clone() for k, v in self.teacher.state_dict().items()})
+        return step(self, x, t, r, y)
     monkeypatch.setattr(common, "train", spy)
+    monkeypatch.setattr(consistency.Consistency, "teacher_step", teacher_spy)
     q = consistency.main(flags + ["--iters", "2", "--teacher-iters", "5", "--out", str(tmp_path / "cm")])
     assert [m for m, _ in seen] == ["cfm", "consistency"] and q["teacher_train_seconds"] > 0
     theirs = common.load_checkpoint(tmp_path / "cfm" / "ckpt.pt", ("cfm",))
@@ -459,6 +464,7 @@ def test_own_teacher_is_cfm_py_and_the_student_starts_from_it(tmp_path, monkeypa
     assert all(torch.equal(theirs["ema"][k], mine["ema"][k]) for k in theirs["ema"])
     student = seen[1][1]
     assert all(torch.equal(student[k], theirs["ema"]["module." + k]) for k in student)
+    assert len(teachers) == 2 and all(torch.equal(t[k], theirs["ema"]["module." + k]) for t in teachers for k in t)
     seen.clear()
     q = consistency.main(flags + ["--iters", "2", "--training", "ict", "--out", str(tmp_path / "ict")])
     assert [m for m, _ in seen] == ["consistency"] and "teacher_train_seconds" not in q
@@ -469,20 +475,22 @@ def test_own_teacher_is_cfm_py_and_the_student_starts_from_it(tmp_path, monkeypa
 
 
 def test_main_budget(tmp_path, monkeypatch):
-    """digits: the teacher's 1000 and the student's 1000 iterations (together cfm.py's 2000), stages of 200;
+    """digits: the teacher's 1000 and the student's 800 iterations (cd's 800 cost about what ect's 1000 do),
+    stages of 200;
     other data: common.DATA_DEFAULTS, teacher 1500, stages of 300."""
     seen = []
     monkeypatch.setattr(common, "train", lambda net, loss, data, args, ckpt: seen.append(args) or net)
     for flags in ([], ["--iters", "5", "--teacher-iters", "7"], ["--data", "moons"]):
         consistency.main(flags + ["--n-eval", "0", "--out", str(tmp_path / str(len(seen)))])
-    assert [(a.model, a.iters) for a in seen] == [("cfm", 1000), ("consistency", 1000), ("cfm", 7), ("consistency", 5),
+    assert [(a.model, a.iters) for a in seen] == [("cfm", 1000), ("consistency", 800), ("cfm", 7), ("consistency", 5),
                                                   ("cfm", 1500), ("consistency", common.DATA_DEFAULTS["toy"]["iters"])]
     assert [a.stage_iters for a in seen[1::2]] == [200, 200, 300]
 
 
-@pytest.mark.parametrize("training", ["ect", "ict"])
+@pytest.mark.parametrize("training", ["cd", "ect", "ict"])
 def test_resume_is_bit_identical_across_stages(training, tmp_path):
-    """--stage-iters 3: the schedule changes stage within the run (ict's grid doubles, ect's gap halves), and
+    """--stage-iters 3: the schedule changes stage within the run (ict's grid doubles, ect's gap halves; cd's
+    grid is fixed, its own teacher taken from OUT/teacher on resuming), and
     4 iterations + --resume for 4 more equal 8 straight: the loss's iteration count continues from the checkpoint."""
     flags = ["--data", "8gaussians", "--width", "16", "--batch-size", "32", "--log-every", "2", "--ckpt-every", "4",
              "--n-eval", "0", "--stage-iters", "3", "--teacher-iters", "3", "--training", training]
