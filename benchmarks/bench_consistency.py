@@ -76,10 +76,13 @@ CLAIMS = [(f"{label} within {t}x of CFM-100", label, REFERENCE, t, "<=")
                            ("CD, 2 steps", 1.1), ("iCT, 1 step", 1.3), ("iCT, 2 steps", 1.1), ("MeanFlow, 1 step", 1.3),
                            ("MeanFlow, 2 steps", 1.1), ("CFM Euler x 2", 1.3),
                            ("ECT weight path, 1 step", 1.3), ("ECT weight one, 1 step", 1.3))] + [
+    ("CD's one step beats ECT's", "CD, 1 step", "ECT, 1 step", 1.0, "<"),
+    ("CD's one step beats iCT's", "CD, 1 step", "iCT, 1 step", 1.0, "<"),
+    ("CD's one step beats MeanFlow's", "CD, 1 step", "MeanFlow, 1 step", 1.0, "<"),
     ("ECT's one step beats MeanFlow's", "ECT, 1 step", "MeanFlow, 1 step", 1.0, "<"),
-    ("ECT's one step beats iCT's", "ECT, 1 step", "iCT, 1 step", 1.0, "<"),
-    ("ECT's one step beats CD's", "ECT, 1 step", "CD, 1 step", 1.0, "<"),
-    ("ECT's two steps beat its one", "ECT, 2 steps", "ECT, 1 step", 1.0, "<")] + [
+    ("a second step helps CD", "CD, 2 steps", "CD, 1 step", 1.0, "<"),
+    ("a second step helps ECT", "ECT, 2 steps", "ECT, 1 step", 1.0, "<"),
+    ("a second step helps iCT", "iCT, 2 steps", "iCT, 1 step", 1.0, "<")] + [
     (f"the weight {w} against iCT's (ECT, 1 step)", f"ECT weight {w}, 1 step", "ECT, 1 step", 1.0, "<")
     for w in ("path", "one")]
 # --curve: a consistency recipe and cfm.py continued exactly to these multiples of the reference's CPU seconds
