@@ -113,3 +113,43 @@ def test_consistency_claims_and_table_on_made_up_samples(tmp_path, monkeypatch):
     assert "| ECT, 1 step | 1 | 2 | 10 +- 0 | 5 +- 0 | 1 +- 0 | 1 (1 - 1) | <= 1.3 | **holds** |" in text
     assert f"| ECT, 2 steps | 1 | 2 | 10 +- 0 | 5 +- 0 | 1 +- 0 | {off['ratio']:.3g} " in text and "**does not hold**" in text
     assert "floor (real vs real, 300 training vs 300 held-out, mean +- sd over 20 draws): W2 0.5 +- 0.1" in text
+
+
+def test_mar_claims_and_table_on_made_up_samples(tmp_path, monkeypatch):
+    """benchmarks/bench_mar.py's analysis on two seeds of made-up digits rows: one token per step (K=16)
+    identical to CFM-100 has ratio 1 on every replicate and meets its <= 1.2 target; K=1 made of noisy
+    digits is far above K=16 with an interval that excludes 1.1; a row no seed has makes no claim. The table
+    shows each row's ratio to CFM-100, its interval and verdict, the bits/dim per K and the floor."""
+    import torch
+    import common
+    bm = load("bench_mar")
+    monkeypatch.setattr(bm, "RESULTS", tmp_path)
+    data = common.load_data("digits")
+    n = 200
+    for seed in (0, 1):
+        g = torch.Generator().manual_seed(seed)
+        x = data.x_train[torch.randperm(len(data.x_train), generator=g)[:n]]
+        noisy = (x + 0.8 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
+        good = common.features(data, x).double()
+        samples = {bm.REFERENCE: good, "MAR, K=16": good.clone(), "MAR, K=1": common.features(data, noisy).double()}
+        (tmp_path / f"seed{seed}").mkdir()
+        torch.save(samples, tmp_path / f"seed{seed}" / "digits-samples.pt")
+        rows = [dict(sampler=k, run="cfm" if k == bm.REFERENCE else "mar", nfe=100 if k == bm.REFERENCE else int(k.split("=")[1]),
+                     seed=seed, iters=10, train_cpu_s=5.0, metric="FD", value=1.0, floor=0.5, floor_sd=0.1, floor_n=n,
+                     kid=2.0, kid_floor=0.1, kid_floor_sd=0.1, memorised=0.0, n=n, sample_seconds=0.2,
+                     bits_per_dim=None if k == bm.REFERENCE else 1.5) for k in samples]
+        (tmp_path / f"mar_seed{seed}.json").write_text(json.dumps(
+            dict(machine="test", seed=seed, n_gen=n, bpd_n=50, bpd_steps=40, rows=rows)))
+    bm.analyse(tmp_path, replicates=50)
+    res = json.loads((tmp_path / "mar_claims.json").read_text())
+    claims = {c["claim"]: c for c in res["claims"]}
+    same = claims["MAR, K=16 within 1.2x of CFM-100"]
+    assert (same["ratio"], same["lo"], same["hi"], same["verdict"]) == (1.0, 1.0, 1.0, "holds")
+    off = claims["MAR, K=1 within 1.1x of MAR, K=16 (several tokens per step cost little)"]
+    assert off["lo"] > 1.1 and off["verdict"] == "does not hold" and set(off["seeds"]) == {"0", "1"}
+    assert not any("AR random order" in c for c in claims) and res["seeds"] == [0, 1]
+    text = bm.markdown(tmp_path)
+    assert "| MAR, K=16 | 16 | 2 | 10 +- 0 | 5 +- 0 | 1 +- 0 | 2 +- 0 | 0 +- 0 | 1.500 +- 0 | 1 +- 0 | 1 (1 - 1) | <= 1.2 | **holds** |" in text
+    assert "| CFM Euler x 100 | 100 | 2 | 10 +- 0 | 5 +- 0 | 1 +- 0 | 2 +- 0 | 0 +- 0 | not measured | 1 +- 0 | 1 |  |  |" in text
+    assert f"| MAR, K=1 within 1.1x of MAR, K=16 (several tokens per step cost little) | {off['ratio']:.3g} |" in text
+    assert "floor (real vs real, 200 training vs 200 held-out, mean +- sd over 20 draws): FD 0.5 +- 0.1" in text
