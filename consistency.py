@@ -68,8 +68,8 @@ Training: every option minimises, over pairs of times t < r on one trajectory,
                      (1 - r)/r = (r - t) / (t r)): w(t, r) = t r / (r - t). For small gaps w d ~ t^2 ||d/dt f||:
                      the noisy end (small t) counts little. The weight 1 / (r - t) of the path's own time
                      (--weight path) is larger by 1 / (t r), so the noisy end, where the targets are least
-                     settled early in training, dominates the gradient: it trains far worse at this scale
-                     (benchmarks/README.md is where that is to be measured); --weight one is CM's lambda = 1.
+                     settled early in training, dominates the gradient: ect with it fails at this scale
+                     (benchmarks/README.md, the weight ablation); --weight one is CM's lambda = 1.
                      On the interval that reaches t = 0 (sigma = inf) iCT's weight is 0: the network meets t = 0,
                      where sampling starts, only through its smoothness in t (ect's and cd's student start from a
                      flow model trained at every t; iCT itself starts sampling at sigma = 80, t = 1/81).
