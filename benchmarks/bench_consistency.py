@@ -83,8 +83,8 @@ CLAIMS = [(f"{label} within {t}x of CFM-100", label, REFERENCE, t, "<=")
     ("a second step helps CD", "CD, 2 steps", "CD, 1 step", 1.0, "<"),
     ("a second step helps ECT", "ECT, 2 steps", "ECT, 1 step", 1.0, "<"),
     ("a second step helps iCT", "iCT, 2 steps", "iCT, 1 step", 1.0, "<")] + [
-    (f"the weight {w} against iCT's (ECT, 1 step)", f"ECT weight {w}, 1 step", "ECT, 1 step", 1.0, "<")
-    for w in ("path", "one")]
+    (f"the {what} beats iCT's (ECT, 1 step)", f"ECT weight {w}, 1 step", "ECT, 1 step", 1.0, "<")
+    for w, what in (("path", "path's weight 1 / (r - t)"), ("one", "weight 1 (CM's)"))]
 # --curve: a consistency recipe and cfm.py continued exactly to these multiples of the reference's CPU seconds
 CURVE = (2, 4)
 CURVE_RUNS = {"ect": "ECT", "cd": "CD", "ict": "iCT"}
@@ -301,7 +301,7 @@ def markdown(results=RESULTS):
             if image:
                 cells += [bench.ms([r.get("kid") for r in rs], ".2g"),
                           bench.ms([100 * r["memorised"] for r in rs if r.get("memorised") is not None], ".2g")]
-            cells += ([f"{claim['ratio']:.3g} ({claim['lo']:.3g} - {claim['hi']:.3g})", f"<= {claim['threshold']:g}",
+            cells += ([f"{claim['ratio']:.3g} ({claim['lo']:.3g} - {claim['hi']:.3g})", f"{claim['sense']} {claim['threshold']:g}",
                        f"**{claim['verdict']}**"] if claim else ["1" if label == REFERENCE else "", "", ""])
             out.append(cells)
         floor = (f"floor (real vs real, {first['floor_n']} training vs {first['floor_n']} held-out, mean +- sd over 20 "
