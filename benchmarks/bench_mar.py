@@ -20,8 +20,8 @@ the likelihood table):
   4. Bits/dim on the first 200 held-out digits dequantized within their 17 levels: mar.py's exact likelihood of each
      K-step schedule (mar.held_out_bits_per_dim: one random order per image, the same for every K; the
      exact trace, RK4 at 20 and 40 steps), exact for that order and schedule, so an upper bound for the
-     sampled model (a mixture over orders); ar.py's exact chain rule (raster: exact; random: one order per
-     image, a bound alike). cfm.py's bits/dim (a converged ODE per image) is not measured here: the
+     sampled model (a mixture over orders) and, through the dequantization, on the discrete NLL; ar.py's
+     exact chain rule on the same digits (raster: exact; random: one order per image, a bound alike). cfm.py's bits/dim (a converged ODE per image) is not measured here: the
      likelihood table has it at its own budget.
 The analysis is run_all.py's paired bootstrap on FD: every replicate resamples the generated samples (the
 same indices for every row) and the held-out digits and recomputes every row's FD; a claim's ratio is the
@@ -116,7 +116,7 @@ def run_seed(seed, work, quick=False):
     trained = {"mar": dict(iters=40 if quick else MAR_ITERS, train_cpu_s=budget)}
     print(f"seed {seed}: mar {trained['mar']['iters']} iterations, {budget:.0f} CPU s: the budget", flush=True)
     for name, (module, flags) in RUNS.items():  # 2. the same seconds
-        cost = cost_per_iter(module, base + flags, work / "calib" / name)
+        cost = cost_per_iter(module, base + flags, folder / "calib" / name)
         iters = max(1, round(budget / cost)) if not quick else 20
         cpu = train(module, base + flags + ["--iters", str(iters), "--out", str(out[name])])
         trained[name] = dict(iters=iters, cost_per_iter=cost, train_cpu_s=cpu)
@@ -231,8 +231,9 @@ def markdown(results=RESULTS):
                   f"{c['floor']['sd']:.2g} at n={c['floor']['n']}")
     seeds = ", ".join(str(r["seed"]) for r in runs)
     bpd = (f"Bits/dim: the first {runs[0]['bpd_n']} held-out digits, 17 levels; mar.py's exact likelihood of each "
-           f"K-step schedule (dequantized, exact trace, RK4 x {runs[0]['bpd_steps']}; one random order per image, the "
-           "same for every K: exact for that order and schedule, an upper bound for the sampled mixture over orders), "
+           f"K-step schedule (exact trace, RK4 x {runs[0]['bpd_steps']}; one random order per image, the "
+           "same for every K: exact for that order and schedule, an upper bound for the sampled mixture over orders "
+           "and, through the dequantization, on the discrete NLL), "
            "ar.py's exact chain rule (random order: one order per image, a bound alike); cfm.py's is not measured "
            "here (the likelihood table has it at its own budget). Time per sample: sampling wall seconds over "
            f"{runs[0]['n_gen']}, one thread")

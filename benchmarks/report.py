@@ -21,6 +21,7 @@ import bench_cfm
 import bench_controlnet
 import bench_ddim
 import bench_latent_diffusion
+import bench_mar
 import bench_meanflow
 import bench_rectified_flow
 import bench_vae
@@ -119,6 +120,15 @@ for all of them. Every row starts from the same noise and is scored on the same 
 ratio to the reference is a paired bootstrap interval (benchmarks/bench_consistency.py's docstring).
 Targets: one step within 1.3x of CFM-100, two steps within 1.1x."""
 
+MAR = """Masked autoregression (mar.py, unconditional, its digits default: 16 tokens of 2x2 pixels, 1500
+iterations) decoded in K = 1, 2, 4, 8 and 16 groups from one checkpoint, beside cfm.py (100 Euler steps)
+and ar.py in raster and in random order, each trained for mar.py's training CPU seconds. Every row starts
+from the same generator and is scored on the same held-out digits; bits/dim are the exact likelihood of
+each K-step schedule (mar.py) or of the chain rule (ar.py) on the same held-out digits. Each FD ratio is a
+paired bootstrap interval (benchmarks/bench_mar.py's docstring). Targets: one token per step (K = 16)
+within 1.2x of cfm.py's FD; the K rows against K = 16 show where several tokens per step stop costing
+quality."""
+
 LATENT = """Both models are the command lines' digits32 defaults (conditional, w = 1), trained in segments
 continued exactly with `--resume`, each checkpoint sampled with the midpoint solver x 10; the latent
 model's seconds include its autoencoder (stage 1). The lecture's claim is that latent diffusion
@@ -212,6 +222,7 @@ def sections():
          meanflow_compute.curve_markdown(meanflow_compute.curve_files())),
         ("Consistency models against flow matching at equal compute (consistency.py)", CONSISTENCY,
          bench_consistency.markdown()),
+        ("Masked autoregression against its decoding steps (mar.py)", MAR, bench_mar.markdown()),
         ("Latent against pixel space at equal seconds (latent_diffusion.py)", LATENT,
          bench_latent_diffusion.markdown(bench_latent_diffusion.seed_files())),
         ("ControlNet against fine-tuning the whole base (controlnet.py)", CONTROLNET,
