@@ -114,8 +114,8 @@ compute` (Pictures, below)."""
 
 CONSISTENCY = """Consistency models (consistency.py) against cfm.py's 100 Euler steps at equal training CPU seconds,
 beside MeanFlow (meanflow.py's default recipe). cfm.py trains to the reference's iterations; its
-checkpoint at T iterations is the flow model that ECT (consistency tuning, the default) and CD
-(distillation) start from, and its seconds count against them; iCT and MeanFlow train from scratch
+checkpoint at T iterations is the flow model that CD (distillation, consistency.py's default) and
+ECT (consistency tuning) start from, and its seconds count against them; iCT and MeanFlow train from scratch
 for all of them. Every row starts from the same noise and is scored on the same held-out set; each
 ratio to the reference is a paired bootstrap interval (benchmarks/bench_consistency.py's docstring).
 Targets: one step within 1.3x of CFM-100, two steps within 1.1x."""
