@@ -61,6 +61,33 @@ def run(main, argv, trains=True, samples=False):
     return q
 
 
+def cost_per_iter(module, flags, work):
+    """CPU seconds per training iteration of module.main(flags): 80 iterations minus 20, after a throwaway
+    run of 2 (start-up, data loading and first-call costs cancel); the runs write under `work`."""
+    per = []
+    for iters in (2, 20, 80):
+        q = run(module.main, flags + ["--iters", str(iters), "--n-eval", "0", "--log-every", "1000", "--warmup", "1",
+                                     "--out", str(Path(work) / f"calib-{iters}")])
+        per.append(q["train_cpu_seconds"])
+    return (per[2] - per[1]) / 60
+
+
+def train(module, flags):
+    """A training run of module.main(flags) in this process, no evaluation; its training CPU seconds (a
+    teacher trained inside it included)."""
+    return run(module.main, flags + ["--n-eval", "0", "--log-every", "1000"])["train_cpu_seconds"]
+
+
+# the quality figures a row keeps from main()'s dict
+QUALITY = ("metric", "value", "floor", "floor_sd", "floor_n", "n", "kid", "kid_floor", "kid_floor_sd", "memorised",
+           "sample_seconds")
+
+
+def quality(q):
+    """The QUALITY entries that main()'s dict q has."""
+    return {k: q[k] for k in QUALITY if k in q}
+
+
 def write_json(path, obj):
     """Write obj as indented json through a temporary file renamed over `path` (never half-written)."""
     path = Path(path)

@@ -97,21 +97,6 @@ CLAIMS += [(f"CFM-100 at {m}x the seconds beats CFM-100", f"{REFERENCE} at {m}x"
 ABLATIONS = {f"ect-weight-{w}": (["--training", "ect", "--weight", w], f"ECT weight {w}") for w in ("path", "one")}
 
 
-def cost_per_iter(module, flags, work):
-    """CPU seconds per training iteration: 80 iterations minus 20, after a throwaway run of 2 (start-up,
-    data loading and first-call costs cancel)."""
-    per = []
-    for iters in (2, 20, 80):
-        q = bench.run(module.main, flags + ["--iters", str(iters), "--n-eval", "0", "--log-every", "1000", "--warmup", "1",
-                                            "--out", str(work / f"calib-{iters}")])
-        per.append(q["train_cpu_seconds"])
-    return (per[2] - per[1]) / 60
-
-
-def train(module, flags):
-    """A training run in this process; its training CPU seconds (a teacher trained inside it included)."""
-    q = bench.run(module.main, flags + ["--n-eval", "0", "--log-every", "1000"])
-    return q["train_cpu_seconds"]
 
 
 def run_part(part, seed, work, quick=False):
@@ -124,10 +109,10 @@ def run_part(part, seed, work, quick=False):
     folder = work / f"seed{seed}" / part
     out = {name: folder / name for name in ("flow", "cfm", "ect", "cd", "ict", "meanflow")}
     # 1. the flow model at T, continued to the reference's iterations
-    cpu_t = train(cfm, base + ["--iters", str(t_iters), "--out", str(out["flow"])])
+    cpu_t = bench.train(cfm, base + ["--iters", str(t_iters), "--out", str(out["flow"])])
     shutil.rmtree(out["cfm"], ignore_errors=True)
     shutil.copytree(out["flow"], out["cfm"])
-    budget = cpu_t + train(cfm, base + ["--iters", str(ref_iters), "--resume", "--out", str(out["cfm"])])
+    budget = cpu_t + bench.train(cfm, base + ["--iters", str(ref_iters), "--resume", "--out", str(out["cfm"])])
     teacher = ["--teacher", str(out["flow"] / "ckpt.pt")]
     recipes = {"ect": (consistency, ["--training", "ect"] + teacher, cpu_t),
                "cd": (consistency, ["--training", "cd"] + teacher, cpu_t),
@@ -135,9 +120,9 @@ def run_part(part, seed, work, quick=False):
                "meanflow": (meanflow, [], 0.0)}
     trained = {"cfm": dict(iters=ref_iters, train_cpu_s=budget, flow_cpu_s=cpu_t)}
     for name, (module, flags, spent) in recipes.items():  # 2., 3.: the rest of the budget
-        cost = cost_per_iter(module, base + flags, work / "calib" / name)
+        cost = bench.cost_per_iter(module, base + flags, work / "calib" / name)
         iters = max(1, round((budget - spent) / cost)) if not quick else 20
-        cpu = train(module, base + flags + ["--iters", str(iters), "--out", str(out[name])])
+        cpu = bench.train(module, base + flags + ["--iters", str(iters), "--out", str(out[name])])
         trained[name] = dict(iters=iters, cost_per_iter=cost, train_cpu_s=spent + cpu, flow_cpu_s=spent)
         print(f"{part} seed {seed}: {name} {iters} iterations at {cost:.4f} CPU s each, {spent + cpu:.0f} CPU s "
               f"against the reference's {budget:.0f}", flush=True)
@@ -148,8 +133,7 @@ def run_part(part, seed, work, quick=False):
         x = q.pop("samples")
         samples[label] = common.features(data, x) if data.is_image else x.double()
         rows.append(dict(sampler=label, model=module, run=name, nfe=nfe, seed=seed, **trained[name],
-                         **{k: q[k] for k in ("metric", "value", "floor", "floor_sd", "floor_n", "n", "kid", "kid_floor",
-                                              "kid_floor_sd", "memorised", "sample_seconds") if k in q}))
+                         **bench.quality(q)))
         print({k: v for k, v in rows[-1].items()}, flush=True)
     common.atomic_save(samples, work / f"seed{seed}" / f"{part}-samples.pt")
     name = f"consistency_{part}_seed{seed}{'_quick' if quick else ''}.json"
@@ -158,20 +142,23 @@ def run_part(part, seed, work, quick=False):
     return rows
 
 
+def measured(part, seed, work, quick=False):
+    """A measured seed, to add rows to: (its results file, the results, the data, its runs' folder, its samples'
+    file, the samples, the data and seed flags)."""
+    name = RESULTS / f"consistency_{part}_seed{seed}{'_quick' if quick else ''}.json"
+    keep = work / f"seed{seed}" / f"{part}-samples.pt"
+    data_flags = PARTS[part][0]
+    return (name, bench.read_json(name), common.load_data(data_flags[1]), work / f"seed{seed}" / part, keep,
+            torch.load(keep, weights_only=True), data_flags + ["--seed", str(seed)])
+
+
 def run_ablation(part, seed, work, quick=False):
     """ABLATIONS on a measured seed: each trains from the seed's flow model for ECT's iterations and is sampled
     with 1 and 2 steps from the same noise; its rows and samples join the seed's (the same --analyse)."""
-    name = RESULTS / f"consistency_{part}_seed{seed}{'_quick' if quick else ''}.json"
-    res = bench.read_json(name)
+    name, res, data, folder, keep, samples, base = measured(part, seed, work, quick)
     ect = next(r for r in res["rows"] if r["run"] == "ect")
-    data_flags = PARTS[part][0]
-    data = common.load_data(data_flags[1])
-    folder = work / f"seed{seed}" / part
-    keep = work / f"seed{seed}" / f"{part}-samples.pt"
-    samples = torch.load(keep, weights_only=True)
-    base = data_flags + ["--seed", str(seed)]
     for run, (flags, label) in ABLATIONS.items():
-        cpu = train(consistency, base + flags + ["--teacher", str(folder / "flow" / "ckpt.pt"), "--iters", str(ect["iters"]),
+        cpu = bench.train(consistency, base + flags + ["--teacher", str(folder / "flow" / "ckpt.pt"), "--iters", str(ect["iters"]),
                                                  "--out", str(folder / run)])
         res["rows"] = [r for r in res["rows"] if r["run"] != run]
         for steps in (1, 2):
@@ -183,8 +170,7 @@ def run_ablation(part, seed, work, quick=False):
             samples[row_label] = common.features(data, x) if data.is_image else x.double()
             res["rows"].append(dict(sampler=row_label, model="consistency", run=run, nfe=steps, seed=seed,
                                     iters=ect["iters"], train_cpu_s=ect["flow_cpu_s"] + cpu, flow_cpu_s=ect["flow_cpu_s"],
-                                    **{k: q[k] for k in ("metric", "value", "floor", "floor_sd", "floor_n", "n", "kid",
-                                                         "kid_floor", "kid_floor_sd", "memorised", "sample_seconds") if k in q}))
+                                    **bench.quality(q)))
             print(res["rows"][-1], flush=True)
     common.atomic_save(samples, keep)
     bench.write_json(name, res)
@@ -194,14 +180,7 @@ def run_curve(part, seed, work, quick=False, recipe="ect", multiples=CURVE):
     """A consistency recipe (ect, cd or ict) and cfm.py of a measured seed continued exactly (--resume, a copy of each run) until their training
     CPU seconds reach each multiple of the reference's; each point sampled as the main rows, from the same
     noise, and joined to the seed's rows as "<row> at <m>x" (the same --analyse)."""
-    name = RESULTS / f"consistency_{part}_seed{seed}{'_quick' if quick else ''}.json"
-    res = bench.read_json(name)
-    data_flags = PARTS[part][0]
-    data = common.load_data(data_flags[1])
-    folder = work / f"seed{seed}" / part
-    keep = work / f"seed{seed}" / f"{part}-samples.pt"
-    samples = torch.load(keep, weights_only=True)
-    base = data_flags + ["--seed", str(seed)]
+    name, res, data, folder, keep, samples, base = measured(part, seed, work, quick)
     budget = next(r for r in res["rows"] if r["sampler"] == REFERENCE)["train_cpu_s"]
     samplers = {recipe: [(f"{CURVE_RUNS[recipe]}, {k} step{'s' * (k > 1)}", ["--steps", str(k)], k) for k in (1, 2)],
                 "cfm": [(REFERENCE, ["--solver", "euler", "--steps", "100"], 100)]}
@@ -215,7 +194,7 @@ def run_curve(part, seed, work, quick=False, recipe="ect", multiples=CURVE):
         res["rows"] = [r for r in res["rows"] if r["run"] != f"{run}-curve"]
         for m in multiples:
             iters += max(1, round((m * budget - cpu) / cost))
-            cpu += train(module, base + ["--iters", str(iters), "--resume", "--out", str(out)])
+            cpu += bench.train(module, base + ["--iters", str(iters), "--resume", "--out", str(out)])
             for label, sflags, nfe in samplers[run]:
                 q = bench.run(module.main, ["--ckpt", str(out / "ckpt.pt"), "--n-eval", str(res["n_gen"]), "--seed", str(seed),
                                             "--out", str(out)] + sflags, trains=False, samples=True)
@@ -223,9 +202,7 @@ def run_curve(part, seed, work, quick=False, recipe="ect", multiples=CURVE):
                 samples[f"{label} at {m}x"] = common.features(data, x) if data.is_image else x.double()
                 res["rows"].append(dict(sampler=f"{label} at {m}x", model=row["model"], run=f"{run}-curve", nfe=nfe,
                                         seed=seed, iters=iters, train_cpu_s=cpu, flow_cpu_s=row["flow_cpu_s"], budget=m,
-                                        **{k: q[k] for k in ("metric", "value", "floor", "floor_sd", "floor_n", "n", "kid",
-                                                             "kid_floor", "kid_floor_sd", "memorised", "sample_seconds")
-                                           if k in q}))
+                                        **bench.quality(q)))
                 print(res["rows"][-1], flush=True)
             common.atomic_save(samples, keep)
             bench.write_json(name, res)

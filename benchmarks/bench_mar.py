@@ -69,21 +69,6 @@ CLAIMS = ([(f"{label} within 1.2x of CFM-100", label, REFERENCE, 1.2, "<=") for 
               1.1, "<=") for k in KS[:-1]])
 
 
-def cost_per_iter(module, flags, work):
-    """CPU seconds per training iteration: 80 iterations minus 20, after a throwaway run of 2 (start-up,
-    data loading and first-call costs cancel)."""
-    per = []
-    for iters in (2, 20, 80):
-        q = bench.run(module.main, flags + ["--iters", str(iters), "--n-eval", "0", "--log-every", "1000", "--warmup", "1",
-                                            "--out", str(work / f"calib-{iters}")])
-        per.append(q["train_cpu_seconds"])
-    return (per[2] - per[1]) / 60
-
-
-def train(module, flags):
-    """A training run in this process; its training CPU seconds."""
-    q = bench.run(module.main, flags + ["--n-eval", "0", "--log-every", "1000"])
-    return q["train_cpu_seconds"]
 
 
 def load_mar(path, data):
@@ -112,13 +97,13 @@ def run_seed(seed, work, quick=False):
     folder = work / f"seed{seed}"
     out = {name: folder / name for name in ("mar", *RUNS)}
     # 1. the reference's budget
-    budget = train(mar, base + ["--iters", str(40 if quick else MAR_ITERS), "--bpd", "0", "--out", str(out["mar"])])
+    budget = bench.train(mar, base + ["--iters", str(40 if quick else MAR_ITERS), "--bpd", "0", "--out", str(out["mar"])])
     trained = {"mar": dict(iters=40 if quick else MAR_ITERS, train_cpu_s=budget)}
     print(f"seed {seed}: mar {trained['mar']['iters']} iterations, {budget:.0f} CPU s: the budget", flush=True)
     for name, (module, flags) in RUNS.items():  # 2. the same seconds
-        cost = cost_per_iter(module, base + flags, folder / "calib" / name)
+        cost = bench.cost_per_iter(module, base + flags, folder / "calib" / name)
         iters = max(1, round(budget / cost)) if not quick else 20
-        cpu = train(module, base + flags + ["--iters", str(iters), "--out", str(out[name])])
+        cpu = bench.train(module, base + flags + ["--iters", str(iters), "--out", str(out[name])])
         trained[name] = dict(iters=iters, cost_per_iter=cost, train_cpu_s=cpu)
         print(f"seed {seed}: {name} {iters} iterations at {cost:.4f} CPU s each, {cpu:.0f} CPU s against mar.py's "
               f"{budget:.0f}", flush=True)
@@ -131,8 +116,7 @@ def run_seed(seed, work, quick=False):
         samples[label] = common.features(data, x)
         rows.append(dict(sampler=label, model=module, run=name, nfe=nfe, seed=seed, **trained[name],
                          bits_per_dim=q.get("bits_per_dim"), bpd_n=q.get("bpd_n"),
-                         **{k: q[k] for k in ("metric", "value", "floor", "floor_sd", "floor_n", "n", "kid", "kid_floor",
-                                              "kid_floor_sd", "memorised", "sample_seconds") if k in q}))
+                         **bench.quality(q)))
         print(rows[-1], flush=True)
     common.atomic_save(samples, folder / "digits-samples.pt")
     # 4. mar.py's exact bits/dim of every schedule, one order per image for all of them

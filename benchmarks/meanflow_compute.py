@@ -81,14 +81,8 @@ def run(module, argv):
 
 
 def cost_per_iter(module, flags, work):
-    """CPU seconds per training iteration: 80 iterations minus 20, after a throwaway run (start-up,
-    data loading and first-call costs cancel)."""
-    per = []
-    for iters in (2, 20, 80):
-        _, s = run(module, flags + ["--iters", str(iters), "--n-eval", "0", "--log-every", "1000",
-                                    "--warmup", "1", "--out", str(work / f"calib-{module.__name__}-{iters}")])
-        per.append(s)
-    return (per[2] - per[1]) / 60
+    """bench.cost_per_iter, its runs under work/calib-<module>."""
+    return bench.cost_per_iter(module, flags, work / f"calib-{module.__name__}")
 
 
 def evaluate(module, ckpt, n_eval, seed, out, steps_flags):
