@@ -355,7 +355,8 @@ class LossModule(nn.Module):
 
 def train(net, loss_fn, data, args, ckpt=None):
     """Minimise loss_fn(net, x, y) over minibatches of data.x_train (and data.x0_train, passed as
-    x0=, when the data are fixed pairs) and return the EMA network, the one that samples.
+    x0=, when the data are fixed pairs; data.c_train, passed as c=, when each example has conditions
+    beyond its label) and return the EMA network, the one that samples.
 
     Each step: a batch drawn with replacement, labels dropped to the null class (index
     data.num_classes) with probability args.p_uncond for classifier-free guidance (y is None
@@ -398,6 +399,7 @@ def train(net, loss_fn, data, args, ckpt=None):
     x_all = data.x_train.to(device)
     y_all = None if args.uncond else data.y_train.to(device)
     x0_all = None if data.x0_train is None else data.x0_train.to(device)
+    c_all = None if data.c_train is None else data.c_train.to(device)
     null_class = data.num_classes
     local = slice(rank * args.batch_size // world, (rank + 1) * args.batch_size // world)
     n_params = sum(p.numel() for p in net.parameters())
@@ -430,6 +432,8 @@ def train(net, loss_fn, data, args, ckpt=None):
         if y is not None:  # classifier-free guidance: the null class with probability p_uncond
             y = torch.where(drop, torch.full_like(y, null_class), y)
         pairs = {} if x0_all is None else {"x0": x0_all[idx]}
+        if c_all is not None:
+            pairs["c"] = c_all[idx]
         lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
         for group in opt.param_groups:
             group["lr"] = lr
@@ -716,6 +720,8 @@ class Dataset:
     num_classes: int
     levels: int = 0  # number of pixel levels for images (17 for digits, 256 else); 0 for points
     x0_train: torch.Tensor = None  # fixed pairs (reflow, distillation): each x_train row's starting point
+    c_train: torch.Tensor = None  # per-example conditions beyond a label (physctrl's physics): loss(..., c=)
+    c_test: torch.Tensor = None
 
     @property
     def shape(self):
@@ -1293,14 +1299,17 @@ def add_args(parser):
     return parser
 
 
-def parse_args(parser, argv, name, defaults=None, budgets=None, model_flags=(), accept=None, teacher=None):
+def parse_args(parser, argv, name, defaults=None, budgets=None, model_flags=(), accept=None, teacher=None,
+               data_sets=None):
     """Parse the command line of model file `name` and return (args, ckpt): ckpt is the loaded
     checkpoint for --resume / --ckpt / --sample-only, else None. defaults: the file's own flags'
     defaults; budgets: per data set ("digits", "mnist", "cifar10", "toy"), the file's own
     departures from DATA_DEFAULTS; model_flags: its flags that define the model (a checkpoint
     supplies them); accept: the models whose checkpoints it loads (default: itself); teacher:
     (flags, models), flags whose value is a checkpoint of one of models that a new run copies
-    (rectified flow's --reflow-from): it supplies MODEL_FLAGS not typed. Checks the shared flags;
+    (rectified flow's --reflow-from): it supplies MODEL_FLAGS not typed; data_sets: a file that makes
+    its own data (physctrl's simulations) names them here, each with its DATA_DEFAULTS-like budget,
+    and takes no other. Checks the shared flags;
     a file's own hyperparameters are checked by its method's constructor."""
     args = parser.parse_args(argv)
     args.model = name
@@ -1337,10 +1346,11 @@ def parse_args(parser, argv, name, defaults=None, budgets=None, model_flags=(), 
                 if getattr(args, k) is None:
                     setattr(args, k, saved[k])
     data = args.data or default_data
-    if data not in DATASETS:
-        parser.error(f"unknown data set {data!r}: choose from {', '.join(DATASETS)}")
+    known = data_sets or DATASETS
+    if data not in known:
+        parser.error(f"unknown data set {data!r}: choose from {', '.join(known)}")
     kind = "toy" if data in TOY_SETS else data
-    for layer in ((budgets or {}).get(kind, {}), DATA_DEFAULTS[kind], defaults or {}, DEFAULTS):
+    for layer in ((budgets or {}).get(kind, {}), (data_sets or DATA_DEFAULTS)[kind], defaults or {}, DEFAULTS):
         for k, v in layer.items():
             if getattr(args, k, None) is None:
                 setattr(args, k, v)
@@ -1360,7 +1370,7 @@ def parse_args(parser, argv, name, defaults=None, budgets=None, model_flags=(), 
         parser.error(f"--p-uncond must be in [0, 1), got {args.p_uncond}")
     if args.data in TOY_SETS and args.arch != "mlp":
         parser.error(f"--arch {args.arch} is for images; 2-D data sets take --arch mlp")
-    if args.data not in TOY_SETS and args.arch == "mlp":
+    if args.data not in TOY_SETS and args.arch == "mlp" and not data_sets:
         parser.error(f"--arch mlp is for 2-D points; {args.data} is images: use --arch unet or dit")
     args.out = args.out or f"runs/{name}-{args.data}"
     return args, ckpt

@@ -1,0 +1,146 @@
+"""physctrl.py against the simulator on held-out conditions (unseen force directions or stiffnesses), beside its
+baselines: frame 0 repeated, the rigid ballistic motion of the centre of mass, and the MSE regressor (the same
+network, trained for as many iterations: the same CPU seconds within a few percent); then the
+withheld-stiffness check. Every claim is paired: the same held-out conditions for every row.
+
+  for s in 0 1 2; do OMP_NUM_THREADS=1 python benchmarks/bench_physctrl.py --seed $s; done   # ~25 CPU min a seed
+  python benchmarks/bench_physctrl.py --analyse   # paired bootstrap -> results/physctrl_claims.json
+
+One seed, in this process, through physctrl.main (its defaults, longer training: ITERS iterations for the flow and
+as many for the regressor; the simulated data are the default run's, the seed moves the networks' initialisation,
+their batches and the sampler's noise). Per held-out condition (N_EVAL of them) the mean position error at the
+last frame; a claim's ratio is the mean over seeds of the per-seed ratio of mean errors, its interval the
+bias-corrected 95% percentile interval of a bootstrap that resamples the conditions (the same indices for both
+rows of a ratio, every seed resampled on each replicate); it holds (or does not) when the interval lies on one
+side of the target, else it is within noise. The withheld check (N_WITHHOLD conditions): the stiffness fitted by
+the simulator to each trajectory generated without it, against the fits of trajectories simulated at stiffnesses
+drawn from the prior; two-sample Kolmogorov-Smirnov, p > 0.05 passes, per seed.
+"""
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import bench
+import run_all  # interval, verdict
+
+import physctrl  # noqa: E402
+
+RESULTS = bench.RESULTS
+COMMAND = "OMP_NUM_THREADS=1 python benchmarks/bench_physctrl.py"
+ITERS = 2500  # the flow's and the regressor's iterations
+N_EVAL, N_WITHHOLD = 500, 128
+ROWS = ("flow", "regressor", "ballistic", "static")
+LABELS = {"flow": "physctrl.py (flow, 10 midpoint steps)", "regressor": "MSE regressor (same network)",
+          "ballistic": "rigid ballistic", "static": "frame 0 repeated"}
+# each claim: (text, numerator row, denominator row, threshold, sense)
+CLAIMS = [("flow's last-frame error at most 1/4 of the rigid ballistic baseline's", "flow", "ballistic", 0.25, "<="),
+          ("flow's last-frame error at most the MSE regressor's", "flow", "regressor", 1.0, "<="),
+          ("MSE regressor's last-frame error at most 1/4 of the rigid ballistic baseline's", "regressor", "ballistic", 0.25, "<="),
+          ("rigid ballistic beats frame 0 repeated", "ballistic", "static", 1.0, "<")]
+
+
+def run_seed(seed, work, quick=False):
+    iters, n_eval, n_withhold = (20, 40, 8) if quick else (ITERS, N_EVAL, N_WITHHOLD)
+    q = bench.run(physctrl.main, ["--seed", str(seed), "--iters", str(iters), "--regressor-iters", str(iters),
+                                  "--n-eval", str(n_eval), "--n-withhold", str(n_withhold), "--log-every", "500",
+                                  "--out", str(Path(work) / f"seed{seed}")])
+    res = dict(machine=bench.machine(), seed=seed, iters=iters, n_eval=n_eval, n_withhold=n_withhold,
+               command=f"{COMMAND} --seed {seed}", rows={k: q[k] for k in ROWS}, withheld=q["withheld"],
+               train_cpu_s=q["train_cpu_seconds"], regressor_train_cpu_s=q["regressor_train_cpu_seconds"],
+               sample_seconds=q["sample_seconds"])
+    bench.write_json((Path(work) if quick else RESULTS) / f"physctrl_seed{seed}.json", res)
+    return res
+
+
+def analyse(results=RESULTS, replicates=2000):
+    runs = [bench.read_json(f) for f in sorted(Path(results).glob("physctrl_seed[0-9].json"))]
+    g = np.random.default_rng(0)
+    claims = []
+    for text, num, den, threshold, sense in CLAIMS:
+        ratios = []  # (1 + replicates,) per seed
+        for r in runs:
+            a, b = np.array(r["rows"][num]["last_each"]), np.array(r["rows"][den]["last_each"])
+            idx = np.concatenate([np.arange(len(a))[None], g.integers(0, len(a), (replicates, len(a)))])
+            ratios.append(a[idx].mean(1) / b[idx].mean(1))
+        v = torch.tensor(np.mean(ratios, 0))
+        lo, hi = run_all.interval(v)
+        claims.append(dict(claim=text, numerator=num, denominator=den, threshold=threshold, sense=sense,
+                           ratio=float(v[0]), lo=lo, hi=hi, verdict=run_all.verdict(lo, hi, threshold, sense),
+                           seeds={str(r["seed"]): float(x[0]) for r, x in zip(runs, ratios)}))
+    out = dict(machine=runs[0]["machine"], command=f"python benchmarks/bench_physctrl.py --analyse",
+               replicates=replicates, seeds=[r["seed"] for r in runs], claims=claims)
+    bench.write_json(Path(results) / "physctrl_claims.json", out)
+    return out
+
+
+def markdown(results=RESULTS):
+    """One row per method: last-frame and all-frame position error, Chamfer, spring-length error, ground
+    penetration (mean +- sd over seeds), its ratio to the ballistic baseline; then the claims and the
+    withheld-stiffness check per seed."""
+    results = Path(results)
+    runs = [bench.read_json(f) for f in sorted(results.glob("physctrl_seed[0-9].json"))]
+    if not runs:
+        return ""
+    claims_file = results / "physctrl_claims.json"
+    c = bench.read_json(claims_file) if claims_file.exists() else {"claims": []}
+    head = ["method", "last frame", "all frames", "Chamfer (last)", "spring length", "ground penetration"]
+    rows = [[LABELS[k]] + [bench.ms([r["rows"][k][f] for r in runs], ".3g")
+                           for f in ("last", "mean", "chamfer", "spring", "ground")] for k in ROWS]
+    r0 = runs[0]
+    seeds = ", ".join(str(r["seed"]) for r in runs)
+    lines = [f"#### {r0['n_eval']} held-out conditions, mean +- sd over seeds {seeds}", "",
+             bench.caption(r0["machine"], f"for s in 0 1 2; do {COMMAND} --seed $s; done; "
+                           "python benchmarks/bench_physctrl.py --analyse",
+                           f"Errors in the simulator's length unit (the objects are about 1 across); flow and "
+                           f"regressor trained {r0['iters']} iterations each ({bench.ms([r['train_cpu_s'] for r in runs], '.0f')} "
+                           f"and {bench.ms([r['regressor_train_cpu_s'] for r in runs], '.0f')} CPU s)"), "",
+             bench.table(head, rows), ""]
+    if c["claims"]:
+        lines += [bench.table(["claim", "ratio of mean last-frame errors", "95% interval", "per seed", "verdict"],
+                              [[x["claim"], f"{x['ratio']:.3g}", f"{x['lo']:.3g} - {x['hi']:.3g}",
+                                ", ".join(f"{v:.3g}" for v in x["seeds"].values()), f"**{x['verdict']}**"]
+                               for x in c["claims"]], ["l", "r", "r", "l", "l"]), ""]
+    w = [[r["seed"], f"{r['withheld']['reference']['mean']:.2f} +- {r['withheld']['reference']['sd']:.2f}"]
+         + [f"{r['withheld'][k]['mean']:.2f} +- {r['withheld'][k]['sd']:.2f}, residual {r['withheld'][k]['residual']:.3f} "
+            f"(KS {r['withheld'][k]['ks']:.2f}, "
+            f"p = {r['withheld'][k]['p']:.2g}: **{'passes' if r['withheld'][k]['passes'] else 'fails'}**)"
+            for k in ("flow", "regressor")] for r in runs]
+    lines += [f"Stiffness withheld ({r0['n_withhold']} held-out force conditions): log10 k fitted by the simulator "
+              "(grid of 11 over the range) to each generated trajectory, against the fits of trajectories simulated "
+              "at stiffnesses drawn from the training prior; residual: the mean position error of a generated trajectory to "
+              "its best-fitting simulation:", "",
+              bench.table(["seed", "prior's fits", "flow (withheld)", "regressor (withheld)"], w, ["r", "l", "l", "l"]), ""]
+    if (results / "img" / "physctrl-trajectories.png").exists():
+        lines += ["Seed 0: eight held-out conditions from the side (x right, z up), frames 0, 3, ..., 15; simulated "
+                  "grey, generated orange:", "", "![physctrl.py trajectories](results/img/physctrl-trajectories.png)", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seed", type=int, help="measure this seed")
+    p.add_argument("--work", default=str(bench.ROOT / "benchmarks" / "work" / "physctrl"))
+    p.add_argument("--analyse", action="store_true", help="the paired bootstrap over the measured seeds")
+    p.add_argument("--quick", action="store_true", help="smoke test: 20 iterations, 40 conditions")
+    p.add_argument("--table", action="store_true", help="print the markdown of the results")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    work = Path(args.work) / ("quick" if args.quick else "")
+    if args.seed is not None:
+        run_seed(args.seed, work, args.quick)
+        if args.seed == 0 and not args.quick:
+            img = RESULTS / "img" / "physctrl-trajectories.png"
+            img.parent.mkdir(parents=True, exist_ok=True)
+            img.write_bytes((work / "seed0" / "trajectories.png").read_bytes())
+    if args.analyse:
+        analyse(work if args.quick else RESULTS, replicates=50 if args.quick else 2000)
+    if args.table:
+        print(markdown(work if args.quick else RESULTS))
+    if args.seed is None and not (args.analyse or args.table):
+        p.error("give --seed (to measure), --analyse or --table")
+
+
+if __name__ == "__main__":
+    main()
