@@ -386,7 +386,7 @@ def with_frame0(x, c):
 
 def errors(gen, sim, shape):
     """Per trajectory (n,) figures of generated positions gen against simulated sim (n, F, N, 3): the mean
-    position error at the last frame and over frames, the Chamfer distance at the last frame, the spring-length
+    position error at the last frame, over frames and per frame (n, F), the Chamfer distance at the last frame, the spring-length
     error (mean |l_gen - l_sim| over springs and frames) and the ground penetration (mean max(0, -z))."""
     gen, sim = gen.double().cpu(), sim.double().cpu()
     dist = (gen - sim).norm(dim=-1).mean(-1)  # (n, F)
@@ -399,7 +399,7 @@ def errors(gen, sim, shape):
         length = lambda p: (p[:, :, j] - p[:, :, i]).norm(dim=-1)  # noqa: E731
         spring[idx] = (length(gen[idx]) - length(sim[idx])).abs().mean((1, 2))
     return {"last": dist[:, -1], "mean": dist[:, 1:].mean(1), "chamfer": chamfer, "spring": spring,
-            "ground": (-gen[..., 2]).clamp_min(0).mean((1, 2))}
+            "ground": (-gen[..., 2]).clamp_min(0).mean((1, 2)), "per_frame": dist}
 
 
 def ballistic(cond, p0, frames):
@@ -458,8 +458,8 @@ def save_tracks(traj, path):
     common.atomic_save({"tracks": tracks, "visible": visible, "size": (CANVAS, CANVAS), "fps": FPS}, path)
 
 
-def side_view(rows, path, cols=6, cell=(32, 64)):
-    """A picture of trajectories from the side (x right, z up; x in [-2.5, 2.5], z in [-0.3, 2.2]): one row per
+def side_view(rows, path, cols=6, cell=(40, 80)):
+    """A picture of trajectories from the side (x right, z up; x in [-2, 2], z in [-0.2, 1.8]): one row per
     trajectory, `cols` frames spread over 0..F-1; rows is a list of (trajectories (n, F, N, 3), RGB) drawn
     in order, e.g. the simulated in grey under the generated in orange."""
     n, frames = rows[0][0].shape[:2]
@@ -470,11 +470,11 @@ def side_view(rows, path, cols=6, cell=(32, 64)):
         for ci, f in enumerate(idx.tolist()):
             y0, x0 = 2 + r * (H + 2), 2 + ci * (W + 2)
             img[y0:y0 + H, x0:x0 + W] = 16
-            img[y0 + H - 1 - int(0.3 / 2.5 * H), x0:x0 + W] = 90  # the ground
+            img[y0 + H - 1 - int(0.2 / 2.0 * H), x0:x0 + W] = 90  # the ground
             for traj, rgb in rows:
                 p = traj[r, f].double().cpu().numpy()
-                u = np.clip(((p[:, 0] + 2.5) / 5 * W).astype(int), 0, W - 1)
-                v = np.clip((H - 1 - (p[:, 2] + 0.3) / 2.5 * H).astype(int), 0, H - 1)
+                u = np.clip(((p[:, 0] + 2.0) / 4.0 * W).astype(int), 0, W - 1)
+                v = np.clip((H - 1 - (p[:, 2] + 0.2) / 2.0 * H).astype(int), 0, H - 1)
                 img[y0 + v, x0 + u] = rgb
     common.write_png(path, img)
 
@@ -498,7 +498,9 @@ def evaluate(method, net, regressor, data, sets, args, device):
     for name, traj in rows.items():
         e = errors(traj, sim, test["shape"])
         se = lambda v: float(v.std() / len(v) ** 0.5)  # noqa: E731
-        q[name] = {k: float(v.mean()) for k, v in e.items()} | {"last_se": se(e["last"]), "last_each": e["last"].tolist()}
+        per_frame = e.pop("per_frame").mean(0).tolist()
+        q[name] = {k: float(v.mean()) for k, v in e.items()} | {"last_se": se(e["last"]), "last_each": e["last"].tolist(),
+                                                                 "per_frame": per_frame}
         common.log(f"  {name:10s} {q[name]['last']:7.4f}+-{se(e['last']):.3f} {q[name]['mean']:12.4f} "
                    f"{q[name]['chamfer']:9.4f} {q[name]['spring']:9.4f} {q[name]['ground']:8.4f}")
     q["ratio_ballistic"] = q["flow"]["last"] / q["ballistic"]["last"]
@@ -583,7 +585,7 @@ def main(argv=None):
         parser, argv, "physctrl", model_flags=("frames", "frame_patch", "depth", "heads"),
         defaults=dict(data="springs", frames=16, frame_patch=3, n_train=2000, depth=2, heads=4, steps=10, p_withhold=0.2,
                       regressor_iters=None, n_withhold=64),
-        data_sets={"springs": dict(arch="dit", width=64, iters=1000, batch_size=32, lr=2e-3, n_eval=200)})
+        data_sets={"springs": dict(arch="dit", width=64, iters=800, batch_size=32, lr=2e-3, n_eval=200)})
     if args.arch != "dit":
         parser.error(f"physctrl's network is its own trajectory DiT: --arch {args.arch} does not apply (use dit)")
     if not 3 <= args.frames <= 64 or args.steps < 1 or args.n_train < 1 or args.n_withhold < 0:
