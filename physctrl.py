@@ -325,10 +325,11 @@ class PhysCtrl:
     """cfm.py's straight path on displacement trajectories, with the physics dropped at random in training
     (p_uncond: all of it, for guidance; p_withhold: the stiffness alone)."""
 
-    def __init__(self, p_uncond=0.1, p_withhold=0.2):
-        if not (0 <= p_uncond < 1 and 0 <= p_withhold < 1):
-            raise ValueError(f"--p-uncond and --p-withhold must be in [0, 1), got {p_uncond} and {p_withhold}")
-        self.p_uncond, self.p_withhold = p_uncond, p_withhold
+    def __init__(self, p_uncond=0.1, p_withhold=0.2, predict="x"):
+        if not (0 <= p_uncond < 1 and 0 <= p_withhold < 1) or predict not in ("x", "v"):
+            raise ValueError(f"--p-uncond and --p-withhold must be in [0, 1) and --predict x or v, got {p_uncond}, "
+                             f"{p_withhold} and {predict}")
+        self.p_uncond, self.p_withhold, self.predict = p_uncond, p_withhold, predict
 
     def keep(self, B, device):
         """(B, 2) which physics each example keeps: force and stiffness together dropped with p_uncond,
@@ -337,11 +338,19 @@ class PhysCtrl:
         given = (u[:, :1] >= self.p_uncond).float()
         return torch.cat([given, given * (u[:, 1:] >= self.p_withhold).float()], 1)
 
+    def velocity(self, net, x, t, c, keep):
+        """v_theta = (x1_theta(x_t, t, c) - x_t) / (1 - t) with predict "x" (the network gives the trajectory), or
+        the network's output itself with predict "v"."""
+        out = net(x, t, c, keep)
+        return out if self.predict == "v" else (out - x) / (1 - common.bcast(t, x))
+
     def loss(self, net, x1, y=None, c=None):
-        """E || v_theta(x_t, t, c) - (x_1 - x_0) ||^2, x_t = (1 - t) x_0 + t x_1; y is unused."""
+        """x_t = (1 - t) x_0 + t x_1; predict "v": E || v_theta - (x_1 - x_0) ||^2; predict "x": E || x1_theta - x_1 ||^2
+        (the same loss weighted by (1 - t)^2: v_theta - (x_1 - x_0) = (x1_theta - x_1) / (1 - t)); y is unused."""
         x0, t = torch.randn_like(x1), torch.rand(len(x1), device=x1.device)
         x_t = (1 - common.bcast(t, x1)) * x0 + common.bcast(t, x1) * x1
-        return (net(x_t, t, c, self.keep(len(x1), x1.device)) - (x1 - x0)).pow(2).mean()
+        target = x1 - x0 if self.predict == "v" else x1
+        return (net(x_t, t, c, self.keep(len(x1), x1.device)) - target).pow(2).mean()
 
     def regression_loss(self, net, x1, y=None, c=None):
         """The baseline: the same network at x = 0, t = 0 trained to output x_1 itself (MSE): the conditional mean."""
@@ -360,9 +369,9 @@ class PhysCtrl:
         def v(x, t):
             t = torch.full((B,), t, device=x.device)
             if cfg_scale == 1.0:
-                return net(x, t, c, keep)
-            v_null = net(x, t, c, null)
-            return v_null + cfg_scale * (net(x, t, c, keep) - v_null)
+                return self.velocity(net, x, t, c, keep)
+            v_null = self.velocity(net, x, t, c, null)
+            return v_null + cfg_scale * (self.velocity(net, x, t, c, keep) - v_null)
         h = 1.0 / steps
         for i in range(steps):
             x = x + h * v(x + h / 2 * v(x, i * h), i * h + h / 2)
@@ -573,6 +582,8 @@ def main(argv=None):
     own.add_argument("--depth", type=int, help="pairs of blocks (across points, across frames) (default 2)")
     own.add_argument("--heads", type=int, help="attention heads (default 4)")
     own.add_argument("--steps", type=int, help="midpoint steps of the sampler (default 10)")
+    own.add_argument("--predict", choices=["x", "v"], help="the network gives the trajectory x_1 (x, the default) "
+                     "or the velocity (v)")
     own.add_argument("--p-withhold", type=common.finite, help="probability of dropping the stiffness in training (default 0.2)")
     own.add_argument("--regressor-iters", type=int, help="iterations of the MSE regressor baseline (default --iters / 2; 0: none)")
     own.add_argument("--n-withhold", type=int, help="held-out conditions of the withheld-stiffness check (default 64; 0: off)")
@@ -582,8 +593,8 @@ def main(argv=None):
     one.add_argument("--stiffness", type=common.finite, default=2.0, help="log10 k (default 2)")
     one.add_argument("--shape", choices=SHAPES, default="box", help="the object (default box)")
     args, ckpt = common.parse_args(
-        parser, argv, "physctrl", model_flags=("frames", "frame_patch", "depth", "heads"),
-        defaults=dict(data="springs", frames=16, frame_patch=3, n_train=2000, depth=2, heads=4, steps=10, p_withhold=0.2,
+        parser, argv, "physctrl", model_flags=("frames", "frame_patch", "depth", "heads", "predict"),
+        defaults=dict(data="springs", frames=16, frame_patch=3, n_train=2000, depth=2, heads=4, steps=10, predict="x", p_withhold=0.2,
                       regressor_iters=None, n_withhold=64),
         data_sets={"springs": dict(arch="dit", width=64, iters=800, batch_size=32, lr=2e-3, n_eval=200)})
     if args.arch != "dit":
@@ -596,7 +607,7 @@ def main(argv=None):
     if args.n_withhold > args.n_eval:
         parser.error(f"--n-withhold {args.n_withhold} exceeds --n-eval {args.n_eval}: it uses the evaluation's conditions")
     regressor_iters = args.iters // 2 if args.regressor_iters is None else args.regressor_iters
-    method = common.construct(parser, PhysCtrl, args.p_uncond, args.p_withhold)
+    method = common.construct(parser, PhysCtrl, args.p_uncond, args.p_withhold, args.predict)
     with common.session(args) as device:
         condition = one_condition(args) if args.force else None
         if ckpt is not None and ckpt["args"]["frames"] != args.frames:

@@ -165,24 +165,27 @@ def test_a_withheld_stiffness_is_not_seen():
 
 
 class ExactField(torch.nn.Module):
-    """The optimal velocity of the straight path to Gaussian data N(mu, Sigma) (flattened):
-    v(x, t) = (E[x_1 | x_t] - x_t) / (1 - t), E[x_1 | x_t] = mu + t Sigma C_t^-1 (x_t - t mu), C_t = (1-t)^2 I + t^2 Sigma."""
+    """The optimal network of the straight path to Gaussian data N(mu, Sigma) (flattened): predict "x",
+    E[x_1 | x_t] = mu + t Sigma C_t^-1 (x_t - t mu), C_t = (1-t)^2 I + t^2 Sigma; predict "v", the velocity
+    v(x, t) = (E[x_1 | x_t] - x_t) / (1 - t)."""
 
-    def __init__(self, frames, mu, sigma):
+    def __init__(self, frames, mu, sigma, predict):
         super().__init__()
-        self.frames, self.mu, self.sigma = frames, mu, sigma
+        self.frames, self.mu, self.sigma, self.predict = frames, mu, sigma, predict
 
     def forward(self, x, t, c, keep=None):
         shape, x, t = x.shape, x.flatten(1).double(), float(t[0])
         C = (1 - t) ** 2 * torch.eye(len(self.mu), dtype=torch.float64) + t ** 2 * self.sigma
         mean = self.mu + t * torch.linalg.solve(C, (x - t * self.mu).T).T @ self.sigma
-        return ((mean - x) / (1 - t)).view(shape).float()
+        return (mean if self.predict == "x" else (mean - x) / (1 - t)).view(shape).float()
 
 
-def test_the_sampler_draws_gaussian_projectiles_exactly():
+@pytest.mark.parametrize("predict", ["x", "v"])
+def test_the_sampler_draws_gaussian_projectiles_exactly(predict):
     """A rigid projectile thrown with v_0 ~ N(m, S) has displacements x_1 = A v_0 + b (the simulator's discrete
     free fall, checked above): Gaussian, mean A m + b, covariance A S A^T. The sampler fed the exact field
-    reproduces them: the displacements lie on the 3-D subspace and the v_0 they imply has mean m and covariance S."""
+    reproduces them, whether the network gives x_1 or the velocity: the displacements lie on the 3-D subspace and
+    the v_0 they imply has mean m and covariance S."""
     frames, n = 4, 4000
     sim = pc.Simulator("box", ground=False)
     h = 1.0 / (pc.FPS * pc.SUBSTEPS)
@@ -197,8 +200,8 @@ def test_the_sampler_draws_gaussian_projectiles_exactly():
     traj = sim.run(torch.full((5,), 100.0, dtype=torch.float64), torch.zeros(5, 3, dtype=torch.float64), torch.zeros(5, dtype=torch.long),
                    frames, v=v0[:, None].expand(-1, pc.POINTS, -1))
     assert torch.allclose((traj[:, 1:] - traj[:, :1]).flatten(1), v0 @ A.T + b, atol=1e-10)
-    field = ExactField(frames, A @ m + b, A @ S @ A.T)
-    x = pc.PhysCtrl().sample(field, torch.zeros(n, pc.POINTS, 8), steps=20, generator=torch.Generator().manual_seed(0))
+    field = ExactField(frames, A @ m + b, A @ S @ A.T, predict)
+    x = pc.PhysCtrl(predict=predict).sample(field, torch.zeros(n, pc.POINTS, 8), steps=20, generator=torch.Generator().manual_seed(0))
     x = x.flatten(1).double()
     implied = torch.linalg.lstsq(A, (x - b).T).solution.T  # (n, 3)
     assert (x - b - implied @ A.T).abs().max() < 1e-3  # on the subspace
