@@ -27,9 +27,15 @@ The math.
                     (HELDOUT_AZIMUTH) and a stiffness band (HELDOUT_STIFFNESS) inside the training ranges.
                     Generated from a seed and cached (common.cache_dir).
   the model         x_1 = (p_1 - p_0, ..., p_{F-1} - p_0) (B, F-1, N, 3), displacements from frame 0; cfm.py's
-                    straight path, t = 0 noise, t = 1 data: x_t = (1 - t) x_0 + t x_1, target v = x_1 - x_0,
-                    L = E || v_theta(x_t, t, c) - (x_1 - x_0) ||^2 (Lipman et al., arXiv 2210.02747); c is frame 0,
-                    the drag weights, f and log k.
+                    straight path, t = 0 noise, t = 1 data: x_t = (1 - t) x_0 + t x_1, velocity x_1 - x_0 (Lipman et al.,
+                    arXiv 2210.02747); c is frame 0, the drag weights, f and log k.
+  x-prediction      the network gives the trajectory, x1_theta(x_t, t, c), and the field is
+                    v_theta = (x1_theta - x_t) / (1 - t): since x_t = (1 - t) x_0 + t x_1, (x_1 - x_t) / (1 - t) = x_1 - x_0,
+                    so v_theta - (x_1 - x_0) = (x1_theta - x_1) / (1 - t), and the loss L = E || x1_theta - x_1 ||^2 is
+                    cfm.py's velocity loss weighted by (1 - t)^2 (Li & He, arXiv 2511.13720: clean data lie on a
+                    low-dimensional set, noise and velocity do not). Given all conditions a trajectory is one point
+                    (the simulator is deterministic): x-prediction learns it as a regression at every t, where the
+                    velocity target carries the noise x_0 along (--predict v keeps cfm.py's form).
   network           a DiT (Peebles & Xie, arXiv 2212.09748) over (F - 1) / P x N tokens, a token one point over P
                     consecutive frames (--frame-patch P, a tubelet as video DiTs patch time): [x_t over those frames,
                     p_0 of its point, w_i, w_i f (the force it receives: the drag point marked on its tokens)] embedded
@@ -43,7 +49,8 @@ The math.
                     frame 0) = E_k p(trajectory | f, k, ...), a mixture over the stiffness prior: the stiffness
                     fitted to each generated trajectory by the simulator (a grid search over log k) should be
                     distributed as the prior. A regressor (the same network trained with MSE to predict x_1 from
-                    c alone) predicts the mixture's mean, one blurred motion, and its fitted stiffnesses collapse.
+                    c alone, x1_theta(0, 0, c)) predicts the mixture's mean, one blurred motion, and its fitted
+                    stiffnesses collapse.
   guidance          v = v_theta(x, t, null) + w (v_theta(x, t, c) - v_theta(x, t, null)) (Ho & Salimans, arXiv
                     2207.12598), null: no physics given.
   tracks            the generated trajectories through a pinhole camera on the -y side, as 2-D point tracks
@@ -51,7 +58,10 @@ The math.
                     point), written to OUT/tracks.pt: {"tracks": (n, F, N, 2) float (x right, y down),
                     "visible": (n, F, N) bool, "size": (H, W), "fps": FPS}, the input of motion_prompting.py.
 
-Departures from the paper: PhysCtrl represents 2048 points, trains on 550K animations of four materials
+The lecture's PhysCtrl slide (NICE Lab, 2026) has three stages: lift the image to a 3-D point cloud, generate its
+future 3-D trajectory with a DiT from physics conditions, guide a video model with it. Here the cloud is given
+(frame 0 of the simulation), the second stage is this file, and the third is motion_prompting.py fed with
+OUT/tracks.pt. Departures from the paper: PhysCtrl represents 2048 points, trains on 550K animations of four materials
 from MPM simulations, and conditions on the drag force, drag point, Young's modulus, Poisson's ratio and the
 material class, with a physics loss besides the diffusion loss; here one elastic material, a mass-spring
 simulator, 32 points and the flow-matching loss alone.
