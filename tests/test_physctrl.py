@@ -276,3 +276,14 @@ def test_contact_restitution_and_friction():
         [0.0, 0.0, pc.RESTITUTION * u], dtype=torch.float64))
     assert torch.allclose(v2[1], torch.tensor([0.0, 0.0, pc.RESTITUTION * u], dtype=torch.float64))
     assert torch.equal(v2[2:], v.permute(1, 2, 0)[0, 2:])
+
+
+def test_the_flags_are_read_never_written(parsed_flags, tmp_path):
+    """The checkpoint records the flags as parsed; what main derives (the regressor's iterations, --iters / 2 when
+    not given) it passes on to the regressor's own flags."""
+    pc.main(tiny(tmp_path, 4)[:-4] + ["--out", str(tmp_path), "--n-eval", "0", "--n-withhold", "0"])
+    [(args, before)] = parsed_flags
+    assert vars(args) == before and before["regressor_iters"] is None
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["args"] == before
+    regressor = torch.load(tmp_path / "regressor" / "ckpt.pt", weights_only=True)
+    assert regressor["step"] == 2 and regressor["args"]["iters"] == 2 and regressor["args"]["model"] == "physctrl_regressor"
