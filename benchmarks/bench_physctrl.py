@@ -3,11 +3,13 @@ baselines: frame 0 repeated, the rigid ballistic motion of the centre of mass, a
 network, trained for as many iterations: the same CPU seconds within a few percent); then the
 withheld-stiffness check. Every claim is paired: the same held-out conditions for every row.
 
-  for s in 0 1 2; do OMP_NUM_THREADS=1 python benchmarks/bench_physctrl.py --seed $s; done   # ~25 CPU min a seed
+  for s in 0 1 2; do OMP_NUM_THREADS=1 python benchmarks/bench_physctrl.py --seed $s; done   # ~16 CPU min a seed
+  for s in 0 1 2; do OMP_NUM_THREADS=1 python benchmarks/bench_physctrl.py --ablation --seed $s; done  # --predict v
   python benchmarks/bench_physctrl.py --analyse   # paired bootstrap -> results/physctrl_claims.json
 
-One seed, in this process, through physctrl.main (its defaults, longer training: ITERS iterations for the flow and
-as many for the regressor; the simulated data are the default run's, the seed moves the networks' initialisation,
+One seed, in this process, through physctrl.main (its defaults but --predict x, the network giving the trajectory,
+and longer training: ITERS iterations for the flow and as many for the regressor; --ablation: the default
+--predict v flow alone, the same seed, conditions and noise; the simulated data are the default run's, the seed moves the networks' initialisation,
 their batches and the sampler's noise). Per held-out condition (N_EVAL of them) the mean position error at the
 last frame; a claim's ratio is the mean over seeds of the per-seed ratio of mean errors, its interval the
 bias-corrected 95% percentile interval of a bootstrap that resamples the conditions (the same indices for both
@@ -32,18 +34,22 @@ COMMAND = "OMP_NUM_THREADS=1 python benchmarks/bench_physctrl.py"
 ITERS = 2500  # the flow's and the regressor's iterations
 N_EVAL, N_WITHHOLD = 500, 128
 ROWS = ("flow", "regressor", "ballistic", "static")
-LABELS = {"flow": "physctrl.py (flow, 10 midpoint steps)", "regressor": "MSE regressor (same network)",
+LABELS = {"flow": "flow, x-prediction (--predict x)", "regressor": "MSE regressor (same network)",
           "ballistic": "rigid ballistic", "static": "frame 0 repeated"}
 # each claim: (text, numerator row, denominator row, threshold, sense)
-CLAIMS = [("flow's last-frame error at most 1/4 of the rigid ballistic baseline's", "flow", "ballistic", 0.25, "<="),
-          ("flow's last-frame error at most the MSE regressor's", "flow", "regressor", 1.0, "<="),
+CLAIMS = [("x-prediction flow's last-frame error at most 1/4 of the rigid ballistic baseline's", "flow", "ballistic", 0.25, "<="),
+          ("x-prediction flow's last-frame error at most the MSE regressor's", "flow", "regressor", 1.0, "<="),
           ("MSE regressor's last-frame error at most 1/4 of the rigid ballistic baseline's", "regressor", "ballistic", 0.25, "<="),
           ("rigid ballistic beats frame 0 repeated", "ballistic", "static", 1.0, "<")]
+V_CLAIMS = [("v-prediction flow's (the default's) last-frame error at most 1/4 of the rigid ballistic baseline's", "flow",
+             "ballistic", 0.25, "<="),
+            ("v-prediction flow's last-frame error at most the MSE regressor's", "flow", "regressor", 1.0, "<=")]
+X_AGAINST_V = ("x-prediction's last-frame error below v-prediction's", "flow", "flow", 1.0, "<")
 
 
 def run_seed(seed, work, quick=False):
     iters, n_eval, n_withhold = (20, 40, 8) if quick else (ITERS, N_EVAL, N_WITHHOLD)
-    q = bench.run(physctrl.main, ["--seed", str(seed), "--iters", str(iters), "--regressor-iters", str(iters),
+    q = bench.run(physctrl.main, ["--seed", str(seed), "--predict", "x", "--iters", str(iters), "--regressor-iters", str(iters),
                                   "--n-eval", str(n_eval), "--n-withhold", str(n_withhold), "--log-every", "500",
                                   "--out", str(Path(work) / f"seed{seed}")])
     res = dict(machine=bench.machine(), seed=seed, iters=iters, n_eval=n_eval, n_withhold=n_withhold,
@@ -54,21 +60,45 @@ def run_seed(seed, work, quick=False):
     return res
 
 
+def run_ablation(seed, work):
+    """The flow with --predict v (cfm.py's velocity target) on the same seed, conditions and noise: no regressor."""
+    q = bench.run(physctrl.main, ["--seed", str(seed), "--predict", "v", "--iters", str(ITERS), "--regressor-iters", "0",
+                                  "--n-eval", str(N_EVAL), "--n-withhold", str(N_WITHHOLD), "--log-every", "500",
+                                  "--out", str(Path(work) / f"v-seed{seed}")])
+    res = dict(machine=bench.machine(), seed=seed, iters=ITERS, n_eval=N_EVAL, n_withhold=N_WITHHOLD,
+               command=f"{COMMAND} --ablation --seed {seed}", rows={"flow": q["flow"]},
+               withheld={k: q["withheld"][k] for k in ("reference", "flow")}, train_cpu_s=q["train_cpu_seconds"])
+    bench.write_json(RESULTS / f"physctrl_v_seed{seed}.json", res)
+
+
+def paired(runs, num, den, g, replicates):
+    """(1 + replicates,) mean over seeds of the ratio of mean last-frame errors, conditions resampled; runs: pairs
+    (numerator's rows, denominator's rows) of one seed."""
+    ratios = []
+    for rows_a, rows_b in runs:
+        a, b = np.array(rows_a[num]["last_each"]), np.array(rows_b[den]["last_each"])
+        idx = np.concatenate([np.arange(len(a))[None], g.integers(0, len(a), (replicates, len(a)))])
+        ratios.append(a[idx].mean(1) / b[idx].mean(1))
+    return ratios
+
+
 def analyse(results=RESULTS, replicates=2000):
     runs = [bench.read_json(f) for f in sorted(Path(results).glob("physctrl_seed[0-9].json"))]
     g = np.random.default_rng(0)
     claims = []
-    for text, num, den, threshold, sense in CLAIMS:
-        ratios = []  # (1 + replicates,) per seed
-        for r in runs:
-            a, b = np.array(r["rows"][num]["last_each"]), np.array(r["rows"][den]["last_each"])
-            idx = np.concatenate([np.arange(len(a))[None], g.integers(0, len(a), (replicates, len(a)))])
-            ratios.append(a[idx].mean(1) / b[idx].mean(1))
+    ablation = {r["seed"]: r for r in map(bench.read_json, sorted(Path(results).glob("physctrl_v_seed[0-9].json")))}
+    both = [r for r in runs if r["seed"] in ablation]
+    todo = [(claim, [(r["rows"], r["rows"]) for r in runs], runs) for claim in CLAIMS]
+    if both:  # the v-prediction flow against the same conditions' rows of the main runs
+        todo += [(claim, [(ablation[r["seed"]]["rows"], r["rows"]) for r in both], both) for claim in V_CLAIMS]
+        todo += [(X_AGAINST_V, [(r["rows"], ablation[r["seed"]]["rows"]) for r in both], both)]
+    for (text, num, den, threshold, sense), pairs, seeds in todo:
+        ratios = paired(pairs, num, den, g, replicates)  # (1 + replicates,) per seed
         v = torch.tensor(np.mean(ratios, 0))
         lo, hi = run_all.interval(v)
         claims.append(dict(claim=text, numerator=num, denominator=den, threshold=threshold, sense=sense,
                            ratio=float(v[0]), lo=lo, hi=hi, verdict=run_all.verdict(lo, hi, threshold, sense),
-                           seeds={str(r["seed"]): float(x[0]) for r, x in zip(runs, ratios)}))
+                           seeds={str(r["seed"]): float(x[0]) for r, x in zip(seeds, ratios)}))
     out = dict(machine=runs[0]["machine"], command=f"python benchmarks/bench_physctrl.py --analyse",
                replicates=replicates, seeds=[r["seed"] for r in runs], claims=claims)
     bench.write_json(Path(results) / "physctrl_claims.json", out)
@@ -88,11 +118,15 @@ def markdown(results=RESULTS):
     head = ["method", "last frame", "all frames", "Chamfer (last)", "spring length", "ground penetration"]
     rows = [[LABELS[k]] + [bench.ms([r["rows"][k][f] for r in runs], ".3g")
                            for f in ("last", "mean", "chamfer", "spring", "ground")] for k in ROWS]
+    ablation = [bench.read_json(f) for f in sorted(results.glob("physctrl_v_seed[0-9].json"))]
+    if ablation:
+        rows.insert(0, [f"flow, v-prediction (the default; seeds {', '.join(str(r['seed']) for r in ablation)})"]
+                    + [bench.ms([r["rows"]["flow"][f] for r in ablation], ".3g") for f in ("last", "mean", "chamfer", "spring", "ground")])
     r0 = runs[0]
     seeds = ", ".join(str(r["seed"]) for r in runs)
     lines = [f"#### {r0['n_eval']} held-out conditions, mean +- sd over seeds {seeds}", "",
-             bench.caption(r0["machine"], f"for s in 0 1 2; do {COMMAND} --seed $s; done; "
-                           "python benchmarks/bench_physctrl.py --analyse",
+             bench.caption(r0["machine"], f"for s in 0 1 2; do {COMMAND} --seed $s; {COMMAND} --ablation --seed $s; "
+                           "done; python benchmarks/bench_physctrl.py --analyse",
                            f"Errors in the simulator's length unit (the objects are about 1 across); flow and "
                            f"regressor trained {r0['iters']} iterations each ({bench.ms([r['train_cpu_s'] for r in runs], '.0f')} "
                            f"and {bench.ms([r['regressor_train_cpu_s'] for r in runs], '.0f')} CPU s)"), "",
@@ -102,19 +136,22 @@ def markdown(results=RESULTS):
                               [[x["claim"], f"{x['ratio']:.3g}", f"{x['lo']:.3g} - {x['hi']:.3g}",
                                 ", ".join(f"{v:.3g}" for v in x["seeds"].values()), f"**{x['verdict']}**"]
                                for x in c["claims"]], ["l", "r", "r", "l", "l"]), ""]
+    def check(w):
+        return (f"{w['mean']:.2f} +- {w['sd']:.2f}, residual {w['residual']:.3f} (KS {w['ks']:.2f}, p = {w['p']:.2g}: "
+                f"**{'passes' if w['passes'] else 'fails'}**)")
+    v = {r["seed"]: r for r in ablation}
     w = [[r["seed"], f"{r['withheld']['reference']['mean']:.2f} +- {r['withheld']['reference']['sd']:.2f}"]
-         + [f"{r['withheld'][k]['mean']:.2f} +- {r['withheld'][k]['sd']:.2f}, residual {r['withheld'][k]['residual']:.3f} "
-            f"(KS {r['withheld'][k]['ks']:.2f}, "
-            f"p = {r['withheld'][k]['p']:.2g}: **{'passes' if r['withheld'][k]['passes'] else 'fails'}**)"
-            for k in ("flow", "regressor")] for r in runs]
+         + [check(r["withheld"][k]) for k in ("flow", "regressor")]
+         + ([check(v[r["seed"]]["withheld"]["flow"]) if r["seed"] in v else ""] if v else []) for r in runs]
     lines += [f"Stiffness withheld ({r0['n_withhold']} held-out force conditions): log10 k fitted by the simulator "
               "(grid of 11 over the range) to each generated trajectory, against the fits of trajectories simulated "
               "at stiffnesses drawn from the training prior; residual: the mean position error of a generated trajectory to "
               "its best-fitting simulation:", "",
-              bench.table(["seed", "prior's fits", "flow (withheld)", "regressor (withheld)"], w, ["r", "l", "l", "l"]), ""]
+              bench.table(["seed", "prior's fits", "flow, x-prediction", "regressor"]
+                          + (["flow, v-prediction (the default)"] if v else []), w, ["r"] + ["l"] * (4 if v else 3)), ""]
     if (results / "img" / "physctrl-trajectories.png").exists():
         lines += ["Seed 0: eight held-out conditions from the side (x right, z up), frames 0, 3, ..., 15; simulated "
-                  "grey, generated orange:", "", "![physctrl.py trajectories](results/img/physctrl-trajectories.png)", ""]
+                  "grey, generated by the x-prediction flow orange:", "", "![physctrl.py trajectories](results/img/physctrl-trajectories.png)", ""]
     return "\n".join(lines)
 
 
@@ -122,15 +159,18 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seed", type=int, help="measure this seed")
     p.add_argument("--work", default=str(bench.ROOT / "benchmarks" / "work" / "physctrl"))
+    p.add_argument("--ablation", action="store_true", help="with --seed: the flow with --predict v (the default) alone")
     p.add_argument("--analyse", action="store_true", help="the paired bootstrap over the measured seeds")
     p.add_argument("--quick", action="store_true", help="smoke test: 20 iterations, 40 conditions")
     p.add_argument("--table", action="store_true", help="print the markdown of the results")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     work = Path(args.work) / ("quick" if args.quick else "")
-    if args.seed is not None:
+    if args.seed is not None and args.ablation:
+        run_ablation(args.seed, work)
+    elif args.seed is not None:
         run_seed(args.seed, work, args.quick)
-        if args.seed == 0 and not args.quick:
+        if args.seed == 0 and not args.quick and not args.ablation:
             img = RESULTS / "img" / "physctrl-trajectories.png"
             img.parent.mkdir(parents=True, exist_ok=True)
             img.write_bytes((work / "seed0" / "trajectories.png").read_bytes())

@@ -22,6 +22,7 @@ import bench_controlnet
 import bench_ddim
 import bench_latent_diffusion
 import bench_mar
+import bench_physctrl
 import bench_meanflow
 import bench_rectified_flow
 import bench_vae
@@ -129,6 +130,18 @@ paired bootstrap interval (benchmarks/bench_mar.py's docstring). Targets: one to
 within 1.2x of cfm.py's FD; the K rows against K = 16 show where several tokens per step stop costing
 quality."""
 
+PHYSCTRL = """physctrl.py (flow matching on simulated 3-D point trajectories, a DiT over (frame patch, point)
+tokens) against the simulator on held-out conditions it never trained on (force directions in a held-out
+azimuth band, stiffnesses in a held-out band), beside three baselines: frame 0 repeated, the centre of mass
+moved rigidly by the force and gravity (stopped at the ground), and an MSE regressor (the same network trained
+for as many iterations to predict the trajectory itself). Every claim is a ratio of mean last-frame position
+errors over the same conditions with its paired bootstrap interval (benchmarks/bench_physctrl.py's docstring).
+The flow's network predicts the trajectory (x-prediction, physctrl.py's default); the row with v-prediction
+is the same flow trained on cfm.py's velocity target, same seeds, conditions and starting noise. Targets:
+the flow at most 1/4 of the ballistic baseline's error and at most the regressor's; with the stiffness
+withheld, the stiffnesses fitted to its trajectories distributed as the prior, where the regressor's
+collapse."""
+
 LATENT = """Both models are the command lines' digits32 defaults (conditional, w = 1), trained in segments
 continued exactly with `--resume`, each checkpoint sampled with the midpoint solver x 10; the latent
 model's seconds include its autoencoder (stage 1). The lecture's claim is that latent diffusion
@@ -223,6 +236,7 @@ def sections():
         ("Consistency models against flow matching at equal compute (consistency.py)", CONSISTENCY,
          bench_consistency.markdown()),
         ("Masked autoregression against its decoding steps (mar.py)", MAR, bench_mar.markdown()),
+        ("Physics-grounded trajectories against the simulator (physctrl.py)", PHYSCTRL, bench_physctrl.markdown()),
         ("Latent against pixel space at equal seconds (latent_diffusion.py)", LATENT,
          bench_latent_diffusion.markdown(bench_latent_diffusion.seed_files())),
         ("ControlNet against fine-tuning the whole base (controlnet.py)", CONTROLNET,

@@ -153,3 +153,38 @@ def test_mar_claims_and_table_on_made_up_samples(tmp_path, monkeypatch):
     assert "| CFM Euler x 100 | 100 | 2 | 10 +- 0 | 5 +- 0 | 1 +- 0 | 2 +- 0 | 0 +- 0 | not measured | 1 +- 0 | 1 |  |  |" in text
     assert f"| MAR, K=1 within 1.1x of MAR, K=16 (several tokens per step cost little) | {off['ratio']:.3g} |" in text
     assert "floor (real vs real, 200 training vs 200 held-out, mean +- sd over 20 draws): FD 0.5 +- 0.1" in text
+
+
+def test_physctrl_claims_and_table_on_made_up_errors(tmp_path):
+    """benchmarks/bench_physctrl.py's analysis on two seeds of made-up per-condition errors: a flow at exactly
+    a fifth of the ballistic baseline on every condition has ratio 0.2 on every replicate and holds its <= 1/4
+    target; a regressor at twice the flow's does not hold <= 1/4 of ... (0.4); the v-prediction rows pair with
+    the main runs' conditions (x below v holds at 0.5). The table shows every method and the withheld check."""
+    bp = load("bench_physctrl")
+    n = 50
+    errs = [0.5 + 0.01 * i for i in range(n)]
+    fig = lambda scale: dict(last=scale * sum(errs) / n, mean=0.1, chamfer=0.1, spring=0.01, ground=0.0,  # noqa: E731
+                             last_each=[scale * e for e in errs])
+    check = dict(mean=1.7, sd=0.5, residual=0.1, ks=0.1, p=0.5, passes=True)
+    for seed in (0, 1):
+        rows = {"flow": fig(0.2), "regressor": fig(0.4), "ballistic": fig(1.0), "static": fig(1.2)}
+        (tmp_path / f"physctrl_seed{seed}.json").write_text(json.dumps(dict(
+            machine="test", seed=seed, iters=10, n_eval=n, n_withhold=8, rows=rows, train_cpu_s=5.0,
+            regressor_train_cpu_s=5.0, withheld=dict(reference=dict(mean=1.7, sd=0.5), flow=check,
+                                                     regressor=dict(check, passes=False, p=0.001)))))
+        (tmp_path / f"physctrl_v_seed{seed}.json").write_text(json.dumps(dict(
+            machine="test", seed=seed, iters=10, n_eval=n, n_withhold=8, rows={"flow": fig(0.4)}, train_cpu_s=5.0,
+            withheld=dict(reference=dict(mean=1.7, sd=0.5), flow=check))))
+    bp.analyse(tmp_path, replicates=50)
+    claims = {c["claim"]: c for c in json.loads((tmp_path / "physctrl_claims.json").read_text())["claims"]}
+    x = claims["x-prediction flow's last-frame error at most 1/4 of the rigid ballistic baseline's"]
+    assert (round(x["ratio"], 9), round(x["lo"], 9), round(x["hi"], 9), x["verdict"]) == (0.2, 0.2, 0.2, "holds")
+    r = claims["MSE regressor's last-frame error at most 1/4 of the rigid ballistic baseline's"]
+    assert round(r["ratio"], 9) == 0.4 and r["verdict"] == "does not hold"
+    xv = claims["x-prediction's last-frame error below v-prediction's"]
+    assert round(xv["ratio"], 9) == 0.5 and xv["verdict"] == "holds" and set(xv["seeds"]) == {"0", "1"}
+    v = claims["v-prediction flow's (the default's) last-frame error at most 1/4 of the rigid ballistic baseline's"]
+    assert round(v["ratio"], 9) == 0.4 and v["verdict"] == "does not hold"
+    md = bp.markdown(tmp_path)
+    assert "flow, v-prediction (the default; seeds 0, 1)" in md and "**passes**" in md and "**fails**" in md
+    assert "| x-prediction flow's last-frame error at most 1/4 of the rigid ballistic baseline's | 0.2 |" in md
