@@ -393,6 +393,7 @@ class PhysCtrl:
 
     @torch.no_grad()
     def regress(self, net, c, withhold=False):
+        """The regressor's one answer (B, F-1, N, 3) given c: its network at x = 0, t = 0."""
         keep = torch.tensor([[1.0, 0.0 if withhold else 1.0]], device=c.device).expand(len(c), -1)
         return net(torch.zeros(len(c), net.frames - 1, POINTS, 3, device=c.device), torch.zeros(len(c), device=c.device),
                    c, keep)
@@ -409,8 +410,9 @@ def with_frame0(x, c):
 
 def errors(gen, sim, shape):
     """Per trajectory (n,) figures of generated positions gen against simulated sim (n, F, N, 3): the mean
-    position error at the last frame, over frames and per frame (n, F), the Chamfer distance at the last frame, the spring-length
-    error (mean |l_gen - l_sim| over springs and frames) and the ground penetration (mean max(0, -z))."""
+    position error at the last frame, over frames and per frame (n, F), the Chamfer distance at the last frame,
+    the spring-length error (mean |l_gen - l_sim| over springs and frames) and the ground penetration (mean
+    max(0, -z))."""
     gen, sim = gen.double().cpu(), sim.double().cpu()
     dist = (gen - sim).norm(dim=-1).mean(-1)  # (n, F)
     d = torch.cdist(gen[:, -1], sim[:, -1])
