@@ -136,8 +136,9 @@ azimuth band, stiffnesses in a held-out band), beside three baselines: frame 0 r
 moved rigidly by the force and gravity (stopped at the ground), and an MSE regressor (the same network trained
 for as many iterations to predict the trajectory itself). Every claim is a ratio of mean last-frame position
 errors over the same conditions with its paired bootstrap interval (benchmarks/bench_physctrl.py's docstring).
-The flow's network predicts the trajectory (x-prediction, physctrl.py's default); the row with v-prediction
-is the same flow trained on cfm.py's velocity target, same seeds, conditions and starting noise. Targets:
+The flow is measured twice on the same seeds, conditions and starting noise: with its network predicting the
+trajectory (--predict x), beside the regressor and the baselines, and with cfm.py's velocity target (--predict
+v, physctrl.py's default). Targets:
 the flow at most 1/4 of the ballistic baseline's error and at most the regressor's; with the stiffness
 withheld, the stiffnesses fitted to its trajectories distributed as the prior, where the regressor's
 collapse."""
