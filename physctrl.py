@@ -352,6 +352,10 @@ class PhysCtrl:
         given = (u[:, :1] >= self.p_uncond).float()
         return torch.cat([given, given * (u[:, 1:] >= self.p_withhold).float()], 1)
 
+    def given(self, B, withhold, device):
+        """(B, 2) keep for sampling: the force given, the stiffness given unless withhold."""
+        return torch.tensor([[1.0, 0.0 if withhold else 1.0]], device=device).expand(B, -1)
+
     def velocity(self, net, x, t, c, keep):
         """v_theta = (x1_theta(x_t, t, c) - x_t) / (1 - t) with predict "x" (the network gives the trajectory), or
         the network's output itself with predict "v"."""
@@ -377,7 +381,7 @@ class PhysCtrl:
         guidance v_null + w (v_c - v_null); withhold: the stiffness not given."""
         B = len(c)
         x = common.start_noise((B, net.frames - 1, POINTS, 3), generator, noise).to(c.device)
-        keep = torch.tensor([[1.0, 0.0 if withhold else 1.0]], device=c.device).expand(B, -1)
+        keep = self.given(B, withhold, c.device)
         null = torch.zeros_like(keep)
 
         def v(x, t):
@@ -394,7 +398,7 @@ class PhysCtrl:
     @torch.no_grad()
     def regress(self, net, c, withhold=False):
         """The regressor's one answer (B, F-1, N, 3) given c: its network at x = 0, t = 0."""
-        keep = torch.tensor([[1.0, 0.0 if withhold else 1.0]], device=c.device).expand(len(c), -1)
+        keep = self.given(len(c), withhold, c.device)
         return net(torch.zeros(len(c), net.frames - 1, POINTS, 3, device=c.device), torch.zeros(len(c), device=c.device),
                    c, keep)
 
@@ -420,7 +424,7 @@ def errors(gen, sim, shape):
     spring = torch.empty(len(gen), dtype=torch.float64)
     for s, name in enumerate(SHAPES):
         idx = (shape == s).nonzero().flatten()
-        i, j = springs(shape_points(name)).unbind(1)
+        i, j = Simulator(name).pairs.unbind(1)
         length = lambda p: (p[:, :, j] - p[:, :, i]).norm(dim=-1)  # noqa: E731
         spring[idx] = (length(gen[idx]) - length(sim[idx])).abs().mean((1, 2))
     return {"last": dist[:, -1], "mean": dist[:, 1:].mean(1), "chamfer": chamfer, "spring": spring,

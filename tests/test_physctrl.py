@@ -287,3 +287,14 @@ def test_the_flags_are_read_never_written(parsed_flags, tmp_path):
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["args"] == before
     regressor = torch.load(tmp_path / "regressor" / "ckpt.pt", weights_only=True)
     assert regressor["step"] == 2 and regressor["args"]["iters"] == 2 and regressor["args"]["model"] == "physctrl_regressor"
+
+
+def test_sampling_with_the_stiffness_withheld_ignores_it():
+    """sample(withhold=True) and regress(withhold=True) give the same answer whatever log k c carries; given, they differ."""
+    net, c, m = busy_net(), conditions(2), pc.PhysCtrl()
+    other = c.clone()
+    other[..., 7] = -c[..., 7]
+    noise = torch.randn(2, 6, pc.POINTS, 3)
+    assert torch.equal(m.sample(net, c, 2, withhold=True, noise=noise), m.sample(net, other, 2, withhold=True, noise=noise))
+    assert torch.equal(m.regress(net, c, withhold=True), m.regress(net, other, withhold=True))
+    assert not torch.allclose(m.sample(net, c, 2, noise=noise), m.sample(net, other, 2, noise=noise), atol=1e-4)
