@@ -393,7 +393,8 @@ def physics_prompt(path, frame0, frames, n_tracks, index=0):
 
 def evaluate(method, net, clips, frames_data, args, device):
     """Motion error, identity and per-frame FD on n held-out clips for the base without tracks and the ControlNet
-    with 1, 4 and all tracks (the same starting noise for every row), beside the real clips; the picture."""
+    with 1, 4 and all tracks (the same starting noise for every row), beside the real clips; the picture. Returns
+    the figures, and every row's clips under "samples" (on the CPU, for comparisons paired on the same clips)."""
     n = args.n_eval
     real = clips.x_test[:n].to(device)
     tracks, visible = dense_tracks(real[:, 0].cpu(), clips.c_test[:n])
@@ -430,6 +431,7 @@ def evaluate(method, net, clips, frames_data, args, device):
                    f"{q[name]['identity']:.3f}  FD {quality['value']:.4g} (floor {quality['floor']:.4g} +- "
                    f"{quality['floor_sd']:.2g}, n={quality['n']})")
     q["ratio_4"] = q["4 tracks"]["motion"] / q["base"]["motion"]
+    q["samples"] = {name: x.cpu() for name, x in rows.items()}
     i = 0  # the picture: one clip's real frames, then each row's, the 4 prompted tracks drawn over all of them
     four = kept["4 tracks"][i, :, 0]
     path = Path(args.out) / "tracks.png"

@@ -188,3 +188,47 @@ def test_physctrl_claims_and_table_on_made_up_errors(tmp_path):
     md = bp.markdown(tmp_path)
     assert "flow, v-prediction (the default; seeds 0, 1)" in md and "**passes**" in md and "**fails**" in md
     assert "| x-prediction flow's last-frame error at most 1/4 of the rigid ballistic baseline's | 0.2 |" in md
+
+
+def test_motion_prompting_claims_and_table_on_made_up_errors(tmp_path):
+    """benchmarks/bench_motion_prompting.py's analysis on two seeds of made-up per-clip motion errors: 4 tracks at
+    exactly a fifth of the base on every clip has ratio 0.2 on every replicate and holds its <= 1/3 target; 1 track at
+    the base's own errors is 1 on every replicate, so '< 1' does not hold; an FD difference whose replicates straddle
+    the floor's sd is within noise."""
+    bm = load("bench_motion_prompting")
+    n = 40
+    errs = [2.0 + 0.1 * i for i in range(n)]
+    fig = lambda scale: dict(motion=scale * sum(errs) / n, motion_each=[scale * e for e in errs], identity=0.5,  # noqa: E731
+                             fd=30.0, fd_floor=20.0, fd_floor_sd=2.0)
+    for seed in (0, 1):
+        rows = {"real clips": fig(0.02), "base": fig(1.0), "1 track": fig(1.0), "4 tracks": fig(0.2), "all tracks": fig(0.1)}
+        (tmp_path / f"motion_prompting_seed{seed}.json").write_text(json.dumps(dict(
+            machine="test", seed=seed, n_eval=n, rows=rows, fd_difference=[2.0] + [1.0, 3.0] * 20, train_cpu_s=5.0,
+            base_train_cpu_s=5.0, sample_seconds=1.0)))
+    bm.analyse(tmp_path, replicates=50)
+    claims = {c["claim"]: c for c in json.loads((tmp_path / "motion_prompting_claims.json").read_text())["claims"]}
+    four = claims["ControlNet with 4 tracks: motion error at most 1/3 of the base's"]
+    assert (round(four["value"], 9), round(four["lo"], 9), round(four["hi"], 9), four["verdict"]) == (0.2, 0.2, 0.2, "holds")
+    assert claims["ControlNet with 1 track: motion error below the base's"]["verdict"] == "does not hold"
+    assert claims["ControlNet with all tracks: motion error below 4 tracks'"]["verdict"] == "holds"
+    fd = claims[bm.FD_CLAIM]
+    assert fd["threshold"] == 2.0 and fd["value"] == 2.0 and fd["verdict"] == "within noise"
+    md = bm.markdown(tmp_path)
+    assert "| ControlNet, 4 tracks | 0.79 +- 0 | 0.500 +- 0 | 30 +- 0 |" in md and "**holds**" in md and "**within noise**" in md
+
+
+def test_motion_prompting_fd_replicates_pair_the_clips(monkeypatch):
+    """The FD difference's replicates resample the same clips for both rows: two identical rows differ by exactly 0 on
+    every replicate; rows of real frames against noise differ by a negative amount, first and on every replicate."""
+    import torch
+    import common
+    bm = load("bench_motion_prompting")
+    monkeypatch.setattr(common, "features", lambda data, x, root=None: torch.nn.functional.avg_pool2d(x, 6).flatten(1))
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(30, 8, 24, 24, generator=g) * 0.2 - 1
+    noise = torch.randn(30, 8, 24, 24, generator=g)
+    ref = torch.rand(30, 7, 24, 24, generator=g) * 0.2 - 1
+    same = bm.fd_replicates(None, {"4 tracks": noise, "base": noise}, ref, 10, 0)
+    assert len(same) == 11 and all(v == 0 for v in same)
+    better = bm.fd_replicates(None, {"4 tracks": real, "base": noise}, ref, 10, 0)
+    assert all(v < 0 for v in better)

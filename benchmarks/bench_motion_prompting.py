@@ -1,0 +1,169 @@
+"""motion_prompting.py on held-out clips (digits never trained on): the motion error of the base without tracks
+and of the ControlNet prompted with 1, 4 and all of each clip's tracks, beside the real clips (the estimator's own
+error); identity and per-frame FD beside the floor. Every claim is paired: the same clips and starting noise for
+every row.
+
+  for s in 0 1 2; do OMP_NUM_THREADS=1 python benchmarks/bench_motion_prompting.py --seed $s; done   # ~10 CPU min a seed
+  python benchmarks/bench_motion_prompting.py --analyse   # paired bootstrap -> results/motion_prompting_claims.json
+
+One seed, in this process, through motion_prompting.main with its defaults (the base, then the ControlNet) but
+N_EVAL held-out clips; the clips are the default run's, the seed moves the networks' initialisation, their batches,
+the tracks chosen and the sampler's noise. The motion claim's ratio is the mean over seeds of the per-seed ratio of
+mean motion errors, its interval the bias-corrected 95% percentile interval of a bootstrap that resamples the clips
+(the same indices for both rows, every seed resampled on each replicate). The FD claim is a difference: per seed, the
+per-frame FD of the 4-track ControlNet's frames minus the base's, each replicate resampling the clips (the same for
+both rows, a clip's frames together) and the reference clips; its mean over seeds against the floor's sd (the spread
+of FD between two sets of real frames). A claim holds (or does not) when its interval lies on one side of the
+target, else it is within noise.
+"""
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import bench
+import run_all  # interval, verdict
+
+import common  # noqa: E402
+import motion_prompting as mp  # noqa: E402
+
+RESULTS = bench.RESULTS
+COMMAND = "OMP_NUM_THREADS=1 python benchmarks/bench_motion_prompting.py"
+N_EVAL, FD_REPLICATES = 250, 200
+ROWS = ("real clips", "base", "1 track", "4 tracks", "all tracks")
+LABELS = {"real clips": "real clips (the estimator's error)", "base": "base, no tracks", "1 track": "ControlNet, 1 track",
+          "4 tracks": "ControlNet, 4 tracks", "all tracks": "ControlNet, all tracks"}
+# each motion claim: (text, numerator row, denominator row, threshold, sense)
+CLAIMS = [("ControlNet with 4 tracks: motion error at most 1/3 of the base's", "4 tracks", "base", 1 / 3, "<="),
+          ("ControlNet with 1 track: motion error below the base's", "1 track", "base", 1.0, "<"),
+          ("ControlNet with all tracks: motion error below 4 tracks'", "all tracks", "4 tracks", 1.0, "<")]
+FD_CLAIM = "ControlNet with 4 tracks raises per-frame FD by at most the floor's sd"
+
+
+def fd_replicates(frames_data, rows, reference, n_rep, seed, root=None):
+    """(1 + n_rep,) FD(4 tracks) - FD(base) on frames 1..F-1, the first on the samples as they are, then on resampled
+    clips (the same for both rows) and resampled reference clips."""
+    feats = {k: common.features(frames_data, rows[k][:, 1:].reshape(-1, 1, mp.CANVAS, mp.CANVAS), root).double()
+             for k in ("4 tracks", "base")}
+    ref = common.features(frames_data, reference.reshape(-1, 1, mp.CANVAS, mp.CANVAS), root).double()
+    per, n, m = rows["base"].shape[1] - 1, len(rows["base"]), len(reference)
+    g = np.random.default_rng(seed)
+    out = []
+    for r in range(1 + n_rep):
+        i = np.arange(n) if r == 0 else g.integers(0, n, n)
+        j = np.arange(m) if r == 0 else g.integers(0, m, m)
+        fi, fj = (torch.as_tensor((a[:, None] * per + np.arange(per)).ravel()) for a in (i, j))
+        out.append(common.frechet_distance(feats["4 tracks"][fi], ref[fj]) - common.frechet_distance(feats["base"][fi], ref[fj]))
+    return out
+
+
+def run_seed(seed, work, quick=False):
+    n = 20 if quick else N_EVAL
+    flags = ["--seed", str(seed), "--n-eval", str(n), "--log-every", "500", "--out", str(Path(work) / f"seed{seed}")]
+    if quick:
+        flags += ["--base-iters", "20", "--iters", "20"]
+    q = bench.run(mp.main, flags, samples=True)
+    rows = q.pop("samples")
+    clips, frames_data = mp.load_clips(8)
+    reference = clips.x_test[n:2 * n, 1:]
+    fd = fd_replicates(frames_data, rows, reference, 20 if quick else FD_REPLICATES, seed)
+    res = dict(machine=bench.machine(), seed=seed, n_eval=n, command=f"{COMMAND} --seed {seed}",
+               rows={k: q[k] for k in ROWS}, fd_difference=fd,
+               train_cpu_s=q["train_cpu_seconds"], base_train_cpu_s=q["base_train_cpu_seconds"],
+               sample_seconds=q["sample_seconds"])
+    bench.write_json((Path(work) if quick else RESULTS) / f"motion_prompting_seed{seed}.json", res)
+    return res
+
+
+def analyse(results=RESULTS, replicates=2000):
+    runs = [bench.read_json(f) for f in sorted(Path(results).glob("motion_prompting_seed[0-9].json"))]
+    g = np.random.default_rng(0)
+    claims = []
+    for text, num, den, threshold, sense in CLAIMS:
+        ratios = []
+        for r in runs:
+            a, b = np.array(r["rows"][num]["motion_each"]), np.array(r["rows"][den]["motion_each"])
+            idx = np.concatenate([np.arange(len(a))[None], g.integers(0, len(a), (replicates, len(a)))])
+            ratios.append(a[idx].mean(1) / b[idx].mean(1))
+        v = torch.tensor(np.mean(ratios, 0))
+        lo, hi = run_all.interval(v)
+        claims.append(dict(claim=text, kind="ratio of mean motion errors", threshold=threshold, sense=sense,
+                           value=float(v[0]), lo=lo, hi=hi, verdict=run_all.verdict(lo, hi, threshold, sense),
+                           seeds={str(r["seed"]): float(x[0]) for r, x in zip(runs, ratios)}))
+    k = min(len(r["fd_difference"]) for r in runs)
+    v = torch.tensor(np.mean([r["fd_difference"][:k] for r in runs], 0))
+    floor_sd = float(np.mean([r["rows"]["base"]["fd_floor_sd"] for r in runs]))
+    lo, hi = run_all.interval(v)
+    claims.append(dict(claim=FD_CLAIM, kind="FD(4 tracks) - FD(base)", threshold=floor_sd, sense="<=", value=float(v[0]),
+                       lo=lo, hi=hi, verdict=run_all.verdict(lo, hi, floor_sd, "<="),
+                       seeds={str(r["seed"]): float(r["fd_difference"][0]) for r in runs}))
+    out = dict(machine=runs[0]["machine"], command="python benchmarks/bench_motion_prompting.py --analyse",
+               replicates=replicates, seeds=[r["seed"] for r in runs], claims=claims)
+    bench.write_json(Path(results) / "motion_prompting_claims.json", out)
+    return out
+
+
+def markdown(results=RESULTS):
+    """One row per prompt: motion error, identity, per-frame FD (mean +- sd over seeds), the FD floor; then the
+    claims with their intervals and the picture."""
+    results = Path(results)
+    runs = [bench.read_json(f) for f in sorted(results.glob("motion_prompting_seed[0-9].json"))]
+    if not runs:
+        return ""
+    claims_file = results / "motion_prompting_claims.json"
+    c = bench.read_json(claims_file) if claims_file.exists() else {"claims": []}
+    r0 = runs[0]
+    rows = [[LABELS[k], bench.ms([r["rows"][k]["motion"] for r in runs], ".3g"),
+             bench.ms([r["rows"][k]["identity"] for r in runs], ".3f"), bench.ms([r["rows"][k]["fd"] for r in runs], ".3g")]
+            for k in ROWS]
+    floor = r0["rows"]["base"]
+    seeds = ", ".join(str(r["seed"]) for r in runs)
+    lines = [f"#### {r0['n_eval']} held-out clips, mean +- sd over seeds {seeds}", "",
+             bench.caption(r0["machine"], f"for s in 0 1 2; do {COMMAND} --seed $s; done; "
+                           "python benchmarks/bench_motion_prompting.py --analyse",
+                           f"motion_prompting.py's default run: the base ({bench.ms([r['base_train_cpu_s'] for r in runs], '.0f')} "
+                           f"CPU s of training), then the ControlNet ({bench.ms([r['train_cpu_s'] for r in runs], '.0f')} CPU s)"),
+             "", bench.table(["prompt", "motion error (pixels)", "identity", "per-frame FD"], rows), "",
+             f"Per-frame FD of {r0['n_eval'] * 7} generated frames against as many frames of other held-out clips; "
+             f"its floor (real against real frames, 20 draws): {floor['fd_floor']:.3g} +- {floor['fd_floor_sd']:.2g}. "
+             "Identity: the share of generated frames the feature classifier labels as it labels frame 0.", ""]
+    if c["claims"]:
+        lines += [bench.table(["claim", "statistic", "value", "95% interval", "per seed", "target", "verdict"],
+                              [[x["claim"], x["kind"], f"{x['value']:.3g}", f"{x['lo']:.3g} - {x['hi']:.3g}",
+                                ", ".join(f"{v:.3g}" for v in x["seeds"].values()),
+                                f"{x['sense']} {x['threshold']:.3g}", f"**{x['verdict']}**"] for x in c["claims"]],
+                              ["l", "l", "r", "r", "l", "r", "l"]), ""]
+    if (results / "img" / "motion_prompting-tracks.png").exists():
+        lines += ["Seed 0, one held-out clip: rows real, base, ControlNet with 1, 4 and all tracks; frames 0 to 7 left to "
+                  "right; the dots are the 4 prompted tracks:", "",
+                  "![motion_prompting.py tracks](results/img/motion_prompting-tracks.png)", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seed", type=int, help="measure this seed")
+    p.add_argument("--work", default=str(bench.ROOT / "benchmarks" / "work" / "motion_prompting"))
+    p.add_argument("--analyse", action="store_true", help="the paired bootstrap over the measured seeds")
+    p.add_argument("--quick", action="store_true", help="smoke test: 20 iterations each, 20 clips")
+    p.add_argument("--table", action="store_true", help="print the markdown of the results")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    work = Path(args.work) / ("quick" if args.quick else "")
+    if args.seed is not None:
+        run_seed(args.seed, work, args.quick)
+        if args.seed == 0 and not args.quick:
+            img = RESULTS / "img" / "motion_prompting-tracks.png"
+            img.parent.mkdir(parents=True, exist_ok=True)
+            img.write_bytes((work / "seed0" / "tracks.png").read_bytes())
+    if args.analyse:
+        analyse(work if args.quick else RESULTS, replicates=50 if args.quick else 2000)
+    if args.table:
+        print(markdown(work if args.quick else RESULTS))
+    if args.seed is None and not (args.analyse or args.table):
+        p.error("give --seed (to measure), --analyse or --table")
+
+
+if __name__ == "__main__":
+    main()
