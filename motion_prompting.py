@@ -13,8 +13,13 @@ The math.
                     frame 0 with ink above INK (dense tracks); every one is visible (the digit stays inside).
                     Training clips use the training digits, held-out clips the held-out digits (disjoint).
   base              p(frames 1..F-1 | frame 0) by cfm.py's straight path on the clip x (B, F, H, W), t = 0 noise,
-                    t = 1 data: x_t = (1 - t) x_0 + t x_1 on frames 1..F-1, frame 0 the given frame at every t;
-                    L = E || v_theta(x_t, t)[1:] - (x_1 - x_0)[1:] ||^2 (Lipman et al., arXiv 2210.02747). The
+                    t = 1 data: x_t = (1 - t) x_0 + t x_1 on frames 1..F-1, frame 0 the given frame at every t
+                    (Lipman et al., arXiv 2210.02747). --predict x (the default): the network gives the clean clip,
+                    L = E || x1_theta(x_t, t)[1:] - x_1[1:] ||^2, and the field is v = (x1_theta - x_t) / (1 - t), since
+                    x_1 - x_0 = (x_1 - x_t) / (1 - t) (physctrl.py derives the (1 - t)^2 weighting this puts on the
+                    velocity loss; Li & He, arXiv 2511.13720): a clip is mostly the constant background, trivial as a
+                    clean clip and not as a velocity, which carries the noise along. --predict v: cfm.py's velocity,
+                    L = E || v_theta(x_t, t)[1:] - (x_1 - x_0)[1:] ||^2. The
                     network is common.UNet with the frames as channels (MCVD's layout, Voleti et al., arXiv
                     2205.09853: convolutions over space, every layer mixing all frames) on 2x2 pixels folded into
                     channels (space to depth), so it runs at CANVAS/2; it gives a velocity for every frame and
@@ -282,9 +287,12 @@ class ControlNet(nn.Module):
 # the method: cfm.py's straight path on frames 1..F-1 given frame 0, the volume from the clip's own tracks
 
 class ImageToVideo:
-    def __init__(self, control=False):
-        """control: train the ControlNet (the volume from a random number of the clip's tracks) or the base."""
-        self.control = control
+    def __init__(self, control=False, predict="x", solver="midpoint"):
+        """control: train the ControlNet (the volume from a random number of the clip's tracks) or the base;
+        predict: the network gives the clean clip (x) or the velocity (v); solver: euler or midpoint."""
+        if predict not in ("x", "v") or solver not in ("euler", "midpoint"):
+            raise ValueError(f"--predict takes x or v and --solver euler or midpoint, got {predict!r} and {solver!r}")
+        self.control, self.predict, self.solver = control, predict, solver
 
     def loss(self, net, x1, y=None, c=None):
         """|| net(x_t, t[, volume])[1:] - (x_1 - x_0)[1:] ||^2: x_t = (1 - t) x_0 + t x_1 on frames 1..F-1 and frame 0
@@ -297,23 +305,29 @@ class ImageToVideo:
             tracks, visible = dense_tracks(x1[:, 0], c)
             k = torch.tensor(TRAIN_TRACKS, device=x1.device)[torch.randint(len(TRAIN_TRACKS), (len(x1),), device=x1.device)]
             extra["control"] = rasterise(tracks, choose(visible, k))
-        return (net(x_t, t, None, **extra) - (x1 - x0))[:, 1:].pow(2).mean()
+        target = x1 if self.predict == "x" else x1 - x0
+        return (net(x_t, t, None, **extra) - target)[:, 1:].pow(2).mean()
+
+    def velocity(self, net, x, t, **control):
+        """v_theta = (x1_theta(x_t, t) - x_t) / (1 - t) with predict x, the network's output itself with predict v."""
+        out = net(x, t, None, **control)
+        return out if self.predict == "v" else (out - x) / (1 - common.bcast(t, x))
 
     def guided(self, net, x, t, cfg_scale=1.0, control=None):
         """The field, frame 0's set to 0; with a volume and w != 1, v_base + w (v(volume) - v_base)."""
         if control is None:
-            v = net(x, t, None)
+            v = self.velocity(net, x, t)
         elif cfg_scale == 1.0:
-            v = net(x, t, None, control=control)
+            v = self.velocity(net, x, t, control=control)
         else:
-            v_base = net(x, t, None)
-            v = v_base + cfg_scale * (net(x, t, None, control=control) - v_base)
+            v_base = self.velocity(net, x, t)
+            v = v_base + cfg_scale * (self.velocity(net, x, t, control=control) - v_base)
         return torch.cat([torch.zeros_like(v[:, :1]), v[:, 1:]], 1)
 
     @torch.no_grad()
     def sample(self, net, frame0, frames, steps=10, cfg_scale=1.0, control=None, generator=None, noise=None):
         """Clips (B, F, H, W) whose frame 0 is frame0 (B, H, W): dx/dt = field from x_0 ~ N(0, I) at t = 0 to t = 1,
-        midpoint steps."""
+        Euler or midpoint steps (the field is evaluated at t < 1 only)."""
         x = common.start_noise((len(frame0), frames, *frame0.shape[1:]), generator, noise).to(frame0.device)
         x = torch.cat([frame0[:, None], x[:, 1:]], 1)  # frame 0 given
         h = 1.0 / steps
@@ -321,7 +335,7 @@ class ImageToVideo:
         def v(x, t):
             return self.guided(net, x, torch.full((len(x),), t, device=x.device), cfg_scale, control)
         for i in range(steps):
-            x = x + h * v(x + h / 2 * v(x, i * h), i * h + h / 2)
+            x = x + h * (v(x, i * h) if self.solver == "euler" else v(x + h / 2 * v(x, i * h), i * h + h / 2))
         return x
 
 
@@ -444,15 +458,17 @@ def evaluate(method, net, clips, frames_data, args, device):
 # -----------------------------------------------------------------------------
 # the training script
 
-def locked_base(data, args, device):
+def locked_base(method, data, args, device):
     """(the base (EMA network), the wall and CPU seconds of its training or {}): --base CKPT, else trained first
     with the flow-matching loss into OUT/base, which --resume continues (or takes as it is when finished)."""
     base = VideoUNet(args.frames, args.width).to(device)
     if args.base:
         ckpt = common.load_checkpoint(args.base, ("motion_prompting_base",))
-        if ckpt["args"]["frames"] != args.frames or ckpt["args"]["width"] != args.width:
-            raise common.UserError(f"--base {args.base} has {ckpt['args']['frames']} frames and width "
-                                   f"{ckpt['args']['width']}, not --frames {args.frames} and --width {args.width}")
+        a = ckpt["args"]
+        if (a["frames"], a["width"], a["predict"]) != (args.frames, args.width, args.predict):
+            raise common.UserError(f"--base {args.base} has {a['frames']} frames, width {a['width']} and --predict "
+                                   f"{a['predict']}, not --frames {args.frames}, --width {args.width} and --predict "
+                                   f"{args.predict}: pass those or train a new base")
         return common.load_ema(ckpt, base), {}
     out = Path(args.out) / "base"
     out.mkdir(exist_ok=True)
@@ -461,7 +477,7 @@ def locked_base(data, args, device):
     base_args = argparse.Namespace(**{**vars(args), "model": "motion_prompting_base", "out": str(out),
                                       "iters": args.base_iters})
     t0, c0 = time.time(), time.process_time()
-    base = common.train(base, ImageToVideo().loss, data, base_args, ckpt)  # L_CFM on clips; the EMA network
+    base = common.train(base, method.loss, data, base_args, ckpt)  # L_CFM on clips; the EMA network
     return base, {"base_train_seconds": time.time() - t0, "base_train_cpu_seconds": time.process_time() - c0}
 
 
@@ -473,21 +489,25 @@ def main(argv=None):
                      "train one into OUT/base)")
     own.add_argument("--base-iters", type=int, help="iterations of that base when there is no --base (default 1500)")
     own.add_argument("--frames", type=int, help="F, frames per clip, frame 0 given (default 8)")
-    own.add_argument("--steps", type=int, help="midpoint steps of the sampler (default 10)")
+    own.add_argument("--predict", choices=["x", "v"], help="the network gives the clean clip (x, the default) or the "
+                     "velocity (v)")
+    own.add_argument("--steps", type=int, help="steps of the sampler (default 10)")
+    own.add_argument("--solver", choices=["euler", "midpoint"], help="ODE solver for sampling (default midpoint)")
     own.add_argument("--tracks", metavar="FILE", help="a tracks file (physctrl.py's OUT/tracks.pt) as the prompt of a "
                      "held-out digit's clip: OUT/physics.png (instead of the evaluation)")
     own.add_argument("--track-index", type=int, default=0, help="which trajectory of --tracks (default 0)")
     own.add_argument("--n-tracks", type=int, default=4, help="points of the digit prompted from --tracks (default 4)")
     args, ckpt = common.parse_args(
-        parser, argv, "motion_prompting", model_flags=("frames",), teacher=(("base",), ("motion_prompting_base",)),
-        defaults=dict(data="moving-digits", frames=8, steps=10, base_iters=1500),
+        parser, argv, "motion_prompting", model_flags=("frames", "predict"), teacher=(("base",), ("motion_prompting_base",)),
+        defaults=dict(data="moving-digits", frames=8, predict="x", steps=10, solver="midpoint", base_iters=1500),
         data_sets={"moving-digits": dict(arch="unet", width=32, iters=1000, batch_size=32, lr=2e-3, n_eval=100)})
     if args.arch != "unet" or not 2 <= args.frames <= 32 or args.steps < 1 or args.base_iters < 1 or args.n_tracks < 1:
         parser.error(f"need --arch unet, --frames in 2..32, --steps, --base-iters and --n-tracks >= 1; got {args.arch}, "
                      f"{args.frames}, {args.steps}, {args.base_iters}, {args.n_tracks}")
     if args.width % 8:
         parser.error(f"--width {args.width} must be a multiple of 8 (the UNet's group norms)")
-    method, control = ImageToVideo(), ImageToVideo(control=True)
+    method = common.construct(parser, ImageToVideo, False, args.predict, args.solver)  # the base's loss, the sampler
+    control = ImageToVideo(True, args.predict, args.solver)  # the ControlNet's loss: the clip's tracks as the volume
     with common.session(args) as device:
         clips, frames_data = load_clips(args.frames, args.data_root)
         if 2 * args.n_eval > len(clips.x_test):  # prompts from n held-out clips, FD against n others
@@ -497,7 +517,7 @@ def main(argv=None):
         if args.sample_only:
             base = VideoUNet(args.frames, args.width).to(device)
         else:
-            base, q = locked_base(clips, args, device)  # --base CKPT, or trained first into OUT/base
+            base, q = locked_base(method, clips, args, device)  # --base CKPT, or trained first into OUT/base
         controlnet = ControlNet(base).to(device)  # locked base + trainable copy + zero convolutions
         if args.sample_only:
             controlnet = common.load_ema(ckpt, controlnet)

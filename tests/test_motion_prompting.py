@@ -173,10 +173,11 @@ def test_the_controlnet_starts_at_the_base_and_never_moves_it():
         assert not torch.allclose(net(x, t, None, vol / 1e3), base(x, t, None))
 
 
-def test_the_sampler_draws_gaussian_frames_exactly():
-    """Frames 1..F-1 ~ N(frame 0 + m, s^2 I) per pixel: on the straight path the exact field is
-    v = (E[x_1 | x_t] - x_t) / (1 - t), E[x_1 | x_t] = mu + t s^2 (x_t - t mu) / ((1 - t)^2 + t^2 s^2); the sampler with it
-    gives frames of that mean and variance and keeps frame 0."""
+@pytest.mark.parametrize("predict, solver", [("x", "midpoint"), ("x", "euler"), ("v", "midpoint"), ("v", "euler")])
+def test_the_sampler_draws_gaussian_frames_exactly(predict, solver):
+    """Frames 1..F-1 ~ N(frame 0 + m, s^2 I) per pixel: on the straight path the exact network gives
+    E[x_1 | x_t] = mu + t s^2 (x_t - t mu) / ((1 - t)^2 + t^2 s^2) (predict x) or v = (E[x_1 | x_t] - x_t) / (1 - t)
+    (predict v); the sampler with it gives frames of that mean and variance and keeps frame 0."""
     s, m, frames = 0.5, 0.3, 4
     frame0 = torch.rand(1, mp.CANVAS, mp.CANVAS).expand(200, -1, -1) * 2 - 1
 
@@ -184,11 +185,13 @@ def test_the_sampler_draws_gaussian_frames_exactly():
         mu = x[:, :1] + m  # frame 0 (held fixed by the sampler) + m
         tt = common.bcast(t, x)
         x1 = mu + tt * s ** 2 * (x - tt * mu) / ((1 - tt) ** 2 + tt ** 2 * s ** 2)
-        return (x1 - x) / (1 - tt)
-    out = mp.ImageToVideo().sample(exact, frame0, frames, steps=20, generator=torch.Generator().manual_seed(0))
+        return x1 if predict == "x" else (x1 - x) / (1 - tt)
+    method = mp.ImageToVideo(predict=predict, solver=solver)
+    steps = 20 if solver == "midpoint" else 200  # Euler's error is O(h): about 7% of s at 20 steps
+    out = method.sample(exact, frame0, frames, steps=steps, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out[:, 0], frame0)
     err = out[:, 1:] - frame0[:, None] - m
-    assert abs(float(err.mean())) < 0.01 and abs(float(err.std()) - s) < 0.01
+    assert abs(float(err.mean())) < 0.01 and abs(float(err.std()) - s) < 0.015
 
 
 # ---- the physics prompt
@@ -284,6 +287,8 @@ def test_bad_input_gets_one_line(flags, words, capsys, tmp_path):
 def test_a_base_of_another_shape_is_refused(trained, capsys, tmp_path):
     expect_exit_2(capsys, mp.main, ["--base", str(trained / "base" / "ckpt.pt"), "--frames", "6", "--out", str(tmp_path)],
                   "has 4 frames")
+    expect_exit_2(capsys, mp.main, ["--base", str(trained / "base" / "ckpt.pt"), "--predict", "v", "--out", str(tmp_path)],
+                  "--predict x, not")
     expect_exit_2(capsys, mp.main, ["--base", str(trained / "ckpt.pt"), "--out", str(tmp_path)], "motion_prompting checkpoint")
 
 
@@ -306,6 +311,8 @@ def test_the_loss_gives_frame_0_and_scores_the_frames_after_it():
         torch.manual_seed(0)
         b = method.loss(lambda *a, **k: spy(*a, **k, frame0_out=5.0), x1, c=o)
         assert torch.equal(a, b)
+    torch.manual_seed(0)
+    assert mp.ImageToVideo(predict="x").loss(lambda x, t, y=None: x1, x1) == 0  # x-prediction's target is the clip
     vol = seen["control"].view(8, 4, mp.EMBED, mp.CANVAS, mp.CANVAS)
     tracks, visible = mp.dense_tracks(x1[:, 0], o)
     assert (vol[:, 0].abs().sum((1, 2, 3)) > 0).all()  # every clip gets at least one track
