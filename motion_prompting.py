@@ -22,8 +22,8 @@ The math.
                     L = E || v_theta(x_t, t)[1:] - (x_1 - x_0)[1:] ||^2. The
                     network is common.UNet with the frames as channels (MCVD's layout, Voleti et al., arXiv
                     2205.09853: convolutions over space, every layer mixing all frames) on 2x2 pixels folded into
-                    channels (space to depth), so it runs at CANVAS/2; it gives a velocity for every frame and
-                    frame 0's is ignored (the sampler keeps frame 0 fixed).
+                    channels (space to depth), so it runs at CANVAS/2; it gives an output for every frame and
+                    frame 0's is ignored (the loss skips it, the sampler keeps frame 0 fixed).
   track volume      K tracks (p_k,f) with visibility -> a (F, H, W, C) volume, reshaped (F C, H, W): track k's
                     embedding e_k (C = EMBED sin-cos features of its frame-0 position p_k,0: every track its
                     own, as the paper's unique per-track embeddings) written at p_k,f in frame f where visible,
@@ -41,7 +41,9 @@ The math.
                     motion is found by cross-correlating frame 0's ink with each generated frame's (FFT, the
                     peak refined by a parabola through it and its neighbours), d_f; a prompted point p_k,0 is
                     then at p_k,0 + d_f, and EPE = mean over frames 1..F-1 and visible prompted points of
-                    | p_k,0 + d_f - p_k,f |. On real clips it is the estimator's own error (about 0.1 pixel).
+                    | p_k,0 + d_f - p_k,f |. On real clips it is the estimator's own error (about 0.1 pixel). The
+                    clips' motion is rigid, so every point of a clip errs alike: each row is scored on all of the
+                    clip's points, whichever tracks prompted it.
   identity          the share of generated frames 1..F-1 that the feature classifier (trained on the training
                     clips' frames) labels as it labels frame 0; per-frame FD of the generated frames against the
                     frames of other held-out clips, beside its floor (common.quality).
@@ -52,9 +54,9 @@ The math.
                     motion transferred to the digit, the lecture's PhysCtrl -> video step. The digit moves
                     rigidly in the clips, so a deforming object's tracks are followed on average.
 
-Departures from the paper: Lumiere's space-time UNet (a text-to-video model at 128x128 and 16 fps) becomes a
-small UNet over frames stacked as channels; the tracks come from the renderer, not from a tracker (BootsTAP);
-the volume enters the copy through one zero convolution at the copy's input resolution.
+Departures from the paper: its base is Lumiere, a large text-to-video space-time UNet, here a small UNet over
+frames stacked as channels; its tracks come from a point tracker run on real videos, here from the renderer; the
+volume enters the copy through one zero convolution at the copy's input resolution.
 
 Run:
   python motion_prompting.py                      # clips, the base (OUT/base), the ControlNet, evaluation; ~5 min
@@ -513,6 +515,9 @@ def main(argv=None):
         if 2 * args.n_eval > len(clips.x_test):  # prompts from n held-out clips, FD against n others
             raise common.UserError(f"--n-eval {args.n_eval}: the prompts come from that many held-out clips and FD "
                                    f"uses as many others; use at most {len(clips.x_test) // 2}")
+        if args.tracks:  # the lecture's pipeline: physctrl.py's trajectory as the prompt of a held-out digit (read first)
+            frame0 = clips.x_test[0, 0]
+            tracks, visible = physics_prompt(args.tracks, frame0, args.frames, args.n_tracks, args.track_index)
         q = {}
         if args.sample_only:
             base = VideoUNet(args.frames, args.width).to(device)
@@ -527,9 +532,7 @@ def main(argv=None):
             q.update(train_seconds=time.time() - t0, train_cpu_seconds=time.process_time() - c0)
         if not common.is_main():
             return None
-        if args.tracks:  # the lecture's pipeline: physctrl.py's trajectory as the prompt of a held-out digit
-            frame0 = clips.x_test[0, 0]
-            tracks, visible = physics_prompt(args.tracks, frame0, args.frames, args.n_tracks, args.track_index)
+        if args.tracks:
             noise = torch.randn((1, args.frames, CANVAS, CANVAS), generator=torch.Generator().manual_seed(args.seed + 1))
             with common.autocast(device, args.amp):
                 video = method.sample(controlnet, frame0[None].to(device), args.frames, args.steps, args.cfg_scale,

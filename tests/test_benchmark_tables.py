@@ -232,3 +232,22 @@ def test_motion_prompting_fd_replicates_pair_the_clips(monkeypatch):
     assert len(same) == 11 and all(v == 0 for v in same)
     better = bm.fd_replicates(None, {"4 tracks": real, "base": noise}, ref, 10, 0)
     assert all(v < 0 for v in better)
+
+
+def test_motion_prompting_physics_pipeline_picture(tmp_path):
+    """bench_motion_prompting --physics on two tiny checkpoints: physctrl.py's tracks prompt motion_prompting.py; the
+    figure, its json and the paragraph that shows it."""
+    import motion_prompting
+    import physctrl
+    physctrl.main(["--width", "16", "--depth", "1", "--heads", "2", "--batch-size", "8", "--n-train", "32", "--iters", "2",
+                   "--regressor-iters", "0", "--n-eval", "0", "--n-withhold", "0", "--out", str(tmp_path / "pc")])
+    motion_prompting.main(["--width", "8", "--batch-size", "8", "--base-iters", "2", "--iters", "2", "--n-eval", "0",
+                           "--out", str(tmp_path / "mp")])
+    bm = load("bench_motion_prompting")
+    res = bm.run_physics(tmp_path / "pc" / "ckpt.pt", tmp_path / "mp" / "ckpt.pt", tmp_path / "work", tmp_path)
+    assert res["motion"] >= 0 and res["trajectory_last_frame_error"] >= 0
+    assert (tmp_path / "img" / "motion_prompting-physics.png").exists()
+    (tmp_path / "motion_prompting_seed0.json").write_text(json.dumps(dict(
+        machine="test", seed=0, n_eval=2, train_cpu_s=1.0, base_train_cpu_s=1.0, rows={k: dict(
+            motion=1.0, identity=0.5, fd=1.0, fd_floor=1.0, fd_floor_sd=0.1) for k in bm.ROWS})))
+    assert "![physics to video](results/img/motion_prompting-physics.png)" in bm.markdown(tmp_path)

@@ -278,6 +278,7 @@ def test_the_physics_pipeline_and_the_base_checkpoint(trained, tmp_path):
     (["--width", "12"], "multiple of 8"),
     (["--n-eval", "251"], "use at most 250"),
     (["--frames", "1"], "--frames in 2..32"),
+    (["--tracks", "/no/such/tracks.pt"], "not found"),  # read before any training
 ])
 def test_bad_input_gets_one_line(flags, words, capsys, tmp_path):
     expect_exit_2(capsys, mp.main, tiny(tmp_path) + flags, words)
