@@ -496,7 +496,8 @@ def main(argv=None):
     own.add_argument("--steps", type=int, help="steps of the sampler (default 10)")
     own.add_argument("--solver", choices=["euler", "midpoint"], help="ODE solver for sampling (default midpoint)")
     own.add_argument("--tracks", metavar="FILE", help="a tracks file (physctrl.py's OUT/tracks.pt) as the prompt of a "
-                     "held-out digit's clip: OUT/physics.png (instead of the evaluation)")
+                     "held-out digit's clip: OUT/physics.png, the prompted tracks over the generated frames (instead of the "
+                     "evaluation)")
     own.add_argument("--track-index", type=int, default=0, help="which trajectory of --tracks (default 0)")
     own.add_argument("--n-tracks", type=int, default=4, help="points of the digit prompted from --tracks (default 4)")
     args, ckpt = common.parse_args(
@@ -539,7 +540,7 @@ def main(argv=None):
                                       rasterise(tracks, visible).to(device), noise=noise.to(device)).float().cpu()
             e = float(motion_error(video, tracks, visible)[0])
             path = Path(args.out) / "physics.png"
-            strip([video[0]], path, tracks[0], visible[0])
+            strip([torch.full_like(video[0], -1.0), video[0]], path, tracks[0], visible[0])  # the prompt, then the video
             common.log(f"physics prompt {args.tracks} (trajectory {args.track_index}, {len(tracks[0])} tracks): motion "
                        f"error {e:.3f} pixels; picture {path}")
             return q | {"physics_motion": e}

@@ -140,7 +140,7 @@ def markdown(results=RESULTS):
     rows = [[LABELS[k], bench.ms([r["rows"][k]["motion"] for r in runs], ".3g"),
              bench.ms([r["rows"][k]["identity"] for r in runs], ".3f"), bench.ms([r["rows"][k]["fd"] for r in runs], ".3g")]
             for k in ROWS]
-    floor = r0["rows"]["base"]
+    floor, base_id = r0["rows"]["base"], [r["rows"]["base"]["identity"] for r in runs]
     seeds = ", ".join(str(r["seed"]) for r in runs)
     lines = [f"#### {r0['n_eval']} held-out clips, mean +- sd over seeds {seeds}", "",
              bench.caption(r0["machine"], f"for s in 0 1 2; do {COMMAND} --seed $s; done; "
@@ -149,8 +149,14 @@ def markdown(results=RESULTS):
                            f"CPU s of training), then the ControlNet ({bench.ms([r['train_cpu_s'] for r in runs], '.0f')} CPU s)"),
              "", bench.table(["prompt", "motion error (pixels)", "identity", "per-frame FD"], rows), "",
              f"Per-frame FD of {r0['n_eval'] * 7} generated frames against as many frames of other held-out clips; "
-             f"its floor (real against real frames, 20 draws): {floor['fd_floor']:.3g} +- {floor['fd_floor_sd']:.2g}. "
-             "Identity: the share of generated frames the feature classifier labels as it labels frame 0.", ""]
+             f"its floor (as many training frames against the same frames, 20 draws): {floor['fd_floor']:.3g} +- "
+             f"{floor['fd_floor_sd']:.2g}; the real clips' row compares held-out frames with held-out frames. "
+             "Identity: the share of generated frames the feature classifier labels as it labels frame 0 (chance: 0.1). "
+             f"The base keeps the digit's class in {bench.ms(base_id, '.2f')} of its frames"
+             + (", about chance: at this budget it blurs the digit as it moves it" if max(base_id) < 0.2 else "")
+             + f"; with all the tracks, which say where the digit goes, the ControlNet keeps it in "
+             f"{bench.ms([r['rows']['all tracks']['identity'] for r in runs], '.2f')} (real clips: "
+             f"{r0['rows']['real clips']['identity']:.2f}).", ""]
     if c["claims"]:
         lines += [bench.table(["claim", "statistic", "value", "95% interval", "per seed", "target", "verdict"],
                               [[x["claim"], x["kind"], f"{x['value']:.3g}", f"{x['lo']:.3g} - {x['hi']:.3g}",
@@ -159,12 +165,12 @@ def markdown(results=RESULTS):
                               ["l", "l", "r", "r", "l", "r", "l"]), ""]
     if (results / "motion_prompting_physics.json").exists():
         ph = bench.read_json(results / "motion_prompting_physics.json")
-        lines += [f"The lecture's pipeline, physics condition -> trajectory -> video (`{ph['command']}`; the two checkpoints are "
+        lines += [f"The lecture's pipeline from a physics condition to a trajectory to a video (`{ph['command']}`; the two checkpoints are "
                   "the default runs of physctrl.py and motion_prompting.py): physctrl.py generates 8 trajectories for a force "
                   f"(0, 8, 12) on point 5 of the box at log10 k = 2.5 (last-frame error {ph['trajectory_last_frame_error']:.3f} against "
                   "the simulator), the first one's tracks, resampled to 10 frames a second and moved onto 4 points of a held-out "
-                  f"digit, prompt the ControlNet; the video follows them to within {ph['motion']:.2f} pixels (the object deforms "
-                  "and the digit moves rigidly). Frames 0 to 7, the prompted tracks as dots:", "",
+                  f"digit, prompt the ControlNet; the video's mean end-point error against them is {ph['motion']:.2f} pixels (the object deforms "
+                  "and the digit moves rigidly). Frames 0 to 7: the prompted tracks alone, then over the generated video:", "",
                   "![physics to video](results/img/motion_prompting-physics.png)", ""]
     if (results / "img" / "motion_prompting-tracks.png").exists():
         lines += ["Seed 0, one held-out clip: rows real, base, ControlNet with 1, 4 and all tracks; frames 0 to 7 left to "
