@@ -190,7 +190,7 @@ def displacement(clips):
     dx = px + refine(c0, corr[b, f, py, (px - 1) % size[1]], corr[b, f, py, (px + 1) % size[1]])
     dy = py + refine(c0, corr[b, f, (py - 1) % size[0], px], corr[b, f, (py + 1) % size[0], px])
     d = torch.stack([dx, dy], -1)
-    return torch.where(d > torch.tensor(size) / 2, d - torch.tensor(size), d).float()  # circular -> signed
+    return torch.where(d > d.new_tensor(size) / 2, d - d.new_tensor(size), d).float()  # circular -> signed
 
 
 def motion_error(clips, tracks, visible):
@@ -251,7 +251,7 @@ def zero_conv(c_in, c_out, k):
 
 
 class ControlNet(nn.Module):
-    """net(x, t, y, control) -> the locked base's field with the copy's residuals added to its skips and middle;
+    """net(x, t, y, control) -> the locked base's output (x1_theta or v) with the copy's residuals added to its skips and middle;
     control None is the base itself. control: a track volume (B, F EMBED, H, W)."""
 
     COPY = ("cond", "inp", "down", "mid1", "mid_attn", "mid2")  # the trainable copy of the encoder
@@ -297,8 +297,9 @@ class ImageToVideo:
         self.control, self.predict, self.solver = control, predict, solver
 
     def loss(self, net, x1, y=None, c=None):
-        """|| net(x_t, t[, volume])[1:] - (x_1 - x_0)[1:] ||^2: x_t = (1 - t) x_0 + t x_1 on frames 1..F-1 and frame 0
-        given; c: the corners (B, F, 2) whose tracks make the volume; y is unused (the frame says the digit)."""
+        """|| net(x_t, t[, volume])[1:] - target[1:] ||^2, the target x_1 (predict x) or x_1 - x_0 (predict v):
+        x_t = (1 - t) x_0 + t x_1 on frames 1..F-1 and frame 0 given; c: the corners (B, F, 2) whose tracks make the
+        volume; y is unused (the frame says the digit)."""
         x0, t = torch.randn_like(x1), torch.rand(len(x1), device=x1.device)
         x_t = (1 - common.bcast(t, x1)) * x0 + common.bcast(t, x1) * x1
         x_t[:, 0] = x1[:, 0]
@@ -359,7 +360,7 @@ def strip(rows, path, tracks=None, visible=None, scale=3):
             if tracks is not None:
                 for k in range(len(tracks)):
                     if visible[k, f]:
-                        px, py = (tracks[k, f] * scale + scale / 2).round().long().tolist()
+                        px, py = (tracks[k, f] * scale + (scale - 1) / 2).round().long().tolist()  # the block's centre
                         if 1 <= px < H - 1 and 1 <= py < H - 1:
                             img[y0 + py - 1:y0 + py + 2, x0 + px - 1:x0 + px + 2] = colours[k]
     common.write_png(path, img)
@@ -386,6 +387,9 @@ def physics_prompt(path, frame0, frames, n_tracks, index=0):
     if outside.any():
         raise common.UserError(f"--tracks {path}: {int(outside.sum())} visible points lie outside its {h}x{w} "
                                "canvas: mark them not visible or clip the tracks")
+    if not fps > 0 or not vis[index, 0].any():
+        raise common.UserError(f"--tracks {path}: fps {fps:g} and {int(vis[index, 0].sum())} points visible in frame 0 "
+                               f"of trajectory {index}: need fps > 0 and at least one visible point")
     if (tr.shape[1] - 1) / fps < (frames - 1) / FPS - 1e-9:
         raise common.UserError(f"--tracks {path} covers {(tr.shape[1] - 1) / fps:.2f} s ({tr.shape[1]} frames at "
                                f"{fps:g} fps); the clip needs {(frames - 1) / FPS:.2f} s ({frames} frames at {FPS} fps)")
@@ -395,6 +399,7 @@ def physics_prompt(path, frame0, frames, n_tracks, index=0):
     src = (tr[index, lo].permute(1, 0, 2) * (1 - a) + tr[index, hi].permute(1, 0, 2) * a)  # (N, frames, 2)
     src = src * torch.tensor([CANVAS / w, CANVAS / h], dtype=torch.float64)
     seen = vis[index, 0]
+    shown = (vis[index, lo] & (vis[index, hi] | (s == lo)[:, None])).T  # (N, frames): at the file frames it blends
     ink = torch.nonzero((frame0 + 1) / 2 > INK).flip(-1).double()  # (P, 2) (x, y) points of the digit
     pick = [int(((ink - ink.mean(0)).norm(dim=-1)).argmax())]  # farthest from the centre, then farthest apart
     while len(pick) < min(n_tracks, len(ink)):
@@ -403,7 +408,7 @@ def physics_prompt(path, frame0, frames, n_tracks, index=0):
     rel = src[seen, 0] - src[seen, 0].mean(0) + ink.mean(0)  # the file's frame-0 points over the digit
     nearest = torch.cdist(p0, rel).argmin(1)
     tracks = p0[:, None] + src[seen][nearest] - src[seen][nearest][:, :1]  # (K, frames, 2)
-    visible = ((tracks >= -0.5) & (tracks <= CANVAS - 0.5)).all(-1)
+    visible = ((tracks >= -0.5) & (tracks <= CANVAS - 0.5)).all(-1) & shown[seen][nearest]
     return tracks[None].float(), visible[None]
 
 

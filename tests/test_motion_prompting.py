@@ -78,14 +78,17 @@ def test_real_clips_have_no_motion_error_and_shuffled_ones_do():
     assert torch.allclose(mp.motion_error(frozen, tracks, visible), moved, atol=1e-4)
 
 
-def test_train_and_held_out_clips_use_disjoint_digits():
+def test_train_and_held_out_clips_come_from_their_own_digits():
+    """Every training clip shows a training digit (PER_DIGIT clips each) and every held-out clip a held-out one: the
+    digit's total ink, which shifts keep, matches its digit in frame 0."""
     clips, frames = mp.load_clips(8)
     digits = common.load_digits()
     assert clips.x_train.shape == (mp.PER_DIGIT * len(digits.x_train), 8, mp.CANVAS, mp.CANVAS)
     assert clips.x_test.shape == (len(digits.x_test), 8, mp.CANVAS, mp.CANVAS)
     ink = lambda x: ((x[:, 0] + 1) / 2).flatten(1).sum(1)  # noqa: E731  the digit's total ink, unchanged by shifts
     train, test = ink(clips.x_train), ink(clips.x_test)
-    assert torch.allclose(train[::mp.PER_DIGIT], ((digits.x_train + 1) / 2).flatten(1).sum(1), atol=1e-3)
+    for k in range(mp.PER_DIGIT):
+        assert torch.allclose(train[k::mp.PER_DIGIT], ((digits.x_train + 1) / 2).flatten(1).sum(1), atol=1e-3)
     assert torch.allclose(test, ((digits.x_test + 1) / 2).flatten(1).sum(1), atol=1e-3)
 
 
@@ -158,7 +161,8 @@ def test_the_controlnet_starts_at_the_base_and_never_moves_it():
             assert torch.equal(net(x, t, None, vol), base(x, t, None))
     before = {k: v.clone() for k, v in base.state_dict().items()}
     copy_before = [p.clone() for p in net.down.parameters()]
-    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-2)
+    zero_before = [p.clone() for p in [*net.zero_convs.parameters(), *net.control_in.parameters()]]
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)  # moves by gradient only
     clips, _ = mp.load_clips(4)
     method = mp.ImageToVideo(control=True)
     for _ in range(3):
@@ -169,6 +173,7 @@ def test_the_controlnet_starts_at_the_base_and_never_moves_it():
     assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items())
     assert all(not p.requires_grad for p in base.parameters())
     assert any(not torch.equal(p, q) for p, q in zip(net.down.parameters(), copy_before))
+    assert all(not torch.equal(p, q) for p, q in zip([*net.zero_convs.parameters(), *net.control_in.parameters()], zero_before))
     with torch.no_grad():
         assert not torch.allclose(net(x, t, None, vol / 1e3), base(x, t, None))
 
@@ -223,6 +228,11 @@ def test_the_physics_prompt_transfers_the_tracks_motion(tmp_path):
     right = tracks[0, :, 0, 0].double() - ink[:, 0].mean() > 0.5  # nearest the fast column (1 right of the centre)
     assert right.any() and not right.all()
     assert torch.allclose(step[:, 0, 0], torch.where(right, 1.0, 0.5).float())
+    d = torch.load(tmp_path / "t.pt", weights_only=True)
+    d["visible"][:, 7:] = False  # hidden from file frame 7 (between clip frames 3 and 4) on
+    common.atomic_save(d, tmp_path / "hidden.pt")
+    _, visible = mp.physics_prompt(tmp_path / "hidden.pt", frame0, 8, 4)
+    assert visible[0, :, :4].all() and not visible[0, :, 4:].any()
 
 
 @pytest.mark.parametrize("make, words", [
@@ -230,6 +240,8 @@ def test_the_physics_prompt_transfers_the_tracks_motion(tmp_path):
     (lambda p: common.atomic_save({"tracks": torch.full((1, 16, 9, 2), 30.0), "visible": torch.ones(1, 16, 9, dtype=torch.bool),
                                    "size": (24, 24), "fps": 20}, p), "outside its 24x24 canvas"),
     (lambda p: common.atomic_save({"x": torch.zeros(1)}, p), "is not a tracks file"),
+    (lambda p: common.atomic_save({"tracks": torch.full((1, 16, 9, 2), 5.0), "visible": torch.zeros(1, 16, 9, dtype=torch.bool),
+                                   "size": (24, 24), "fps": 20}, p), "at least one visible point"),
 ])
 def test_a_bad_tracks_file_gets_one_line(make, words, trained, capsys, tmp_path):
     make(tmp_path / "t.pt")
