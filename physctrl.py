@@ -643,7 +643,7 @@ def main(argv=None):
         if args.sample_only:
             v_theta = common.load_ema(ckpt, v_theta)
             regressor = common.load_ema(common.load_checkpoint(out / "ckpt.pt", ("physctrl_regressor",)), regressor) \
-                if (out / "ckpt.pt").exists() else None
+                if (out / "ckpt.pt").exists() and condition is None else None  # the evaluation's baseline only
         else:
             t0, c0 = time.time(), time.process_time()
             v_theta = common.train(v_theta, method.loss, data, args, ckpt)  # L_CFM on trajectories; the EMA network

@@ -298,3 +298,14 @@ def test_sampling_with_the_stiffness_withheld_ignores_it():
     assert torch.equal(m.sample(net, c, 2, withhold=True, noise=noise), m.sample(net, other, 2, withhold=True, noise=noise))
     assert torch.equal(m.regress(net, c, withhold=True), m.regress(net, other, withhold=True))
     assert not torch.allclose(m.sample(net, c, 2, noise=noise), m.sample(net, other, 2, noise=noise), atol=1e-4)
+
+
+def test_one_condition_from_a_checkpoint_ignores_a_foreign_regressor(tmp_path):
+    """--ckpt with --force writes 8 trajectories, their picture and tracks into --out, whatever other run's regressor
+    that folder holds (the one-condition mode does not use the regressor)."""
+    pc.main(tiny(tmp_path / "a", 2) + ["--n-eval", "0", "--n-withhold", "0"])
+    pc.main(tiny(tmp_path / "b", 2)[:-2] + ["--width", "24", "--out", str(tmp_path / "b"), "--n-eval", "0", "--n-withhold", "0"])
+    q = pc.main(["--ckpt", str(tmp_path / "a" / "ckpt.pt"), "--force", "0", "8", "12", "--drag", "5", "--stiffness", "2",
+                 "--out", str(tmp_path / "b")])
+    assert q["last"] >= 0 and (tmp_path / "b" / "condition.png").exists()
+    assert torch.load(tmp_path / "b" / "tracks.pt", weights_only=True)["tracks"].shape == (8, 16, pc.POINTS, 2)
