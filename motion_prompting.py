@@ -59,7 +59,7 @@ frames stacked as channels; its tracks come from a point tracker run on real vid
 volume enters the copy through one zero convolution at the copy's input resolution.
 
 Run:
-  python motion_prompting.py                      # clips, the base (OUT/base), the ControlNet, evaluation; ~5 min
+  python motion_prompting.py                      # clips, the base (OUT/base), the ControlNet, evaluation
   python motion_prompting.py --base runs/motion_prompting-moving-digits/base/ckpt.pt --iters 2000
   python physctrl.py --ckpt runs/physctrl-springs/ckpt.pt --force 0 8 12 --drag 5 --stiffness 2.5 --out runs/pc1 \\
     && python motion_prompting.py --ckpt runs/motion_prompting-moving-digits/ckpt.pt --tracks runs/pc1/tracks.pt
