@@ -720,7 +720,8 @@ class Dataset:
     num_classes: int
     levels: int = 0  # number of pixel levels for images (17 for digits, 256 else); 0 for points
     x0_train: torch.Tensor = None  # fixed pairs (reflow, distillation): each x_train row's starting point
-    c_train: torch.Tensor = None  # per-example conditions beyond a label (physctrl's physics): loss(..., c=)
+    c_train: torch.Tensor = None  # per-example conditions beyond a label (physctrl's physics, motion_prompting's
+    # corners): loss(..., c=)
     c_test: torch.Tensor = None
 
     @property

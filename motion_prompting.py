@@ -351,7 +351,8 @@ def strip(rows, path, tracks=None, visible=None, scale=3):
     frames = rows[0].shape[0]
     H = CANVAS * scale
     img = np.full((len(rows) * (H + 2) + 2, frames * (H + 2) + 2, 3), 255, np.uint8)
-    colours = common.hues(np.arange(0 if tracks is None else len(tracks)) / max(1, 0 if tracks is None else len(tracks)))
+    n_tracks = 0 if tracks is None else len(tracks)
+    colours = common.hues(np.arange(n_tracks) / max(1, n_tracks))
     for r, clip in enumerate(rows):
         for f in range(frames):
             y0, x0 = 2 + r * (H + 2), 2 + f * (H + 2)
@@ -430,10 +431,11 @@ def evaluate(method, net, clips, frames_data, args, device):
     def labels(x):  # (B, F) the feature classifier's label of every frame
         with torch.no_grad():
             return classifier(x.reshape(-1, 1, CANVAS, CANVAS).cpu()).argmax(1).view(len(x), -1)
-    rows, q, kept = {"real clips": real}, {"n": n}, {}
+    kept = {name: choose(visible, k, g) for name, k in prompts.items() if k is not None}  # each row's prompted tracks
+    rows, q = {"real clips": real}, {"n": n}
     t0 = time.time()
-    for name, k in prompts.items():
-        control = None if k is None else rasterise(tracks, kept.setdefault(name, choose(visible, k, g))).to(device)
+    for name in prompts:
+        control = rasterise(tracks, kept[name]).to(device) if name in kept else None
         with common.autocast(device, args.amp):
             rows[name] = method.sample(net, real[:, 0], args.frames, args.steps, args.cfg_scale, control, noise=noise).float()
     q["sample_seconds"] = time.time() - t0

@@ -67,7 +67,7 @@ def run_seed(seed, work, quick=False):
         flags += ["--base-iters", "20", "--iters", "20"]
     q = bench.run(mp.main, flags, samples=True)
     rows = q.pop("samples")
-    clips, frames_data = mp.load_clips(8)
+    clips, frames_data = mp.load_clips(rows["base"].shape[1])  # the run's clips
     reference = clips.x_test[n:2 * n, 1:]
     fd = fd_replicates(frames_data, rows, reference, 20 if quick else FD_REPLICATES, seed)
     res = dict(machine=bench.machine(), seed=seed, n_eval=n, command=f"{COMMAND} --seed {seed}",
