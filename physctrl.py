@@ -40,6 +40,17 @@ The math.
                     the trajectories given every condition more closely, but with the stiffness withheld its samples
                     spread less than the prior (it leans to the mean, as the regressor does); v-prediction keeps the
                     spread, so it is the default.
+  shift             --shift K: the path carries x_1 / K and the sampler multiplies its end point by K. Since
+                    x_t = (1 - t) x_0 + t x_1 / K = ((1 - t) / (1 - t')) ((1 - t') x_0 + t' x_1) with t' / (1 - t') = t / (K (1 - t)),
+                    i.e. t' = t / (t + K (1 - t)), a point of the shifted path at t is the unshifted path's point at the
+                    earlier time t', rescaled: the signal-to-noise ratio at every t falls by K^2, and uniform t spends more
+                    of training where noise dominates (SD3's shift of the noise level sigma = 1 - t to
+                    K sigma / (1 + (K - 1) sigma), Esser et al., arXiv 2403.03206, is the same map). The displacements are
+                    already small against the unit noise (per-frame sd 0.01 to 0.6), so K > 1 moves further from the
+                    usual unit-variance scaling. Measured (benchmarks/README.md): x-prediction with K = 8 fits the
+                    trajectories given every condition closer than with K = 1 (still not as close as the regressor),
+                    and with the stiffness withheld its samples collapse towards the mean as the regressor's do: the
+                    noisy end of the path teaches the conditional mean, the clean end the spread.
   network           a DiT (Peebles & Xie, arXiv 2212.09748) over (F - 1) / P x N tokens, a token one point over P
                     consecutive frames (--frame-patch P, a tubelet as video DiTs patch time): [x_t over those frames,
                     p_0 of its point, w_i, w_i f (the force it receives: the drag point marked on its tokens)] embedded
@@ -74,7 +85,9 @@ Run:
   python physctrl.py                             # simulate, train the flow and the regressor, evaluate; ~4 min
   python physctrl.py --ckpt runs/physctrl-springs/ckpt.pt --force 0 8 12 --drag 5 --stiffness 2.5
                                                  # 8 trajectories for one condition: picture and OUT/tracks.pt
-  python physctrl.py --ckpt runs/physctrl-springs/ckpt.pt --withhold   # generate with the stiffness withheld
+  python physctrl.py --ckpt runs/physctrl-springs/ckpt.pt --force 0 8 12 --drag 5 --withhold
+                                                 # the same push, the stiffness withheld: 8 draws, their fitted k
+  python physctrl.py --predict x --shift 8       # the shifted path: closer fits, a collapsed withheld mode
 """
 import argparse
 import hashlib
@@ -339,11 +352,11 @@ class PhysCtrl:
     """cfm.py's straight path on displacement trajectories, with the physics dropped at random in training
     (p_uncond: all of it, for guidance; p_withhold: the stiffness alone)."""
 
-    def __init__(self, p_uncond=0.1, p_withhold=0.2, predict="v"):
-        if not (0 <= p_uncond < 1 and 0 <= p_withhold < 1) or predict not in ("x", "v"):
-            raise ValueError(f"--p-uncond and --p-withhold must be in [0, 1) and --predict x or v, got {p_uncond}, "
-                             f"{p_withhold} and {predict}")
-        self.p_uncond, self.p_withhold, self.predict = p_uncond, p_withhold, predict
+    def __init__(self, p_uncond=0.1, p_withhold=0.2, predict="v", shift=1.0):
+        if not (0 <= p_uncond < 1 and 0 <= p_withhold < 1) or predict not in ("x", "v") or not shift > 0:
+            raise ValueError(f"--p-uncond and --p-withhold must be in [0, 1), --predict x or v and --shift > 0, got "
+                             f"{p_uncond}, {p_withhold}, {predict} and {shift}")
+        self.p_uncond, self.p_withhold, self.predict, self.shift = p_uncond, p_withhold, predict, shift
 
     def keep(self, B, device):
         """(B, 2) which physics each example keeps: force and stiffness together dropped with p_uncond,
@@ -364,7 +377,9 @@ class PhysCtrl:
 
     def loss(self, net, x1, y=None, c=None):
         """x_t = (1 - t) x_0 + t x_1; predict "v": E || v_theta - (x_1 - x_0) ||^2; predict "x": E || x1_theta - x_1 ||^2
-        (the same loss weighted by (1 - t)^2: v_theta - (x_1 - x_0) = (x1_theta - x_1) / (1 - t)); y is unused."""
+        (the same loss weighted by (1 - t)^2: v_theta - (x_1 - x_0) = (x1_theta - x_1) / (1 - t)); y is unused. The path
+        carries the trajectories divided by the shift K (the sampler multiplies by K on the way out)."""
+        x1 = x1 / self.shift
         x0, t = torch.randn_like(x1), torch.rand(len(x1), device=x1.device)
         x_t = (1 - common.bcast(t, x1)) * x0 + common.bcast(t, x1) * x1
         target = x1 - x0 if self.predict == "v" else x1
@@ -377,8 +392,8 @@ class PhysCtrl:
 
     @torch.no_grad()
     def sample(self, net, c, steps=10, cfg_scale=1.0, withhold=False, generator=None, noise=None):
-        """Trajectories (B, F-1, N, 3) given c: dx/dt = v from x_0 ~ N(0, I) at t = 0 to t = 1, midpoint steps;
-        guidance v_null + w (v_c - v_null); withhold: the stiffness not given."""
+        """Trajectories (B, F-1, N, 3) given c: dx/dt = v from x_0 ~ N(0, I) at t = 0 to t = 1, midpoint steps, times
+        the shift K; guidance v_null + w (v_c - v_null); withhold: the stiffness not given."""
         B = len(c)
         x = common.start_noise((B, net.frames - 1, POINTS, 3), generator, noise).to(c.device)
         keep = self.given(B, withhold, c.device)
@@ -393,7 +408,7 @@ class PhysCtrl:
         h = 1.0 / steps
         for i in range(steps):
             x = x + h * v(x + h / 2 * v(x, i * h), i * h + h / 2)
-        return x
+        return x * self.shift  # the path's units back to the simulator's
 
     @torch.no_grad()
     def regress(self, net, c, withhold=False):
@@ -604,6 +619,8 @@ def main(argv=None):
     own.add_argument("--steps", type=int, help="midpoint steps of the sampler (default 10)")
     own.add_argument("--predict", choices=["x", "v"], help="the network gives the velocity (v, the default) or "
                      "the trajectory x_1 (x)")
+    own.add_argument("--shift", type=common.finite, help="K: the path carries the trajectories divided by K, so that "
+                     "noise dominates longer (SD3's time shift; default 1)")
     own.add_argument("--p-withhold", type=common.finite, help="probability of dropping the stiffness in training (default 0.2)")
     own.add_argument("--regressor-iters", type=int, help="iterations of the MSE regressor baseline (default --iters / 2; 0: none)")
     own.add_argument("--n-withhold", type=int, help="held-out conditions of the withheld-stiffness check (default 64; 0: off)")
@@ -612,9 +629,11 @@ def main(argv=None):
     one.add_argument("--drag", type=int, default=0, help="the drag point's index (default 0)")
     one.add_argument("--stiffness", type=common.finite, default=2.0, help="log10 k (default 2)")
     one.add_argument("--shape", choices=SHAPES, default="box", help="the object (default box)")
+    one.add_argument("--withhold", action="store_true", help="generate without the stiffness (the grey simulation "
+                     "still uses --stiffness) and print the stiffness fitted to each draw")
     args, ckpt = common.parse_args(
-        parser, argv, "physctrl", model_flags=("frames", "frame_patch", "depth", "heads", "predict"),
-        defaults=dict(data="springs", frames=16, frame_patch=3, n_train=2000, depth=2, heads=4, steps=10, predict="v", p_withhold=0.2,
+        parser, argv, "physctrl", model_flags=("frames", "frame_patch", "depth", "heads", "predict", "shift"),
+        defaults=dict(data="springs", frames=16, frame_patch=3, n_train=2000, depth=2, heads=4, steps=10, predict="v", shift=1.0, p_withhold=0.2,
                       regressor_iters=None, n_withhold=64),
         data_sets={"springs": dict(arch="dit", width=64, iters=800, batch_size=32, lr=2e-3, n_eval=200)})
     if args.arch != "dit":
@@ -624,10 +643,12 @@ def main(argv=None):
                      f"{args.steps}, {args.n_train}, {args.n_withhold}")
     if args.frame_patch < 1 or (args.frames - 1) % args.frame_patch:
         parser.error(f"--frame-patch {args.frame_patch} must divide the {args.frames - 1} generated frames (--frames - 1)")
+    if args.withhold and not args.force:
+        parser.error("--withhold applies to one condition: give it with --force FX FY FZ (and --drag, --shape)")
     if args.n_withhold > args.n_eval:
         parser.error(f"--n-withhold {args.n_withhold} exceeds --n-eval {args.n_eval}: it uses the evaluation's conditions")
     regressor_iters = args.iters // 2 if args.regressor_iters is None else args.regressor_iters
-    method = common.construct(parser, PhysCtrl, args.p_uncond, args.p_withhold, args.predict)
+    method = common.construct(parser, PhysCtrl, args.p_uncond, args.p_withhold, args.predict, args.shift)
     with common.session(args) as device:
         condition = one_condition(args) if args.force else None
         if ckpt is not None and ckpt["args"]["frames"] != args.frames:
@@ -665,13 +686,18 @@ def main(argv=None):
             p0 = Simulator(args.shape).p0[None]
             c = pack(condition, p0).expand(8, -1, -1).to(device)
             g = torch.Generator().manual_seed(args.seed + 1)
-            gen = with_frame0(method.sample(v_theta, c, args.steps, args.cfg_scale, generator=g).float(), c).cpu()
+            gen = with_frame0(method.sample(v_theta, c, args.steps, args.cfg_scale, withhold=args.withhold,
+                                            generator=g).float(), c).cpu()
             sim = simulate(condition, args.frames)
             side_view([(sim.expand(8, -1, -1, -1), (150, 150, 150)), (gen, (255, 140, 0))], Path(args.out) / "condition.png")
             save_tracks(gen, Path(args.out) / "tracks.pt")
             e = errors(gen, sim.expand(8, -1, -1, -1), condition["shape"].expand(8))
             common.log(f"one condition ({args.shape}, drag {args.drag}, f {args.force}, log10 k {args.stiffness}): last-frame "
                        f"error {float(e['last'].mean()):.4f}; {args.out}/condition.png, {args.out}/tracks.pt")
+            if args.withhold:  # the draws' stiffnesses, fitted by the simulator: the withheld k's distribution
+                fit, _ = fit_stiffness(gen, {k: v.expand(8, *v.shape[1:]) for k, v in condition.items()})
+                common.log(f"  stiffness withheld: log10 k fitted to the 8 draws {', '.join(f'{k:.2f}' for k in fit.tolist())} "
+                           f"(the grey simulation's {args.stiffness})")
             return q | {"last": float(e["last"].mean())}
         if args.n_eval == 0:
             return q or None

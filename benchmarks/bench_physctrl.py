@@ -5,12 +5,13 @@ withheld-stiffness check. Every claim is paired: the same held-out conditions fo
 
   for s in 0 1 2; do OMP_NUM_THREADS=1 python benchmarks/bench_physctrl.py --seed $s; done   # ~16 CPU min a seed
   for s in 0 1 2; do OMP_NUM_THREADS=1 python benchmarks/bench_physctrl.py --ablation --seed $s; done  # --predict v
+  for s in 0 1 2; do OMP_NUM_THREADS=1 python benchmarks/bench_physctrl.py --shifted --seed $s; done  # --shift SHIFT
   python benchmarks/bench_physctrl.py --analyse   # paired bootstrap -> results/physctrl_claims.json
 
 One seed, in this process, through physctrl.main (its defaults but --predict x, the network giving the trajectory,
 and longer training: ITERS iterations for the flow and as many for the regressor; --ablation: the default
 --predict v flow alone, the same seed, conditions and noise; the simulated data are the default run's, the seed moves the networks' initialisation,
-their batches and the sampler's noise). Per held-out condition (N_EVAL of them) the mean position error at the
+their batches and the sampler's noise; --shifted: the x-prediction flow with --shift SHIFT alone, likewise). Per held-out condition (N_EVAL of them) the mean position error at the
 last frame; a claim's ratio is the mean over seeds of the per-seed ratio of mean errors, its interval the
 bias-corrected 95% percentile interval of a bootstrap that resamples the conditions (the same indices for both
 rows of a ratio, every seed resampled on each replicate); it holds (or does not) when the interval lies on one
@@ -45,6 +46,14 @@ V_CLAIMS = [("v-prediction flow's (the default's) last-frame error at most 1/4 o
              "ballistic", 0.25, "<="),
             ("v-prediction flow's last-frame error at most the MSE regressor's", "flow", "regressor", 1.0, "<=")]
 X_AGAINST_V = ("x-prediction's last-frame error below v-prediction's", "flow", "flow", 1.0, "<")
+SHIFT = 8  # --shifted's K
+S_CLAIMS = [(f"shifted (--shift {SHIFT}) x-prediction flow's last-frame error at most 1/4 of the rigid ballistic baseline's",
+             "flow", "ballistic", 0.25, "<="),
+            (f"shifted (--shift {SHIFT}) x-prediction flow's last-frame error at most the MSE regressor's", "flow", "regressor",
+             1.0, "<=")]
+S_AGAINST_X = (f"shifted (--shift {SHIFT}) x-prediction's last-frame error below unshifted x-prediction's", "flow", "flow",
+               1.0, "<")
+VARIANTS = {"v": (["--predict", "v"], "--ablation"), "shift": (["--predict", "x", "--shift", str(SHIFT)], "--shifted")}
 
 
 def run_seed(seed, work, quick=False):
@@ -60,15 +69,17 @@ def run_seed(seed, work, quick=False):
     return res
 
 
-def run_ablation(seed, work):
-    """The flow with --predict v (cfm.py's velocity target) on the same seed, conditions and noise: no regressor."""
-    q = bench.run(physctrl.main, ["--seed", str(seed), "--predict", "v", "--iters", str(ITERS), "--regressor-iters", "0",
+def run_variant(seed, work, name):
+    """A variant of the flow (VARIANTS: "v", cfm.py's velocity target; "shift", x-prediction with --shift SHIFT) on
+    the same seed, conditions and noise: no regressor."""
+    flags, option = VARIANTS[name]
+    q = bench.run(physctrl.main, ["--seed", str(seed), *flags, "--iters", str(ITERS), "--regressor-iters", "0",
                                   "--n-eval", str(N_EVAL), "--n-withhold", str(N_WITHHOLD), "--log-every", "500",
-                                  "--out", str(Path(work) / f"v-seed{seed}")])
+                                  "--out", str(Path(work) / f"{name}-seed{seed}")])
     res = dict(machine=bench.machine(), seed=seed, iters=ITERS, n_eval=N_EVAL, n_withhold=N_WITHHOLD,
-               command=f"{COMMAND} --ablation --seed {seed}", rows={"flow": q["flow"]},
+               command=f"{COMMAND} {option} --seed {seed}", rows={"flow": q["flow"]},
                withheld={k: q["withheld"][k] for k in ("reference", "flow")}, train_cpu_s=q["train_cpu_seconds"])
-    bench.write_json(RESULTS / f"physctrl_v_seed{seed}.json", res)
+    bench.write_json(RESULTS / f"physctrl_{name}_seed{seed}.json", res)
 
 
 def paired(runs, num, den, g, replicates):
@@ -92,6 +103,11 @@ def analyse(results=RESULTS, replicates=2000):
     if both:  # the v-prediction flow against the same conditions' rows of the main runs
         todo += [(claim, [(ablation[r["seed"]]["rows"], r["rows"]) for r in both], both) for claim in V_CLAIMS]
         todo += [(X_AGAINST_V, [(r["rows"], ablation[r["seed"]]["rows"]) for r in both], both)]
+    shifted = {r["seed"]: r for r in map(bench.read_json, sorted(Path(results).glob("physctrl_shift_seed[0-9].json")))}
+    both = [r for r in runs if r["seed"] in shifted]
+    if both:  # the shifted x-prediction flow against the same conditions' rows of the main runs
+        todo += [(claim, [(shifted[r["seed"]]["rows"], r["rows"]) for r in both], both) for claim in S_CLAIMS]
+        todo += [(S_AGAINST_X, [(shifted[r["seed"]]["rows"], r["rows"]) for r in both], both)]
     for (text, num, den, threshold, sense), pairs, seeds in todo:
         ratios = paired(pairs, num, den, g, replicates)  # (1 + replicates,) per seed
         v = torch.tensor(np.mean(ratios, 0))
@@ -119,17 +135,25 @@ def markdown(results=RESULTS):
     rows = [[LABELS[k]] + [bench.ms([r["rows"][k][f] for r in runs], ".3g")
                            for f in ("last", "mean", "chamfer", "spring", "ground")] for k in ROWS]
     ablation = [bench.read_json(f) for f in sorted(results.glob("physctrl_v_seed[0-9].json"))]
-    if ablation:
-        rows.insert(0, [f"flow, v-prediction (the default; seeds {', '.join(str(r['seed']) for r in ablation)})"]
-                    + [bench.ms([r["rows"]["flow"][f] for r in ablation], ".3g") for f in ("last", "mean", "chamfer", "spring", "ground")])
+    shifted = [bench.read_json(f) for f in sorted(results.glob("physctrl_shift_seed[0-9].json"))]
+    for variant, label in ((shifted, f"flow, x-prediction, --shift {SHIFT} (seeds {{}})"),
+                           (ablation, "flow, v-prediction (the default; seeds {})")):
+        if variant:
+            rows.insert(0, [label.format(", ".join(str(r["seed"]) for r in variant))]
+                        + [bench.ms([r["rows"]["flow"][f] for r in variant], ".3g")
+                           for f in ("last", "mean", "chamfer", "spring", "ground")])
     r0 = runs[0]
     seeds = ", ".join(str(r["seed"]) for r in runs)
     lines = [f"#### {r0['n_eval']} held-out conditions, mean +- sd over seeds {seeds}", "",
-             bench.caption(r0["machine"], f"for s in 0 1 2; do {COMMAND} --seed $s; {COMMAND} --ablation --seed $s; "
+             bench.caption(r0["machine"], f"for s in 0 1 2; do {COMMAND} --seed $s; {COMMAND} --ablation --seed $s; {COMMAND} --shifted --seed $s; "
                            "done; python benchmarks/bench_physctrl.py --analyse",
                            f"Errors in the simulator's length unit (the objects are about 1 across); flow and "
                            f"regressor trained {r0['iters']} iterations each ({bench.ms([r['train_cpu_s'] for r in runs], '.0f')} "
-                           f"and {bench.ms([r['regressor_train_cpu_s'] for r in runs], '.0f')} CPU s)"), "",
+                           f"and {bench.ms([r['regressor_train_cpu_s'] for r in runs], '.0f')} CPU s)"
+                           + (f"; the shifted flow is the same network trained as many iterations "
+                              f"({bench.ms([r['train_cpu_s'] for r in shifted], '.0f')} CPU s, timed beside other jobs; alone, an iteration "
+                              f"costs the same with and without the shift)"
+                              if shifted else "")), "",
              bench.table(head, rows), ""]
     if c["claims"]:
         lines += [bench.table(["claim", "ratio of mean last-frame errors", "95% interval", "per seed", "verdict"],
@@ -139,16 +163,19 @@ def markdown(results=RESULTS):
     def check(w):
         return (f"{w['mean']:.2f} +- {w['sd']:.2f}, residual {w['residual']:.3f} (KS {w['ks']:.2f}, p = {w['p']:.2g}: "
                 f"**{'passes' if w['passes'] else 'fails'}**)")
-    v = {r["seed"]: r for r in ablation}
+    v, sh = {r["seed"]: r for r in ablation}, {r["seed"]: r for r in shifted}
     w = [[r["seed"], f"{r['withheld']['reference']['mean']:.2f} +- {r['withheld']['reference']['sd']:.2f}"]
          + [check(r["withheld"][k]) for k in ("flow", "regressor")]
-         + ([check(v[r["seed"]]["withheld"]["flow"]) if r["seed"] in v else ""] if v else []) for r in runs]
+         + [check(other[r["seed"]]["withheld"]["flow"]) if r["seed"] in other else "" for other in (v, sh) if other]
+         for r in runs]
     lines += [f"Stiffness withheld ({r0['n_withhold']} held-out force conditions): log10 k fitted by the simulator "
               "(grid of 11 over the range) to each generated trajectory, against the fits of trajectories simulated "
               "at stiffnesses drawn from the training prior; residual: the mean position error of a generated trajectory to "
               "its best-fitting simulation:", "",
               bench.table(["seed", "prior's fits", "flow, x-prediction", "regressor"]
-                          + (["flow, v-prediction (the default)"] if v else []), w, ["r"] + ["l"] * (4 if v else 3)), ""]
+                          + (["flow, v-prediction (the default)"] if v else [])
+                          + ([f"flow, x-prediction, --shift {SHIFT}"] if sh else []), w,
+                          ["r"] + ["l"] * (3 + bool(v) + bool(sh))), ""]
     if (results / "img" / "physctrl-trajectories.png").exists():
         lines += ["Seed 0: eight held-out conditions from the side (x right, z up), frames 0, 3, ..., 15; simulated "
                   "grey, generated by the x-prediction flow orange:", "", "![physctrl.py trajectories](results/img/physctrl-trajectories.png)", ""]
@@ -160,17 +187,18 @@ def main(argv=None):
     p.add_argument("--seed", type=int, help="measure this seed")
     p.add_argument("--work", default=str(bench.ROOT / "benchmarks" / "work" / "physctrl"))
     p.add_argument("--ablation", action="store_true", help="with --seed: the flow with --predict v (the default) alone")
+    p.add_argument("--shifted", action="store_true", help=f"with --seed: the x-prediction flow with --shift {SHIFT} alone")
     p.add_argument("--analyse", action="store_true", help="the paired bootstrap over the measured seeds")
     p.add_argument("--quick", action="store_true", help="smoke test: 20 iterations, 40 conditions")
     p.add_argument("--table", action="store_true", help="print the markdown of the results")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     work = Path(args.work) / ("quick" if args.quick else "")
-    if args.seed is not None and args.ablation:
-        run_ablation(args.seed, work)
+    if args.seed is not None and (args.ablation or args.shifted):
+        run_variant(args.seed, work, "v" if args.ablation else "shift")
     elif args.seed is not None:
         run_seed(args.seed, work, args.quick)
-        if args.seed == 0 and not args.quick and not args.ablation:
+        if args.seed == 0 and not args.quick:
             img = RESULTS / "img" / "physctrl-trajectories.png"
             img.parent.mkdir(parents=True, exist_ok=True)
             img.write_bytes((work / "seed0" / "trajectories.png").read_bytes())

@@ -131,15 +131,16 @@ paired bootstrap interval (benchmarks/bench_mar.py's docstring). Targets: one to
 within 1.2x of cfm.py's FD; the K rows against K = 16 show where several tokens per step stop costing
 quality."""
 
-PHYSCTRL = """physctrl.py (flow matching on simulated 3-D point trajectories, a DiT over (frame patch, point)
+PHYSCTRL = f"""physctrl.py (flow matching on simulated 3-D point trajectories, a DiT over (frame patch, point)
 tokens) against the simulator on held-out conditions it never trained on (force directions in a held-out
 azimuth band, stiffnesses in a held-out band), beside three baselines: frame 0 repeated, the centre of mass
 moved rigidly by the force and gravity (stopped at the ground), and an MSE regressor (the same network trained
 for as many iterations to predict the trajectory itself). Every claim is a ratio of mean last-frame position
 errors over the same conditions with its paired bootstrap interval (benchmarks/bench_physctrl.py's docstring).
-The flow is measured twice on the same seeds, conditions and starting noise: with its network predicting the
-trajectory (--predict x), beside the regressor and the baselines, and with cfm.py's velocity target (--predict
-v, physctrl.py's default). Targets:
+The flow is measured three times on the same seeds, conditions and starting noise: with its network predicting
+the trajectory (--predict x), beside the regressor and the baselines; with cfm.py's velocity target (--predict
+v, physctrl.py's default); and with x-prediction on the shifted path (--shift {bench_physctrl.SHIFT}: the path carries the
+trajectories divided by {bench_physctrl.SHIFT}, so that noise dominates longer; physctrl.py's docstring). Targets:
 the flow at most 1/4 of the ballistic baseline's error and at most the regressor's; with the stiffness
 withheld, the stiffnesses fitted to its trajectories distributed as the prior, where the regressor's
 collapse."""

@@ -159,7 +159,8 @@ def test_physctrl_claims_and_table_on_made_up_errors(tmp_path):
     """benchmarks/bench_physctrl.py's analysis on two seeds of made-up per-condition errors: a flow at exactly
     a fifth of the ballistic baseline on every condition has ratio 0.2 on every replicate and holds its <= 1/4
     target; a regressor at twice the flow's does not hold <= 1/4 of ... (0.4); the v-prediction rows pair with
-    the main runs' conditions (x below v holds at 0.5). The table shows every method and the withheld check."""
+    the main runs' conditions (x below v holds at 0.5), and so do the shifted rows of seed 1 alone (0.15: 0.375 of the
+    regressor's, 0.75 of x). The table shows every method and the withheld check."""
     bp = load("bench_physctrl")
     n = 50
     errs = [0.5 + 0.01 * i for i in range(n)]
@@ -175,6 +176,9 @@ def test_physctrl_claims_and_table_on_made_up_errors(tmp_path):
         (tmp_path / f"physctrl_v_seed{seed}.json").write_text(json.dumps(dict(
             machine="test", seed=seed, iters=10, n_eval=n, n_withhold=8, rows={"flow": fig(0.4)}, train_cpu_s=5.0,
             withheld=dict(reference=dict(mean=1.7, sd=0.5), flow=check))))
+    (tmp_path / "physctrl_shift_seed1.json").write_text(json.dumps(dict(
+        machine="test", seed=1, iters=10, n_eval=n, n_withhold=8, rows={"flow": fig(0.15)}, train_cpu_s=5.0,
+        withheld=dict(reference=dict(mean=1.7, sd=0.5), flow=dict(check, passes=False, p=0.01)))))
     bp.analyse(tmp_path, replicates=50)
     claims = {c["claim"]: c for c in json.loads((tmp_path / "physctrl_claims.json").read_text())["claims"]}
     x = claims["x-prediction flow's last-frame error at most 1/4 of the rigid ballistic baseline's"]
@@ -185,8 +189,13 @@ def test_physctrl_claims_and_table_on_made_up_errors(tmp_path):
     assert round(xv["ratio"], 9) == 0.5 and xv["verdict"] == "holds" and set(xv["seeds"]) == {"0", "1"}
     v = claims["v-prediction flow's (the default's) last-frame error at most 1/4 of the rigid ballistic baseline's"]
     assert round(v["ratio"], 9) == 0.4 and v["verdict"] == "does not hold"
+    shifted = claims[f"shifted (--shift {bp.SHIFT}) x-prediction flow's last-frame error at most the MSE regressor's"]
+    assert round(shifted["ratio"], 9) == 0.375 and shifted["verdict"] == "holds" and set(shifted["seeds"]) == {"1"}
+    sx = claims[f"shifted (--shift {bp.SHIFT}) x-prediction's last-frame error below unshifted x-prediction's"]
+    assert round(sx["ratio"], 9) == 0.75 and sx["verdict"] == "holds"
     md = bp.markdown(tmp_path)
     assert "flow, v-prediction (the default; seeds 0, 1)" in md and "**passes**" in md and "**fails**" in md
+    assert f"flow, x-prediction, --shift {bp.SHIFT} (seeds 1)" in md and "p = 0.01: **fails**" in md
     assert "| x-prediction flow's last-frame error at most 1/4 of the rigid ballistic baseline's | 0.2 |" in md
 
 

@@ -180,12 +180,13 @@ class ExactField(torch.nn.Module):
         return (mean if self.predict == "x" else (mean - x) / (1 - t)).view(shape).float()
 
 
-@pytest.mark.parametrize("predict", ["x", "v"])
-def test_the_sampler_draws_gaussian_projectiles_exactly(predict):
+@pytest.mark.parametrize("predict,shift", [("x", 1.0), ("v", 1.0), ("x", 4.0)])
+def test_the_sampler_draws_gaussian_projectiles_exactly(predict, shift):
     """A rigid projectile thrown with v_0 ~ N(m, S) has displacements x_1 = A v_0 + b (the simulator's discrete
     free fall, checked above): Gaussian, mean A m + b, covariance A S A^T. The sampler fed the exact field
-    reproduces them, whether the network gives x_1 or the velocity: the displacements lie on the 3-D subspace and
-    the v_0 they imply has mean m and covariance S."""
+    reproduces them, whether the network gives x_1 or the velocity, and with the shift K (the exact field of x_1 / K,
+    the end point times K): the displacements lie on the 3-D subspace and the v_0 they imply has mean m and
+    covariance S."""
     frames, n = 4, 4000
     sim = pc.Simulator("box", ground=False)
     h = 1.0 / (pc.FPS * pc.SUBSTEPS)
@@ -200,14 +201,31 @@ def test_the_sampler_draws_gaussian_projectiles_exactly(predict):
     traj = sim.run(torch.full((5,), 100.0, dtype=torch.float64), torch.zeros(5, 3, dtype=torch.float64), torch.zeros(5, dtype=torch.long),
                    frames, v=v0[:, None].expand(-1, pc.POINTS, -1))
     assert torch.allclose((traj[:, 1:] - traj[:, :1]).flatten(1), v0 @ A.T + b, atol=1e-10)
-    field = ExactField(frames, A @ m + b, A @ S @ A.T, predict)
-    x = pc.PhysCtrl(predict=predict).sample(field, torch.zeros(n, pc.POINTS, 8), steps=20, generator=torch.Generator().manual_seed(0))
+    field = ExactField(frames, (A @ m + b) / shift, A @ S @ A.T / shift ** 2, predict)
+    x = pc.PhysCtrl(predict=predict, shift=shift).sample(field, torch.zeros(n, pc.POINTS, 8), steps=20, generator=torch.Generator().manual_seed(0))
     x = x.flatten(1).double()
     implied = torch.linalg.lstsq(A, (x - b).T).solution.T  # (n, 3)
     assert (x - b - implied @ A.T).abs().max() < 1e-3  # on the subspace
     se = (S.diagonal() / n).sqrt()
     assert ((implied.mean(0) - m).abs() < 4 * se).all(), (implied.mean(0), m)
     assert torch.allclose(implied.T.cov(), S, atol=0.05), implied.T.cov()
+
+
+@pytest.mark.parametrize("predict", ["x", "v"])
+def test_the_shifted_loss_is_the_loss_of_the_shrunk_trajectories(predict):
+    """--shift K trains on x_1 / K: the loss of x_1 with K equals the unshifted loss of x_1 / K, draw for draw, and
+    differs from the unshifted loss of x_1 (a network whose output is not zero)."""
+    torch.manual_seed(0)
+    net = pc.TrajectoryDiT(frames=7, width=16, depth=1, heads=2)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x1, c = torch.randn(4, 6, pc.POINTS, 3), torch.randn(4, pc.POINTS, 8)
+
+    def loss(shift, x):
+        torch.manual_seed(1)
+        return pc.PhysCtrl(predict=predict, shift=shift).loss(net, x, c=c)
+    assert torch.equal(loss(4.0, x1), loss(1.0, x1 / 4))
+    assert not torch.allclose(loss(4.0, x1), loss(1.0, x1))
 
 
 # ---- tracks and the command line
@@ -309,3 +327,20 @@ def test_one_condition_from_a_checkpoint_ignores_a_foreign_regressor(tmp_path):
                  "--out", str(tmp_path / "b")])
     assert q["last"] >= 0 and (tmp_path / "b" / "condition.png").exists()
     assert torch.load(tmp_path / "b" / "tracks.pt", weights_only=True)["tracks"].shape == (8, 16, pc.POINTS, 2)
+
+
+def test_one_condition_with_the_stiffness_withheld(tmp_path, capsys):
+    """--withhold in the one-condition mode samples without the stiffness (other draws from the same noise) and prints
+    the stiffness fitted to each of the 8 draws; without --force it is refused in one line."""
+    pc.main(tiny(tmp_path / "a", 20) + ["--n-eval", "0", "--n-withhold", "0"])
+    one = ["--ckpt", str(tmp_path / "a" / "ckpt.pt"), "--force", "0", "8", "12", "--drag", "5", "--stiffness", "2"]
+    pc.main(one + ["--out", str(tmp_path / "given")])
+    capsys.readouterr()
+    pc.main(one + ["--withhold", "--out", str(tmp_path / "withheld")])
+    line = [s for s in capsys.readouterr().out.splitlines() if "stiffness withheld" in s]
+    assert len(line) == 1 and len(line[0].split("draws ")[1].split(" (")[0].split(", ")) == 8, line
+    tracks = lambda d: torch.load(tmp_path / d / "tracks.pt", weights_only=True)["tracks"]  # noqa: E731
+    assert not torch.equal(tracks("given"), tracks("withheld"))
+    with pytest.raises(SystemExit) as e:
+        pc.main(["--ckpt", str(tmp_path / "a" / "ckpt.pt"), "--withhold", "--out", str(tmp_path / "c")])
+    assert e.value.code == 2 and "--withhold" in capsys.readouterr().err
