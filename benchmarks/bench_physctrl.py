@@ -82,6 +82,11 @@ def run_variant(seed, work, name):
     bench.write_json(RESULTS / f"physctrl_{name}_seed{seed}.json", res)
 
 
+def variant_runs(results, name):
+    """{seed: result} of a variant's runs (run_variant's physctrl_{name}_seed*.json), in seed order."""
+    return {r["seed"]: r for r in map(bench.read_json, sorted(Path(results).glob(f"physctrl_{name}_seed[0-9].json")))}
+
+
 def paired(runs, num, den, g, replicates):
     """(1 + replicates,) mean over seeds of the ratio of mean last-frame errors, conditions resampled; runs: pairs
     (numerator's rows, denominator's rows) of one seed."""
@@ -97,13 +102,13 @@ def analyse(results=RESULTS, replicates=2000):
     runs = [bench.read_json(f) for f in sorted(Path(results).glob("physctrl_seed[0-9].json"))]
     g = np.random.default_rng(0)
     claims = []
-    ablation = {r["seed"]: r for r in map(bench.read_json, sorted(Path(results).glob("physctrl_v_seed[0-9].json")))}
+    ablation = variant_runs(results, "v")
     both = [r for r in runs if r["seed"] in ablation]
     todo = [(claim, [(r["rows"], r["rows"]) for r in runs], runs) for claim in CLAIMS]
     if both:  # the v-prediction flow against the same conditions' rows of the main runs
         todo += [(claim, [(ablation[r["seed"]]["rows"], r["rows"]) for r in both], both) for claim in V_CLAIMS]
         todo += [(X_AGAINST_V, [(r["rows"], ablation[r["seed"]]["rows"]) for r in both], both)]
-    shifted = {r["seed"]: r for r in map(bench.read_json, sorted(Path(results).glob("physctrl_shift_seed[0-9].json")))}
+    shifted = variant_runs(results, "shift")
     both = [r for r in runs if r["seed"] in shifted]
     if both:  # the shifted x-prediction flow against the same conditions' rows of the main runs
         todo += [(claim, [(shifted[r["seed"]]["rows"], r["rows"]) for r in both], both) for claim in S_CLAIMS]
@@ -134,13 +139,12 @@ def markdown(results=RESULTS):
     head = ["method", "last frame", "all frames", "Chamfer (last)", "spring length", "ground penetration"]
     rows = [[LABELS[k]] + [bench.ms([r["rows"][k][f] for r in runs], ".3g")
                            for f in ("last", "mean", "chamfer", "spring", "ground")] for k in ROWS]
-    ablation = [bench.read_json(f) for f in sorted(results.glob("physctrl_v_seed[0-9].json"))]
-    shifted = [bench.read_json(f) for f in sorted(results.glob("physctrl_shift_seed[0-9].json"))]
-    for variant, label in ((shifted, f"flow, x-prediction, --shift {SHIFT} (seeds {{}})"),
-                           (ablation, "flow, v-prediction (the default; seeds {})")):
+    v, sh = variant_runs(results, "v"), variant_runs(results, "shift")
+    for variant, label in ((sh, f"flow, x-prediction, --shift {SHIFT} (seeds {{}})"),
+                           (v, "flow, v-prediction (the default; seeds {})")):
         if variant:
-            rows.insert(0, [label.format(", ".join(str(r["seed"]) for r in variant))]
-                        + [bench.ms([r["rows"]["flow"][f] for r in variant], ".3g")
+            rows.insert(0, [label.format(", ".join(map(str, variant)))]
+                        + [bench.ms([r["rows"]["flow"][f] for r in variant.values()], ".3g")
                            for f in ("last", "mean", "chamfer", "spring", "ground")])
     r0 = runs[0]
     seeds = ", ".join(str(r["seed"]) for r in runs)
@@ -151,9 +155,9 @@ def markdown(results=RESULTS):
                            f"regressor trained {r0['iters']} iterations each ({bench.ms([r['train_cpu_s'] for r in runs], '.0f')} "
                            f"and {bench.ms([r['regressor_train_cpu_s'] for r in runs], '.0f')} CPU s)"
                            + (f"; the shifted flow is the same network trained as many iterations "
-                              f"({bench.ms([r['train_cpu_s'] for r in shifted], '.0f')} CPU s, timed beside other jobs; alone, an iteration "
+                              f"({bench.ms([r['train_cpu_s'] for r in sh.values()], '.0f')} CPU s, timed beside other jobs; alone, an iteration "
                               f"costs the same with and without the shift)"
-                              if shifted else "")), "",
+                              if sh else "")), "",
              bench.table(head, rows), ""]
     if c["claims"]:
         lines += [bench.table(["claim", "ratio of mean last-frame errors", "95% interval", "per seed", "verdict"],
@@ -163,7 +167,6 @@ def markdown(results=RESULTS):
     def check(w):
         return (f"{w['mean']:.2f} +- {w['sd']:.2f}, residual {w['residual']:.3f} (KS {w['ks']:.2f}, p = {w['p']:.2g}: "
                 f"**{'passes' if w['passes'] else 'fails'}**)")
-    v, sh = {r["seed"]: r for r in ablation}, {r["seed"]: r for r in shifted}
     w = [[r["seed"], f"{r['withheld']['reference']['mean']:.2f} +- {r['withheld']['reference']['sd']:.2f}"]
          + [check(r["withheld"][k]) for k in ("flow", "regressor")]
          + [check(other[r["seed"]]["withheld"]["flow"]) if r["seed"] in other else "" for other in (v, sh) if other]
@@ -186,8 +189,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seed", type=int, help="measure this seed")
     p.add_argument("--work", default=str(bench.ROOT / "benchmarks" / "work" / "physctrl"))
-    p.add_argument("--ablation", action="store_true", help="with --seed: the flow with --predict v (the default) alone")
-    p.add_argument("--shifted", action="store_true", help=f"with --seed: the x-prediction flow with --shift {SHIFT} alone")
+    variant = p.add_mutually_exclusive_group()
+    variant.add_argument("--ablation", action="store_true", help="with --seed: the flow with --predict v (the default) alone")
+    variant.add_argument("--shifted", action="store_true", help=f"with --seed: the x-prediction flow with --shift {SHIFT} alone")
     p.add_argument("--analyse", action="store_true", help="the paired bootstrap over the measured seeds")
     p.add_argument("--quick", action="store_true", help="smoke test: 20 iterations, 40 conditions")
     p.add_argument("--table", action="store_true", help="print the markdown of the results")
