@@ -24,9 +24,10 @@ all are scored against the same held-out set: digits 2000 samples against the 50
 (FD and KID in the feature classifier's space, the memorised share), the checkerboard 5000 points
 against 5000 held-out (W2). The analysis is run_all.py's paired bootstrap: every replicate resamples
 the generated samples (the same indices for every row) and the held-out items, and recomputes every
-row's figure (FD on digits, sliced W2 on 2-D); a claim's ratio is the mean over seeds of the per-seed
-ratio, its interval the bias-corrected 95% percentile interval; it holds (or does not) when the
-interval lies on one side of the target, else it is within noise.
+row's figure (FD on digits, sliced W2 on 2-D), kept in results/consistency_claims.json; a claim's
+ratio is the mean over seeds of the per-seed ratio, its interval benchmarks/stats.py's (the
+replicates' spread and the seeds' t interval); it holds (or does not) when the interval lies on one
+side of the target, else it is within noise.
 
 --curve RECIPE (on a measured seed): the recipe's run and the reference's run continued exactly (--resume on
 a copy; the learning rate is constant after warm-up, ECT's and iCT's stages follow the iteration count)
@@ -42,7 +43,8 @@ from pathlib import Path
 import torch
 
 import bench
-import run_all  # the paired bootstrap (replicate_figures, interval, verdict, figure_floor)
+import run_all  # the paired bootstrap (replicate_figures, figure_floor, kept_rows)
+import stats  # the claims' intervals and verdicts
 
 import cfm  # noqa: E402 (the model files: bench puts the repository's root on sys.path)
 import common  # noqa: E402
@@ -229,19 +231,11 @@ def analyse(work, quick=False, replicates=None):
         for run in runs:
             samples = torch.load(work / f"seed{run['seed']}" / f"{part}-samples.pt", weights_only=True)
             figs[run["seed"]] = run_all.replicate_figures(samples, test, data.is_image, index_gen, index_test)
-        claims = []
-        for text, num, den, threshold, sense in CLAIMS:
-            values = {s: f[num] / f[den] for s, f in figs.items() if num in f and den in f}
-            if not values:
-                continue
-            pooled = torch.stack(list(values.values())).mean(0)  # mean over seeds of each seed's ratio
-            lo, hi = run_all.interval(pooled)
-            claims.append(dict(claim=text, numerator=num, denominator=den, threshold=threshold, sense=sense,
-                               ratio=float(pooled[0]), lo=lo, hi=hi, verdict=run_all.verdict(lo, hi, threshold, sense),
-                               seeds={str(s): float(v[0]) for s, v in values.items()}))
+        rows = {str(s): run_all.kept_rows(f) for s, f in figs.items()}
+        claims = stats.decide_rows(CLAIMS, rows)
         res["parts"][part] = dict(metric=cfg["metric"], n_gen=n_gen, n_test=n_test, replicates=reps, seeds=sorted(figs),
                                   figure={str(s): {k: float(v[0]) for k, v in f.items()} for s, f in figs.items()},
-                                  floor=run_all.figure_floor(data, test), claims=claims)
+                                  floor=run_all.figure_floor(data, test), rows=rows, claims=claims)
         print(f"{part}: {len(claims)} claims over seeds {sorted(figs)}", flush=True)
     bench.write_json(RESULTS / f"consistency_claims{suffix}.json", res)
     return res
@@ -255,6 +249,8 @@ def markdown(results=RESULTS):
     paired interval and verdict), mean +- sd over seeds, beside the floor; then the pairwise claims."""
     claims_file = Path(results) / "consistency_claims.json"
     claims = bench.read_json(claims_file)["parts"] if claims_file.exists() else {}
+    for c in claims.values():  # every interval recomputed from the kept rows
+        c["claims"] = stats.decide_rows(CLAIMS, c["rows"])
     lines = []
     for part in PARTS:
         runs = [bench.read_json(f) for f in sorted(Path(results).glob(f"consistency_{part}_seed[0-9].json"))]
@@ -278,7 +274,7 @@ def markdown(results=RESULTS):
             if image:
                 cells += [bench.ms([r.get("kid") for r in rs], ".2g"),
                           bench.ms([100 * r["memorised"] for r in rs if r.get("memorised") is not None], ".2g")]
-            cells += ([f"{claim['ratio']:.3g} ({claim['lo']:.3g} - {claim['hi']:.3g})", f"{claim['sense']} {claim['threshold']:g}",
+            cells += ([f"{claim['estimate']:.3g} ({stats.fmt_interval(claim)})", f"{claim['sense']} {claim['threshold']:g}",
                        f"**{claim['verdict']}**"] if claim else ["1" if label == REFERENCE else "", "", ""])
             out.append(cells)
         floor = (f"floor (real vs real, {first['floor_n']} training vs {first['floor_n']} held-out, mean +- sd over 20 "
@@ -294,8 +290,8 @@ def markdown(results=RESULTS):
         pair = [x for x in c.get("claims", []) if x["denominator"] != REFERENCE]
         if pair:
             lines += [bench.table(["claim", "ratio", "95% interval", "per seed", "verdict"],
-                                  [[x["claim"], f"{x['ratio']:.3g}", f"{x['lo']:.3g} - {x['hi']:.3g}",
-                                    ", ".join(f"{v:.3g}" for v in x["seeds"].values()), f"**{x['verdict']}**"] for x in pair],
+                                  [[x["claim"], f"{x['estimate']:.3g}", stats.fmt_interval(x), stats.fmt_seeds(x),
+                                    f"**{x['verdict']}**"] for x in pair],
                                   ["l", "r", "r", "l", "l"]), ""]
     return "\n".join(lines)
 
