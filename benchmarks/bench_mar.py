@@ -24,9 +24,10 @@ the likelihood table):
      exact chain rule on the same digits (raster: exact; random: one order per image, a bound alike). cfm.py's bits/dim (a converged ODE per image) is not measured here: the
      likelihood table has it at its own budget.
 The analysis is run_all.py's paired bootstrap on FD: every replicate resamples the generated samples (the
-same indices for every row) and the held-out digits and recomputes every row's FD; a claim's ratio is the
-mean over seeds of the per-seed ratio, its interval the bias-corrected 95% percentile interval; it holds (or
-does not) when the interval lies on one side of the target, else it is within noise. Seed 0 also draws four
+same indices for every row) and the held-out digits and recomputes every row's FD, kept in
+results/mar_claims.json; a claim's ratio is the mean over seeds of the per-seed ratio, its interval
+benchmarks/stats.py's (the replicates' spread and the seeds' t interval); it holds (or does not)
+when the interval lies on one side of the target, else it is within noise. Seed 0 also draws four
 samples decoded group by group at K = 8 (results/img/mar-decoding.png).
 """
 import argparse
@@ -37,7 +38,8 @@ from pathlib import Path
 import torch
 
 import bench
-import run_all  # the paired bootstrap (replicate_figures, interval, verdict, figure_floor)
+import run_all  # the paired bootstrap (replicate_figures, figure_floor, kept_rows)
+import stats  # the claims' intervals and verdicts
 
 import ar  # noqa: E402 (the model files: bench puts the repository's root on sys.path)
 import cfm  # noqa: E402
@@ -156,21 +158,13 @@ def analyse(work, quick=False, replicates=None, results=None):
     for run in runs:
         samples = torch.load(Path(work) / f"seed{run['seed']}" / "digits-samples.pt", weights_only=True)
         figs[run["seed"]] = run_all.replicate_figures(samples, test, True, index_gen, index_test)
-    claims = []
-    for text, num, den, threshold, sense in CLAIMS:
-        values = {s: f[num] / f[den] for s, f in figs.items() if num in f and den in f}
-        if not values:
-            continue
-        pooled = torch.stack(list(values.values())).mean(0)  # mean over seeds of each seed's ratio
-        lo, hi = run_all.interval(pooled)
-        claims.append(dict(claim=text, numerator=num, denominator=den, threshold=threshold, sense=sense,
-                           ratio=float(pooled[0]), lo=lo, hi=hi, verdict=run_all.verdict(lo, hi, threshold, sense),
-                           seeds={str(s): float(v[0]) for s, v in values.items()}))
     res = {"machine": bench.machine(), "command": "python benchmarks/bench_mar.py --analyse", "metric": cfg["metric"],
            "n_gen": n_gen, "n_test": n_test, "replicates": reps, "seeds": sorted(figs),
            "figure": {str(s): {k: float(v[0]) for k, v in f.items()} for s, f in figs.items()},
-           "floor": run_all.figure_floor(data, test), "claims": claims}
-    print(f"{len(claims)} claims over seeds {sorted(figs)}", flush=True)
+           "floor": run_all.figure_floor(data, test),
+           "rows": {str(s): run_all.kept_rows(f) for s, f in figs.items()}}
+    res["claims"] = stats.decide_rows(CLAIMS, res["rows"])
+    print(f"{len(res['claims'])} claims over seeds {sorted(figs)}", flush=True)
     bench.write_json(results / f"mar_claims{suffix}.json", res)
     return res
 
@@ -188,6 +182,8 @@ def markdown(results=RESULTS):
         return ""
     claims_file = results / "mar_claims.json"
     c = bench.read_json(claims_file) if claims_file.exists() else {}
+    if c:  # every interval recomputed from the kept rows
+        c["claims"] = stats.decide_rows(CLAIMS, c["rows"])
     first = runs[0]["rows"][0]
     by = {}
     for run in runs:
@@ -204,14 +200,14 @@ def markdown(results=RESULTS):
                  bench.ms([100 * r["memorised"] for r in rs if r.get("memorised") is not None], ".2g"),
                  bench.ms([r.get("bits_per_dim") for r in rs], ".3f") or "not measured",
                  bench.ms([1000 * r["sample_seconds"] / r["n"] for r in rs if r.get("sample_seconds") is not None], ".3g")]
-        cells += ([f"{claim['ratio']:.3g} ({claim['lo']:.3g} - {claim['hi']:.3g})", f"<= {claim['threshold']:g}",
+        cells += ([f"{claim['estimate']:.3g} ({stats.fmt_interval(claim)})", f"<= {claim['threshold']:g}",
                    f"**{claim['verdict']}**"] if claim else ["1" if label == REFERENCE else "", "", ""])
         out.append(cells)
     floor = (f"floor (real vs real, {first['floor_n']} training vs {first['floor_n']} held-out, mean +- sd over 20 "
              f"draws): FD {first['floor']:.3g} +- {first['floor_sd']:.2g}, KID {first['kid_floor']:.2g} +- "
              f"{first['kid_floor_sd']:.2g}")
     if c:
-        floor += (f"; the ratios' FD (the bootstrap's {c['replicates']} replicates): floor {c['floor']['mean']:.3g} +- "
+        floor += (f"; the ratios' FD: floor {c['floor']['mean']:.3g} +- "
                   f"{c['floor']['sd']:.2g} at n={c['floor']['n']}")
     seeds = ", ".join(str(r["seed"]) for r in runs)
     bpd = (f"Bits/dim: the first {runs[0]['bpd_n']} held-out digits, 17 levels; mar.py's exact likelihood of each "
@@ -228,8 +224,8 @@ def markdown(results=RESULTS):
     pair = [x for x in c.get("claims", []) if x["denominator"] != REFERENCE]
     if pair:
         lines += [bench.table(["claim", "FD ratio", "95% interval", "per seed", "verdict"],
-                              [[x["claim"], f"{x['ratio']:.3g}", f"{x['lo']:.3g} - {x['hi']:.3g}",
-                                ", ".join(f"{v:.3g}" for v in x["seeds"].values()), f"**{x['verdict']}**"] for x in pair],
+                              [[x["claim"], f"{x['estimate']:.3g}", stats.fmt_interval(x), stats.fmt_seeds(x),
+                                f"**{x['verdict']}**"] for x in pair],
                               ["l", "r", "r", "l", "l"]), ""]
     if (results / "img" / "mar-decoding.png").exists():
         lines += [f"Seed 0's model decoding four samples in K = {PICTURE_K} groups (left: nothing known, grey; then "

@@ -11,11 +11,12 @@ every row.
 One seed, in this process, through motion_prompting.main with its defaults (the base, then the ControlNet) but
 N_EVAL held-out clips; the clips are the default run's, the seed moves the networks' initialisation, their batches,
 the tracks chosen and the sampler's noise. The motion claim's ratio is the mean over seeds of the per-seed ratio of
-mean motion errors, its interval the bias-corrected 95% percentile interval of a bootstrap that resamples the clips
-(the same indices for both rows, every seed resampled on each replicate). The FD claim is a difference: per seed, the
+mean motion errors, its interval benchmarks/stats.py's, from a bootstrap that resamples the clips (the same
+indices for both rows and every seed) and the seeds' t interval. The FD claim is a difference: per seed, the
 per-frame FD of the 4-track ControlNet's frames minus the base's, each replicate resampling the clips (the same for
 both rows, a clip's frames together) and the reference clips; its mean over seeds against the floor's sd (the spread
-of FD between two sets of real frames). A claim holds (or does not) when its interval lies on one side of the
+of FD between two sets of real frames); each seed's results file keeps its replicates and per-clip errors, so
+report.py recomputes every interval. A claim holds (or does not) when its interval lies on one side of the
 target, else it is within noise.
 """
 import argparse
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 import bench
-import run_all  # interval, verdict
+import stats  # the claims' intervals and verdicts
 
 import common  # noqa: E402
 import motion_prompting as mp  # noqa: E402
@@ -99,30 +100,32 @@ def run_physics(physctrl_ckpt, prompting_ckpt, work, results=RESULTS):
     return res
 
 
+def claims(results=RESULTS, replicates=2000):
+    """Every claim decided (benchmarks/stats.py) from the results files: the motion ratios from the
+    per-clip errors (the clips resampled, the same indices for both rows and every seed: the held-out
+    clips are shared), the FD difference from each seed's kept replicates."""
+    runs = [bench.read_json(f) for f in sorted(Path(results).glob("motion_prompting_seed[0-9].json"))]
+    if not runs:
+        return []
+    n = len(runs[0]["rows"]["base"]["motion_each"])
+    g = np.random.default_rng(0)
+    index = np.concatenate([np.arange(n)[None], g.integers(0, n, (replicates, n))])
+    out = []
+    for text, num, den, threshold, sense in CLAIMS:
+        values = {r["seed"]: list(np.array(r["rows"][num]["motion_each"])[index].mean(1)
+                                  / np.array(r["rows"][den]["motion_each"])[index].mean(1)) for r in runs}
+        out.append(stats.decide(text, values, threshold, sense, kind="ratio of mean motion errors"))
+    k = min(len(r["fd_difference"]) for r in runs)
+    floor_sd = float(np.mean([r["rows"]["base"]["fd_floor_sd"] for r in runs]))
+    out.append(stats.decide(FD_CLAIM, {r["seed"]: r["fd_difference"][:k] for r in runs}, floor_sd, "<=",
+                            kind="FD(4 tracks) - FD(base)"))
+    return out
+
+
 def analyse(results=RESULTS, replicates=2000):
     runs = [bench.read_json(f) for f in sorted(Path(results).glob("motion_prompting_seed[0-9].json"))]
-    g = np.random.default_rng(0)
-    claims = []
-    for text, num, den, threshold, sense in CLAIMS:
-        ratios = []
-        for r in runs:
-            a, b = np.array(r["rows"][num]["motion_each"]), np.array(r["rows"][den]["motion_each"])
-            idx = np.concatenate([np.arange(len(a))[None], g.integers(0, len(a), (replicates, len(a)))])
-            ratios.append(a[idx].mean(1) / b[idx].mean(1))
-        v = torch.tensor(np.mean(ratios, 0))
-        lo, hi = run_all.interval(v)
-        claims.append(dict(claim=text, kind="ratio of mean motion errors", threshold=threshold, sense=sense,
-                           value=float(v[0]), lo=lo, hi=hi, verdict=run_all.verdict(lo, hi, threshold, sense),
-                           seeds={str(r["seed"]): float(x[0]) for r, x in zip(runs, ratios)}))
-    k = min(len(r["fd_difference"]) for r in runs)
-    v = torch.tensor(np.mean([r["fd_difference"][:k] for r in runs], 0))
-    floor_sd = float(np.mean([r["rows"]["base"]["fd_floor_sd"] for r in runs]))
-    lo, hi = run_all.interval(v)
-    claims.append(dict(claim=FD_CLAIM, kind="FD(4 tracks) - FD(base)", threshold=floor_sd, sense="<=", value=float(v[0]),
-                       lo=lo, hi=hi, verdict=run_all.verdict(lo, hi, floor_sd, "<="),
-                       seeds={str(r["seed"]): float(r["fd_difference"][0]) for r in runs}))
     out = dict(machine=runs[0]["machine"], command="python benchmarks/bench_motion_prompting.py --analyse",
-               replicates=replicates, seeds=[r["seed"] for r in runs], claims=claims)
+               replicates=replicates, seeds=[r["seed"] for r in runs], claims=claims(results, replicates))
     bench.write_json(Path(results) / "motion_prompting_claims.json", out)
     return out
 
@@ -134,8 +137,7 @@ def markdown(results=RESULTS):
     runs = [bench.read_json(f) for f in sorted(results.glob("motion_prompting_seed[0-9].json"))]
     if not runs:
         return ""
-    claims_file = results / "motion_prompting_claims.json"
-    c = bench.read_json(claims_file) if claims_file.exists() else {"claims": []}
+    c = {"claims": claims(results)}  # recomputed from the per-clip errors and the kept FD replicates
     r0 = runs[0]
     rows = [[LABELS[k], bench.ms([r["rows"][k]["motion"] for r in runs], ".3g"),
              bench.ms([r["rows"][k]["identity"] for r in runs], ".3f"), bench.ms([r["rows"][k]["fd"] for r in runs], ".3g")]
@@ -159,8 +161,8 @@ def markdown(results=RESULTS):
              f"{r0['rows']['real clips']['identity']:.2f}).", ""]
     if c["claims"]:
         lines += [bench.table(["claim", "statistic", "value", "95% interval", "per seed", "target", "verdict"],
-                              [[x["claim"], x["kind"], f"{x['value']:.3g}", f"{x['lo']:.3g} - {x['hi']:.3g}",
-                                ", ".join(f"{v:.3g}" for v in x["seeds"].values()),
+                              [[x["claim"], x["kind"], f"{x['estimate']:.3g}", stats.fmt_interval(x),
+                                stats.fmt_seeds(x),
                                 f"{x['sense']} {x['threshold']:.3g}", f"**{x['verdict']}**"] for x in c["claims"]],
                               ["l", "l", "r", "r", "l", "r", "l"]), ""]
     if (results / "motion_prompting_physics.json").exists():

@@ -12,10 +12,11 @@ One seed, in this process, through physctrl.main (its defaults but --predict x, 
 and longer training: ITERS iterations for the flow and as many for the regressor; --ablation: the default
 --predict v flow alone, the same seed, conditions and noise; the simulated data are the default run's, the seed moves the networks' initialisation,
 their batches and the sampler's noise; --shifted: the x-prediction flow with --shift SHIFT alone, likewise). Per held-out condition (N_EVAL of them) the mean position error at the
-last frame; a claim's ratio is the mean over seeds of the per-seed ratio of mean errors, its interval the
-bias-corrected 95% percentile interval of a bootstrap that resamples the conditions (the same indices for both
-rows of a ratio, every seed resampled on each replicate); it holds (or does not) when the interval lies on one
-side of the target, else it is within noise. The withheld check (N_WITHHOLD conditions): the stiffness fitted by
+last frame; a claim's ratio is the mean over seeds of the per-seed ratio of mean errors, its interval
+benchmarks/stats.py's, from a bootstrap that resamples the conditions (the same indices for both rows of a
+ratio and for every seed) and the seeds' t interval; it holds (or does not) when the interval lies on one
+side of the target, else it is within noise. The per-condition errors are in the results files, so report.py
+recomputes every interval from them. The withheld check (N_WITHHOLD conditions): the stiffness fitted by
 the simulator to each trajectory generated without it, against the fits of trajectories simulated at stiffnesses
 drawn from the prior; two-sample Kolmogorov-Smirnov, p > 0.05 passes, per seed.
 """
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 import bench
-import run_all  # interval, verdict
+import stats  # the claims' intervals and verdicts
 
 import physctrl  # noqa: E402
 
@@ -87,41 +88,43 @@ def variant_runs(results, name):
     return {r["seed"]: r for r in map(bench.read_json, sorted(Path(results).glob(f"physctrl_{name}_seed[0-9].json")))}
 
 
-def paired(runs, num, den, g, replicates):
-    """(1 + replicates,) mean over seeds of the ratio of mean last-frame errors, conditions resampled; runs: pairs
-    (numerator's rows, denominator's rows) of one seed."""
-    ratios = []
-    for rows_a, rows_b in runs:
+def paired(runs, num, den, index):
+    """{seed: [ratio of mean last-frame errors, its value on every replicate]}: runs {seed: (numerator's
+    rows, denominator's rows)}, index (1 + B, n) the resampled conditions, replicate 0 all of them, the
+    same for every row and seed (the held-out conditions are shared)."""
+    out = {}
+    for seed, (rows_a, rows_b) in runs.items():
         a, b = np.array(rows_a[num]["last_each"]), np.array(rows_b[den]["last_each"])
-        idx = np.concatenate([np.arange(len(a))[None], g.integers(0, len(a), (replicates, len(a)))])
-        ratios.append(a[idx].mean(1) / b[idx].mean(1))
-    return ratios
+        out[seed] = list(a[index].mean(1) / b[index].mean(1))
+    return out
+
+
+def claims(results=RESULTS, replicates=2000):
+    """Every claim decided (benchmarks/stats.py) from the seeds' per-condition errors in the results
+    files: the bootstrap resamples the conditions, so what the intervals need is committed."""
+    runs = {r["seed"]: r for r in map(bench.read_json, sorted(Path(results).glob("physctrl_seed[0-9].json")))}
+    if not runs:
+        return []
+    n = len(next(iter(runs.values()))["rows"]["flow"]["last_each"])
+    g = np.random.default_rng(0)
+    index = np.concatenate([np.arange(n)[None], g.integers(0, n, (replicates, n))])
+    todo = [(claim, {s: (r["rows"], r["rows"]) for s, r in runs.items()}) for claim in CLAIMS]
+    for name, specs, against in (("v", V_CLAIMS, X_AGAINST_V), ("shift", S_CLAIMS, S_AGAINST_X)):
+        variant = variant_runs(results, name)
+        both = [s for s in runs if s in variant]
+        if both:  # the variant's flow against the same conditions' rows of the main runs
+            todo += [(claim, {s: (variant[s]["rows"], runs[s]["rows"]) for s in both}) for claim in specs]
+            order = (lambda s: (runs[s]["rows"], variant[s]["rows"])) if name == "v" else \
+                (lambda s: (variant[s]["rows"], runs[s]["rows"]))
+            todo += [(against, {s: order(s) for s in both})]
+    return [stats.decide(text, paired(pairs, num, den, index), threshold, sense, numerator=num,
+                         denominator=den) for (text, num, den, threshold, sense), pairs in todo]
 
 
 def analyse(results=RESULTS, replicates=2000):
     runs = [bench.read_json(f) for f in sorted(Path(results).glob("physctrl_seed[0-9].json"))]
-    g = np.random.default_rng(0)
-    claims = []
-    ablation = variant_runs(results, "v")
-    both = [r for r in runs if r["seed"] in ablation]
-    todo = [(claim, [(r["rows"], r["rows"]) for r in runs], runs) for claim in CLAIMS]
-    if both:  # the v-prediction flow against the same conditions' rows of the main runs
-        todo += [(claim, [(ablation[r["seed"]]["rows"], r["rows"]) for r in both], both) for claim in V_CLAIMS]
-        todo += [(X_AGAINST_V, [(r["rows"], ablation[r["seed"]]["rows"]) for r in both], both)]
-    shifted = variant_runs(results, "shift")
-    both = [r for r in runs if r["seed"] in shifted]
-    if both:  # the shifted x-prediction flow against the same conditions' rows of the main runs
-        todo += [(claim, [(shifted[r["seed"]]["rows"], r["rows"]) for r in both], both) for claim in S_CLAIMS]
-        todo += [(S_AGAINST_X, [(shifted[r["seed"]]["rows"], r["rows"]) for r in both], both)]
-    for (text, num, den, threshold, sense), pairs, seeds in todo:
-        ratios = paired(pairs, num, den, g, replicates)  # (1 + replicates,) per seed
-        v = torch.tensor(np.mean(ratios, 0))
-        lo, hi = run_all.interval(v)
-        claims.append(dict(claim=text, numerator=num, denominator=den, threshold=threshold, sense=sense,
-                           ratio=float(v[0]), lo=lo, hi=hi, verdict=run_all.verdict(lo, hi, threshold, sense),
-                           seeds={str(r["seed"]): float(x[0]) for r, x in zip(seeds, ratios)}))
-    out = dict(machine=runs[0]["machine"], command=f"python benchmarks/bench_physctrl.py --analyse",
-               replicates=replicates, seeds=[r["seed"] for r in runs], claims=claims)
+    out = dict(machine=runs[0]["machine"], command="python benchmarks/bench_physctrl.py --analyse",
+               replicates=replicates, seeds=[r["seed"] for r in runs], claims=claims(results, replicates))
     bench.write_json(Path(results) / "physctrl_claims.json", out)
     return out
 
@@ -134,8 +137,7 @@ def markdown(results=RESULTS):
     runs = [bench.read_json(f) for f in sorted(results.glob("physctrl_seed[0-9].json"))]
     if not runs:
         return ""
-    claims_file = results / "physctrl_claims.json"
-    c = bench.read_json(claims_file) if claims_file.exists() else {"claims": []}
+    c = {"claims": claims(results)}  # recomputed from the per-condition errors
     head = ["method", "last frame", "all frames", "Chamfer (last)", "spring length", "ground penetration"]
     rows = [[LABELS[k]] + [bench.ms([r["rows"][k][f] for r in runs], ".3g")
                            for f in ("last", "mean", "chamfer", "spring", "ground")] for k in ROWS]
@@ -161,9 +163,8 @@ def markdown(results=RESULTS):
              bench.table(head, rows), ""]
     if c["claims"]:
         lines += [bench.table(["claim", "ratio of mean last-frame errors", "95% interval", "per seed", "verdict"],
-                              [[x["claim"], f"{x['ratio']:.3g}", f"{x['lo']:.3g} - {x['hi']:.3g}",
-                                ", ".join(f"{v:.3g}" for v in x["seeds"].values()), f"**{x['verdict']}**"]
-                               for x in c["claims"]], ["l", "r", "r", "l", "l"]), ""]
+                              [[x["claim"], f"{x['estimate']:.3g}", stats.fmt_interval(x), stats.fmt_seeds(x),
+                                f"**{x['verdict']}**"] for x in c["claims"]], ["l", "r", "r", "l", "l"]), ""]
     def check(w):
         return (f"{w['mean']:.2f} +- {w['sd']:.2f}, residual {w['residual']:.3f} (KS {w['ks']:.2f}, p = {w['p']:.2g}: "
                 f"**{'passes' if w['passes'] else 'fails'}**)")

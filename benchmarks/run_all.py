@@ -20,11 +20,13 @@ A claim is a ratio of two rows' figures: FD on digits, sliced W2 on 2-D (exact W
 costs seconds per evaluation, too many for a bootstrap). Its interval is a paired bootstrap: each
 replicate resamples the generated samples (the same indices for every row, so a noise is kept with
 its noise) and the held-out items (the same for every row and seed), and recomputes every row's
-figure; the claim's statistic is the mean over seeds of the per-seed ratio, its interval the
-bias-corrected 95% percentile interval over replicates (500 on digits, 200 on 2-D). That interval
-holds the sampling and held-out noise of these trained models; the ratio of each seed is shown
-beside it, for the spread over training seeds. A claim holds (or does not) when its interval lies
-on one side of the target, else it is "within noise". "The best model is close to real data"
+figure (500 replicates on digits, 200 on 2-D); the claim's statistic is the mean over seeds of the
+per-seed ratio, its interval benchmarks/stats.py's: the replicates' spread (the sampling and
+held-out noise of these trained models) and the seeds' t interval (the spread over training
+seeds), added in quadrature. Every row's figure on every replicate is kept in
+results/claims_<part>.json, so that report.py recomputes the intervals from what is committed. A
+claim holds (or does not) when its interval lies on one side of the target, else it is "within
+noise". "The best model is close to real data"
 compares the best row with the real-vs-real floor at the floor's n (FD of its first 500 samples on
 digits; sliced W2 at 5000 points on 2-D).
 
@@ -45,6 +47,7 @@ import numpy as np
 import torch
 
 import bench  # noqa: F401 (puts the repository's root on the path)
+import stats
 
 import common  # noqa: E402
 
@@ -254,32 +257,31 @@ def analyse(part, work, replicates=None, suffix=""):
             vs_floor = figs[best] / floor["mean"]
         per_seed[seed] = dict(figs=figs, straightness=straight, best=best, vs_floor=vs_floor)
         print(f"seed {seed}: analysed {len(figs)} rows", flush=True)
-    claims = []
-    for text, target, num, den, threshold, sense in CLAIMS:
-        values = {}
-        for seed, s in per_seed.items():
-            if num == "straightness" and {"cfm", "cfm-ot"} <= set(s["straightness"]):
-                values[seed] = s["straightness"]["cfm-ot"] / s["straightness"]["cfm"]
-            elif num == "best":
-                values[seed] = s["vs_floor"]
-            elif num in s["figs"] and den in s["figs"]:
-                values[seed] = s["figs"][num] / s["figs"][den]
-        if not values:
-            continue
-        stack = torch.stack(list(values.values()))  # (seeds, 1 + B): each seed's ratio on every replicate
-        pooled = stack.mean(0)  # the claim's statistic: the mean over seeds of the per-seed ratio
-        lo, hi = interval(pooled)
-        claims.append(dict(claim=text, target=target, threshold=threshold, sense=sense, ratio=float(pooled[0]),
-                           lo=lo, hi=hi, verdict=verdict(lo, hi, threshold, sense),
-                           seeds={str(k): dict(zip(("ratio", "lo", "hi"), (float(v[0]), *interval(v))))
-                                  for k, v in values.items()},
-                           seed_sd=float(stack[:, 0].std()) if len(values) > 1 else None))
-    bench.write_json(RESULTS / f"claims_{part}{suffix}.json", dict(
-        part=part, data=cfg["data"], metric=cfg["metric"], n_gen=n_gen, n_test=n_test, replicates=replicates,
-        seeds=sorted(per_seed), best={str(k): v["best"] for k, v in per_seed.items()},
-        figure={str(k): {label: float(f[0]) for label, f in v["figs"].items()} for k, v in per_seed.items()},
-        floor=floor, claims=claims, machine=bench.machine(),
-        command=f"python benchmarks/run_all.py --analyse --part {part}"))
+    rows = {}  # {seed: {row: its figure on every replicate}}: what the intervals need, kept
+    for seed, s in per_seed.items():
+        rows[str(seed)] = kept_rows(s["figs"])
+        rows[str(seed)].update({f"straightness: {run}": stats.compact(v) for run, v in s["straightness"].items()})
+        rows[str(seed)][BEST] = stats.compact(s["vs_floor"])
+    out = dict(part=part, data=cfg["data"], metric=cfg["metric"], n_gen=n_gen, n_test=n_test, replicates=replicates,
+               seeds=sorted(per_seed), best={str(k): v["best"] for k, v in per_seed.items()},
+               figure={str(k): {label: float(f[0]) for label, f in v["figs"].items()} for k, v in per_seed.items()},
+               floor=floor, rows=rows, machine=bench.machine(),
+               command=f"python benchmarks/run_all.py --analyse --part {part}")
+    out["claims"] = claims_of(out)
+    bench.write_json(RESULTS / f"claims_{part}{suffix}.json", out)
+
+
+def claims_of(analysed):
+    """Every claim of CLAIMS decided (benchmarks/stats.py) from an analysis's kept rows: per seed, each
+    row's figure on every replicate (or its figure alone, for runs whose replicates were not kept)."""
+    specs = [(text, num, den, threshold, sense) for text, _, num, den, threshold, sense in CLAIMS]
+    targets = {text: target for text, target, *_ in CLAIMS}
+    return [dict(c, target=targets[c["claim"]]) for c in stats.decide_rows(specs, analysed["rows"])]
+
+
+def kept_rows(figs):
+    """{row: its figures on every replicate} as a results file keeps them (stats.compact)."""
+    return {label: stats.compact(f) for label, f in figs.items()}
 
 
 def figure_floor(data, test, draws=20):
@@ -298,18 +300,7 @@ def figure_floor(data, test, draws=20):
     return dict(mean=float(np.mean(v)), sd=float(np.std(v, ddof=1)), n=n, draws=draws)
 
 
-def interval(v, level=0.95):
-    """Bias-corrected percentile interval (Efron 1987) of v[0] from its replicates v[1:]: the
-    percentiles Phi(2 z0 +- z) with z0 = Phi^-1(share of replicates below v[0]). A figure that
-    resampling moves (FD grows when duplicates shrink a sample's spread) is not read off shifted."""
-    from scipy.stats import norm
-    reps = v[1:].numpy()
-    share = (np.sum(reps < float(v[0])) + 0.5 * np.sum(reps == float(v[0]))) / len(reps)
-    z0 = norm.ppf(np.clip(share, 1 / len(reps), 1 - 1 / len(reps)))
-    z = norm.ppf(0.5 + level / 2)
-    return tuple(float(np.quantile(reps, norm.cdf(2 * z0 + s * z))) for s in (-1, 1))
-
-
+BEST = "best row's figure / floor"  # FD of its first 500 samples on digits, sliced W2 on 2-D
 # each claim: (text, target, numerator row, denominator row, threshold, sense)
 CLAIMS = [
     ("DDIM with 50 steps matches DDPM's 1000", "DDIM-50 / DDPM-1000 <= 1.2", "DDIM eta=0, 50 steps", "DDPM ancestral", 1.2, "<="),
@@ -321,20 +312,11 @@ CLAIMS = [
      "2-RF + distill, 1 step", 10.0, ">="),
     ("MeanFlow's one step is close to multi-step flow matching", "MeanFlow-1 / CFM Euler-100 <= 1.5", "MeanFlow, 1 step",
      "CFM euler x 100", 1.5, "<="),
-    ("OT coupling straightens paths", "straightness OT / independent < 1", "straightness", None, 1.0, "<"),
+    ("OT coupling straightens paths", "straightness OT / independent < 1", "straightness: cfm-ot",
+     "straightness: cfm", 1.0, "<"),
     ("CFM RK4 at 20 NFE matches Euler at 1000", "RK4-5 / Euler-1000 <= 1.1", "CFM rk4 x 5", "CFM euler x 1000", 1.1, "<="),
-    ("the best model is close to real data", "best row / floor <= 2", "best", None, 2.0, "<="),
+    ("the best model is close to real data", "best row / floor <= 2", BEST, None, 2.0, "<="),
 ]
-
-
-def verdict(lo, hi, threshold, sense):
-    """'holds' or 'does not hold' when the whole 95% interval is on one side of the target, else 'within noise'."""
-    ok = {"<=": lambda v: v <= threshold, "<": lambda v: v < threshold, ">=": lambda v: v >= threshold}[sense]
-    if ok(lo) and ok(hi):
-        return "holds"
-    if not ok(lo) and not ok(hi):
-        return "does not hold"
-    return "within noise"
 
 
 # -----------------------------------------------------------------------------
@@ -350,7 +332,10 @@ def mean_sd(values, scale=1.0, digits=3):
 def load(part):
     files = sorted(RESULTS.glob(f"all_{part}_seed[0-9].json"))
     claims = RESULTS / f"claims_{part}.json"
-    return [bench.read_json(f) for f in files], (bench.read_json(claims) if claims.exists() else None)
+    if not claims.exists():
+        return [bench.read_json(f) for f in files], None
+    analysed = bench.read_json(claims)
+    return [bench.read_json(f) for f in files], dict(analysed, claims=claims_of(analysed))  # recomputed
 
 
 def rows_table(part, runs, claims=None):
@@ -391,9 +376,8 @@ def rows_table(part, runs, claims=None):
 
 
 def fmt_claim(c):
-    seeds = ", ".join(f"{v['ratio']:.3g}" for v in c["seeds"].values())
-    return [c["claim"], c["target"], f"**{c['verdict']}**", f"{c['ratio']:.3g}", f"{c['lo']:.3g} - {c['hi']:.3g}",
-            f"{(c['hi'] - c['lo']) / 2:.2g}", seeds]
+    return [c["claim"], c["target"], f"**{c['verdict']}**", f"{c['estimate']:.3g}", stats.fmt_interval(c),
+            f"{(c['hi'] - c['lo']) / 2:.2g}", stats.fmt_seeds(c)]
 
 
 def claims_block(claims):
@@ -423,10 +407,14 @@ def markdown():
                 f"benchmarks/run_all.py --part {part} --seed $s; done`.", "", table, "", floor + ".", ""]
         if claims:
             widest = max(claims["claims"], key=lambda c: c["hi"] - c["lo"])
+            kept = max(c["replicates"] for c in claims["claims"])
             out += [f"Claims on {cfg['data']}: ratios of {claims['metric']}, the mean over seeds "
-                    f"{', '.join(map(str, claims['seeds']))} of each seed's ratio, with the 95% interval of a paired "
-                    f"bootstrap ({claims['replicates']} replicates; `{claims['command']}`). Widest interval: "
-                    f"+-{(widest['hi'] - widest['lo']) / 2:.2g} ({widest['claim']}).", "", claims_block(claims), ""]
+                    f"{', '.join(map(str, claims['seeds']))} of each seed's ratio, with its 95% interval "
+                    f"(benchmarks/stats.py; `{claims['command']}`; "
+                    + (f"{kept} paired replicates a seed kept" if kept else
+                       "these runs kept no replicates: the seeds' part alone")
+                    + f"). Widest interval: +-{(widest['hi'] - widest['lo']) / 2:.2g} ({widest['claim']}).", "",
+                    claims_block(claims), ""]
         out += [" ".join(f"![{r['sampler']}]({Path(r['img']).relative_to('benchmarks')})" for r in pics), "",
                 f"Samples of seed {first['seed']}, left to right: " + "; ".join(r["sampler"] for r in pics)
                 + (" (each: held-out points on the left, the model's on the right)." if part == "2d" else
@@ -443,7 +431,7 @@ def claims_table():
         cells = [text, target]
         for p in ("digits", "2d"):
             c = next((c for c in (parts[p] or {}).get("claims", []) if c["claim"] == text), None)
-            cells.append(f"{c['verdict']}: {c['ratio']:.3g} ({c['lo']:.3g} - {c['hi']:.3g})" if c else "not measured")
+            cells.append(f"{c['verdict']}: {c['estimate']:.3g} ({stats.fmt_interval(c)})" if c else "not measured")
         rows.append(cells)
     return bench.table(head, rows, ["l", "l", "l", "l"])
 
