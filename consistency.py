@@ -76,11 +76,19 @@ Training: every option minimises, over pairs of times t < r on one trajectory,
   ect                (consistency tuning) the student starts from a cfm.py model's weights (so f_theta starts as
                      that model's one Euler step, above) and trains the same loss with continuous times:
                      sigma_t ~ lognormal(P_mean, P_std), sigma_r = sigma_t max(0, 1 - n(sigma_t) / 2^a),
-                     n(sigma) = 1 + 8 sigmoid(-sigma), a = min(floor(k / K), 7), t = 1 / (1 + sigma_t),
-                     r = 1 / (1 + sigma_r): ECT's mapping r = t - t n(t) / q^a with q = 2, in noise levels. At
-                     stage a = 0 every r is 1: flow matching (above), the teacher's own objective; each stage
-                     halves the gap, down to 1/128 of it (the finest grid of ict, s1 / s0 = 2^7). No JVP: two
-                     forward passes a step. The flow model's training is part of the run (or given by --teacher).
+                     n(sigma) = 1 + 8 sigmoid(-sigma), a = min(floor(k / K) + 1, 7),
+                     t = 1 / (1 + sigma_t), r = 1 / (1 + sigma_r): the published mapping
+                     (locuslab/ect, training/loss.py, t_to_r_sigmoid:
+                     r = t (1 - n(t) / q^(stage + 1)), q = 2, its t the noise level,
+                     stage = floor(k / K) with k and K counted in its ticks), in this file's times.
+                     The first stage already halves the gap: where n(sigma_t) >= 2 (sigma_t <= ln 7,
+                     about 4 draws in 5 of the lognormal) r is still 1, flow matching's target
+                     (above), elsewhere r < 1; each stage halves the gap again, down to n/128 (the
+                     finest grid of ict, s1 / s0 = 2^7; the published code has no cap). Corrected:
+                     the gap here started at a = floor(k / K) = 0, where every r is 1, so that the
+                     first stage re-trained the teacher's own objective and the last stage reached
+                     was one short of the published code's. No JVP: two forward passes a step. The
+                     flow model's training is part of the run (or given by --teacher).
   cd                 (consistency distillation) ict's grid with N fixed (--cd-grid, CM's 18 for CIFAR-10) and the
                      same lognormal choice of the interval (CM drew it uniformly); the student starts from the
                      teacher's weights, as in ect; the teacher is --teacher's, else trained first in the run.
@@ -91,8 +99,18 @@ Training: every option minimises, over pairs of times t < r on one trajectory,
                      The loss compares f at neighbouring times, so f must vary smoothly in t; at the flows' usual
                      1000 the features vary fast over [0, 1], and ict from scratch defaults to 10 (as meanflow.py
                      does for its d_t u). ect and cd copy a cfm.py network, and with it its 1000.
-  not here           CM's EMA target (iCT's stop-gradient instead), LPIPS (the pseudo-Huber distance), ECT's
-                     adaptive loss weights and dropout, iCT's larger networks.
+  not here           CM's EMA target (iCT's stop-gradient instead), LPIPS (the pseudo-Huber
+                     distance), ECT's dropout, iCT's larger networks, and ECT's published losses;
+                     ect here trains ict's loss (pseudo-Huber with iCT's c, the weight
+                     t r / (r - t) = 1 / (sigma_t - sigma_r)). locuslab/ect's CIFAR-10 code
+                     (training/loss.py) divides the plain L2 norm ||f_t - f_r|| (its c = 0:
+                     "adaptive weighting" with p = 1/2) by sigma_t - sigma_r: iCT's weight, and
+                     iCT's distance with c = 0. Its ImageNet code (branch imgnet) takes pseudo-Huber
+                     with c = 0.06, q = 4 and the weight SNR + 1 / sigma_data^2
+                     = 1 / sigma_t^2 + 1 / sigma_data^2, here t^2 / (1 - t)^2 + 1 / sigma_data^2
+                     (sigma_data = 0.5, EDM's data std): a weight of t alone, with no 1 / (r - t),
+                     growing without bound at the data end (t -> 1) and 1 / sigma_data^2 at the
+                     noise end (t = 0).
 
 Sampling:
   1 step             x = f_theta(x_0, 0), x_0 ~ N(0, I): one network call
@@ -235,8 +253,10 @@ class Consistency:
         return p / p.sum()
 
     def ect_gap(self, sigma_t, step):
-        """ECT's sigma_r = sigma_t max(0, 1 - n(sigma_t) / 2^a), a = min(floor(k / K), 7)."""
-        a = min(step // self.stage_iters, DOUBLINGS)
+        """ECT's sigma_r = sigma_t max(0, 1 - n(sigma_t) / 2^a), a = min(floor(k / K) + 1, 7): the
+        published stages, the first already halving the gap (corrected from a = floor(k / K), whose
+        stage 0 was flow matching)."""
+        a = min(step // self.stage_iters + 1, DOUBLINGS)
         n = 1 + ECT_K * torch.sigmoid(-ECT_B * sigma_t)
         return sigma_t * (1 - n / 2 ** a).clamp(min=0)
 

@@ -35,6 +35,13 @@ until each has spent 2 and 4 times the reference's CPU seconds, each point sampl
 how much more compute a one- or two-step model needs to come within the target of CFM-100, and whether
 it does at equal compute. --ablation: ECT with the path's weight 1 / (r - t) and with CM's weight 1, from
 the same flow model for as many iterations as ECT's row.
+
+--only RUNS (on a measured seed, e.g. --only ect): cfm.py's flow model and reference are trained
+again (deterministic on one thread: the reference's figures should come back as they were, and each
+rerun records them before and now), only the named recipes are trained, and the reference's rows and
+theirs replace their rows in the seed's results; the other rows keep their figures, marked
+"older_run" (and "old_stages" for ect's ablation and curve rows, trained with the stages before the
+published mapping).
 """
 import argparse
 import shutil
@@ -101,7 +108,22 @@ ABLATIONS = {f"ect-weight-{w}": (["--training", "ect", "--weight", w], f"ECT wei
 
 
 
-def run_part(part, seed, work, quick=False):
+RECIPES = ("ect", "cd", "ict", "meanflow")  # --only picks of these; cfm.py always runs
+
+
+def results_file(part, seed, quick=False):
+    return RESULTS / f"consistency_{part}_seed{seed}{'_quick' if quick else ''}.json"
+
+
+def run_part(part, seed, work, quick=False, only=None):
+    """One seed of one part (the module docstring): its rows ->
+    results/consistency_<part>_seed<s>.json, their samples (features on digits, points on 2-D) ->
+    WORK/seed<s>/<part>-samples.pt.
+    only: a subset of RECIPES. cfm.py still trains (the flow model at T, the reference, the
+    budget), but only those recipes train (with their calibration); the reference's rows and theirs
+    are sampled and replace their rows in the seed's results file, whose other rows stay as they
+    were, marked "older_run": true ("old_stages": true where the run used ECT's stages: ect's
+    ablations and curve); their samples join the seed's samples file, where it exists."""
     data_flags, t_iters, ref_iters, metric_part = PARTS[part]
     n_gen = 100 if quick else run_all.PARTS[metric_part]["n_gen"]
     if quick:
@@ -109,7 +131,7 @@ def run_part(part, seed, work, quick=False):
     data = common.load_data(data_flags[1])
     base = data_flags + ["--seed", str(seed)]
     folder = work / f"seed{seed}" / part
-    out = {name: folder / name for name in ("flow", "cfm", "ect", "cd", "ict", "meanflow")}
+    out = {name: folder / name for name in ("flow", "cfm") + RECIPES}
     # 1. the flow model at T, continued to the reference's iterations
     cpu_t = bench.train(cfm, base + ["--iters", str(t_iters), "--out", str(out["flow"])])
     shutil.rmtree(out["cfm"], ignore_errors=True)
@@ -120,6 +142,8 @@ def run_part(part, seed, work, quick=False):
                "cd": (consistency, ["--training", "cd"] + teacher, cpu_t),
                "ict": (consistency, ["--training", "ict"], 0.0),
                "meanflow": (meanflow, [], 0.0)}
+    if only is not None:
+        recipes = {name: recipe for name, recipe in recipes.items() if name in only}
     trained = {"cfm": dict(iters=ref_iters, train_cpu_s=budget, flow_cpu_s=cpu_t)}
     for name, (module, flags, spent) in recipes.items():  # 2., 3.: the rest of the budget
         cost = bench.cost_per_iter(module, base + flags, work / "calib" / name)
@@ -130,6 +154,8 @@ def run_part(part, seed, work, quick=False):
               f"against the reference's {budget:.0f}", flush=True)
     rows, samples = [], {}
     for label, module, name, sflags, nfe in SAMPLERS:
+        if name not in trained:
+            continue
         q = bench.run(MODULES[module].main, ["--ckpt", str(out[name] / "ckpt.pt"), "--n-eval", str(n_gen), "--seed",
                                              str(seed), "--out", str(out[name])] + sflags, trains=False, samples=True)
         x = q.pop("samples")
@@ -137,17 +163,41 @@ def run_part(part, seed, work, quick=False):
         rows.append(dict(sampler=label, model=module, run=name, nfe=nfe, seed=seed, **trained[name],
                          **bench.quality(q)))
         print({k: v for k, v in rows[-1].items()}, flush=True)
-    common.atomic_save(samples, work / f"seed{seed}" / f"{part}-samples.pt")
-    name = f"consistency_{part}_seed{seed}{'_quick' if quick else ''}.json"
-    bench.write_json(RESULTS / name, {"machine": bench.machine(), "part": part, "seed": seed, "n_gen": n_gen,
-                                      "command": f"{COMMAND} --part {part} --seed {seed}", "rows": rows})
+    keep = work / f"seed{seed}" / f"{part}-samples.pt"
+    results = results_file(part, seed, quick)
+    command = f"{COMMAND} --part {part} --seed {seed}"
+    res = {"machine": bench.machine(), "part": part, "seed": seed, "n_gen": n_gen,
+           "command": command, "rows": rows}
+    if only is not None:  # the seed's other rows as they were
+        res, new = bench.read_json(results), {r["sampler"]: r for r in rows}
+        reproduced = {}
+        for i, r in enumerate(res["rows"]):
+            if r["sampler"] in new:
+                if r["run"] == "cfm":  # the same training as before, deterministic on one thread
+                    reproduced[r["sampler"]] = dict(before=r["value"],
+                                                    now=new[r["sampler"]]["value"])
+                res["rows"][i] = new.pop(r["sampler"])
+            else:
+                r["older_run"] = True
+                if r["run"].startswith("ect"):  # ablations, curve: a = floor(k / K), a stage late
+                    r["old_stages"] = True
+        res["rows"] += list(new.values())
+        res.setdefault("reruns", []).append(dict(
+            command=f"{command} --only {','.join(sorted(only))}", machine=bench.machine(),
+            rows=[r["sampler"] for r in rows], reference=reproduced))
+        print(f"{part} seed {seed}: the reference's figures before and now: {reproduced}",
+              flush=True)
+        if keep.exists():
+            samples = {**torch.load(keep, weights_only=True), **samples}
+    common.atomic_save(samples, keep)
+    bench.write_json(results, res)
     return rows
 
 
 def measured(part, seed, work, quick=False):
     """A measured seed, to add rows to: (its results file, the results, the data, its runs' folder, its samples'
     file, the samples, the data and seed flags)."""
-    name = RESULTS / f"consistency_{part}_seed{seed}{'_quick' if quick else ''}.json"
+    name = results_file(part, seed, quick)
     keep = work / f"seed{seed}" / f"{part}-samples.pt"
     data_flags = PARTS[part][0]
     return (name, bench.read_json(name), common.load_data(data_flags[1]), work / f"seed{seed}" / part, keep,
@@ -307,8 +357,24 @@ def main(argv=None):
                    "loss weights, the same flow model and iterations, rows added to the seed's")
     p.add_argument("--curve", choices=list(CURVE_RUNS), help="with --part and --seed (measured): this recipe and cfm.py continued "
                    f"to {' and '.join(map(str, CURVE))} times the reference's CPU seconds, rows added to the seed's")
+    p.add_argument("--only", metavar="RUNS", help="with --part and --seed (measured): train and "
+                   "sample only these recipes (comma-separated, of " + ", ".join(RECIPES) + ")"
+                   " beside cfm.py's reference, replacing their rows in the seed's results; the "
+                   "others stay, marked older_run")
     p.add_argument("--table", action="store_true", help="print the markdown of the results")
     args = p.parse_args(argv)
+    only = None
+    if args.only is not None:
+        only = {name.strip() for name in args.only.split(",") if name.strip()}
+        if not only or not only <= set(RECIPES):
+            p.error(f"--only takes recipes of {', '.join(RECIPES)}, comma-separated, "
+                    f"got {args.only!r}")
+        if not args.part or args.ablation or args.curve:
+            p.error("--only goes with --part (and --seed), not with --ablation or --curve")
+        measured_file = results_file(args.part, args.seed, args.quick)
+        if not measured_file.exists():
+            p.error(f"--only updates a measured seed, and {measured_file} is missing: run "
+                    f"--part {args.part} --seed {args.seed} without --only first")
     torch.set_num_threads(1)
     work = Path(args.work) / ("quick" if args.quick else "")
     if args.part and args.curve:
@@ -316,7 +382,7 @@ def main(argv=None):
     elif args.part and args.ablation:
         run_ablation(args.part, args.seed, work, args.quick)
     elif args.part:
-        run_part(args.part, args.seed, work, args.quick)
+        run_part(args.part, args.seed, work, args.quick, only)
     if args.analyse:
         analyse(work, args.quick, replicates=20 if args.quick else None)
     if args.table:

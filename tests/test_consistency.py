@@ -269,19 +269,59 @@ def test_ict_interval_probabilities_are_the_lognormals_mass():
     assert torch.equal(cm.time_of(s)[idx + 1], t)  # neighbours on the grid
 
 
-def test_ect_gap_shrinks_in_stages():
+def published_t_to_r(sigma, stage, q=2.0, k=8.0, b=1.0):
+    """locuslab/ect's ECMLoss.t_to_r_sigmoid as published (training/loss.py), its t the noise level
+    sigma: r = t (1 - (1 + k sigmoid(-b t)) / q^(stage + 1)), clamped at 0; stage = floor(k / K)."""
+    adj = 1 + k * torch.sigmoid(-b * sigma)
+    decay = 1 / q ** (stage + 1)
+    return torch.clamp(sigma * (1 - decay * adj), min=0)
+
+
+def test_ect_gap_is_the_published_mapping():
+    """ECT's stages as published: the first stage (k < K) already halves the gap, so r < 1 where
+    n(sigma_t) < 2 (sigma_t > ln 7); hand-computed sigma_r at sigma_t = 1, 4, 20 (n = 3.1515, 1.1439,
+    1 + 1.6e-8); the benchmark's ECT rows (about 1100-1200 iterations, --stage-iters 200 on digits,
+    300 on the checkerboard) end at the gap n/64 and n/16; the cap a = 7 (n/128) from k = 6 K on."""
     cm = Consistency("ect", stage_iters=10)
+    sigma = torch.tensor([1.0, 4.0, 20.0], dtype=torch.float64)
+    hand = {0: [0.0, 1.7122206406065352, 9.999999835107712],  # a = 1: n / 2
+            9: [0.0, 1.7122206406065352, 9.999999835107712],
+            10: [0.2121171572600098, 2.8561103203032676, 14.999999917553858],  # a = 2: n / 4
+            25: [0.6060585786300049, 3.428055160151634, 17.49999995877693],  # a = 3: n / 8
+            60: [0.9753786611643753, 3.9642534475094773, 19.843749997423558],  # a = 7: n / 128
+            10_000: [0.9753786611643753, 3.9642534475094773, 19.843749997423558]}
+    for step, want in hand.items():
+        got = cm.ect_gap(sigma, step)
+        torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), rtol=1e-12, atol=0)
+        if step < 60:  # below the cap: locuslab/ect's formula at stage floor(k / K)
+            torch.testing.assert_close(got, published_t_to_r(sigma, step // 10), rtol=1e-12, atol=0)
+    # the first stage: r = 1 only where n(sigma_t) >= 2, i.e. sigma_t <= ln 7; r < 1 above it
     g = torch.Generator().manual_seed(0)
-    t, r = cm.sample_times(4000, 0, generator=g)
-    assert (r == 1).all() and (t > 0).all() and (t < 1).all()  # stage 0: flow matching
+    t, r = cm.sample_times(20_000, 0, generator=g)
+    sigma_t = (1 - t) / t
+    assert (r[sigma_t > math.log(7) + 1e-9] < 1).all() and (r[sigma_t <= math.log(7) - 1e-9] == 1).all()
+    assert 0.1 < (r < 1).double().mean() < 0.3  # the lognormal's mass above ln 7: 1 - Phi(0.88) = 0.19
+    # the last iterations of the benchmark's ECT rows: the finest gap they reach
+    s = torch.tensor([0.5, 2.0, 7.0], dtype=torch.float64)
+    n = 1 + 8 * torch.sigmoid(-s)
+    for stage_iters, finest in ((200, 64), (300, 16)):
+        for last in (1099, 1199):
+            gap = s - Consistency("ect", stage_iters=stage_iters).ect_gap(s, last)
+            torch.testing.assert_close(gap, s * n / finest, rtol=1e-12, atol=0)
+
+
+def test_ect_sample_times_follow_the_stages():
+    """sample_times: sigma_t lognormal(-1.1, 2), t = 1 / (1 + sigma_t), and sigma_r the published
+    mapping at stage floor(k / K) (capped at a = 7), r > t."""
+    cm = Consistency("ect", stage_iters=10)
     sigma_t = torch.exp(-1.1 + 2.0 * torch.randn(4000, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
-    for a in range(10):
-        t, r = cm.sample_times(4000, 10 * a + 3, generator=torch.Generator().manual_seed(1))
+    for stage in range(10):
+        t, r = cm.sample_times(4000, 10 * stage + 3, generator=torch.Generator().manual_seed(1))
         torch.testing.assert_close(t, 1 / (1 + sigma_t))
-        n = 1 + 8 / (1 + torch.exp(sigma_t))
-        want = sigma_t * (1 - n / 2 ** min(a, 7)).clamp(min=0)
+        want = published_t_to_r(sigma_t, min(stage, 6))
         torch.testing.assert_close((1 - r) / r, want, rtol=1e-9, atol=1e-12)
         assert (r > t).all()
+        assert (r < 1).any()  # every stage, the first included, shrinks the gap somewhere
 
 
 # -----------------------------------------------------------------------------
