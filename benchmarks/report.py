@@ -33,6 +33,7 @@ import guidance
 import likelihood
 import meanflow_compute
 import peers
+import stats
 
 README = bench.ROOT / "benchmarks" / "README.md"
 TOP = bench.ROOT / "README.md"
@@ -51,8 +52,8 @@ Every table names its machine, its torch and the command that reproduces it, aft
 
 SIDE_BY_SIDE = """Every model file trained under one stated budget on the checkerboard and on digits, several seeds,
 each sampled with the samplers the lectures' claims are about. A claim is a ratio of two rows'
-figures, decided by a paired bootstrap interval (benchmarks/run_all.py's docstring says how); the
-per-seed ratios stand beside it. Likelihoods are in the next section, on their own footing."""
+figures, decided by its interval (the section above; benchmarks/run_all.py's docstring says how the
+replicates are drawn); the per-seed ratios stand beside it. Likelihoods are in the next section, on their own footing."""
 
 LIKELIHOOD = """Four families on one footing: unconditional models at their files' default budgets, the same
 held-out digits and 17-level bins, in bits/dim. A row is exact, a bound (an upper bound on the
@@ -231,6 +232,7 @@ def sections():
     """[(heading, paragraph, markdown)] in the README's order; a heading of level 3 starts with '### '."""
     R = bench.read_json
     return [
+        ("How a claim is decided", stats.METHOD, ""),
         ("All models side by side", SIDE_BY_SIDE, run_all_part("markdown")),
         ("Likelihoods on one footing", LIKELIHOOD, likelihood.markdown(R("likelihood.json"))),
         ("Each model file's own benchmark", PER_FILE, ""),

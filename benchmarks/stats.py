@@ -133,13 +133,13 @@ def compact(values, digits=5):
 # -----------------------------------------------------------------------------
 # how the documents print a claim
 
-NOTE = {"seeds and resamples": "", "one seed": " (one seed)", "seeds only": " (seeds only)",
-        "none": " (no interval)"}
+NOTE = {"seeds and resamples": "", "one seed": ", one seed", "seeds only": ", seeds only",
+        "none": ", no interval"}
 
 
 def fmt_interval(c, spec=".3g"):
-    """'lo - hi' with the method's note where the interval lacks a part."""
-    return f"{c['lo']:{spec}} - {c['hi']:{spec}}{NOTE[c['method']]}"
+    """'lo to hi' with the method's note where the interval lacks a part."""
+    return f"{c['lo']:{spec}} to {c['hi']:{spec}}{NOTE[c['method']]}"
 
 
 def fmt_seeds(c, spec=".3g"):
@@ -151,7 +151,7 @@ seeds of the per-seed statistic; the interval adds, in quadrature on each side, 
 pooled paired-bootstrap replicates about their median (the sampling noise of the generated samples
 and the held-out set) and the t interval of the seeds' mean (t with S - 1 degrees of freedom: the
 training seeds' spread, which resampling cannot see). It contains its estimate by construction and
-errs wide (the seeds' spread holds some sampling noise too). "(seeds only)" marks a claim whose
-runs kept no replicates (older runs: their seeds' part alone), "(one seed)" one measured on a single
-seed (its resamples alone). A claim holds, or does not, when its whole interval lies on one side
+errs wide (the seeds' spread holds some sampling noise too). "seeds only" marks a claim whose runs
+kept no replicates (older runs: their seeds' part alone), "one seed" one measured on a single seed
+(its resamples alone). A claim holds, or does not, when its whole interval lies on one side
 of the target; otherwise it is within noise."""

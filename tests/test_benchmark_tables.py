@@ -111,7 +111,7 @@ def test_consistency_claims_and_table_on_made_up_samples(tmp_path, monkeypatch):
     assert off["lo"] > 1.1 and off["verdict"] == "does not hold" and set(off["seeds"]) == {"0", "1"}
     assert "CD, 1 step within 1.3x of CFM-100" not in claims and res["seeds"] == [0, 1]
     text = bc.markdown(tmp_path)
-    assert "| ECT, 1 step | 1 | 2 | 10 +- 0 | 5 +- 0 | 1 +- 0 | 1 (1 - 1) | <= 1.3 | **holds** |" in text
+    assert "| ECT, 1 step | 1 | 2 | 10 +- 0 | 5 +- 0 | 1 +- 0 | 1 (1 to 1) | <= 1.3 | **holds** |" in text
     assert f"| ECT, 2 steps | 1 | 2 | 10 +- 0 | 5 +- 0 | 1 +- 0 | {off['estimate']:.3g} " in text and "**does not hold**" in text
     assert "floor (real vs real, 300 training vs 300 held-out, mean +- sd over 20 draws): W2 0.5 +- 0.1" in text
 
@@ -150,7 +150,7 @@ def test_mar_claims_and_table_on_made_up_samples(tmp_path, monkeypatch):
     assert off["lo"] > 1.1 and off["verdict"] == "does not hold" and set(off["seeds"]) == {"0", "1"}
     assert not any("AR random order" in c for c in claims) and res["seeds"] == [0, 1]
     text = bm.markdown(tmp_path)
-    assert "| MAR, K=16 | 16 | 2 | 10 +- 0 | 5 +- 0 | 1 +- 0 | 2 +- 0 | 0 +- 0 | 1.500 +- 0 | 1 +- 0 | 1 (1 - 1) | <= 1.2 | **holds** |" in text
+    assert "| MAR, K=16 | 16 | 2 | 10 +- 0 | 5 +- 0 | 1 +- 0 | 2 +- 0 | 0 +- 0 | 1.500 +- 0 | 1 +- 0 | 1 (1 to 1) | <= 1.2 | **holds** |" in text
     assert "| CFM Euler x 100 | 100 | 2 | 10 +- 0 | 5 +- 0 | 1 +- 0 | 2 +- 0 | 0 +- 0 | not measured | 1 +- 0 | 1 |  |  |" in text
     assert f"| MAR, K=1 within 1.1x of MAR, K=16 (several tokens per step cost little) | {off['estimate']:.3g} |" in text
     assert "floor (real vs real, 200 training vs 200 held-out, mean +- sd over 20 draws): FD 0.5 +- 0.1" in text

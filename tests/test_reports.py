@@ -70,3 +70,18 @@ def test_no_history_words_in_the_generated_prose():
     for path, text in DOCS.items():
         if path == report.README:
             assert not words.findall(text), words.findall(text)
+
+
+def test_every_printed_interval_contains_its_estimate():
+    """Wherever a document prints an estimate beside its interval, 'E (lo to hi' or '| E | lo to hi',
+    lo <= E <= hi: the guard of benchmarks/stats.py's promise on what the reader sees."""
+    num = r"(-?\d[\d.e+-]*)"
+    pairs = re.compile(num + r" \(" + num + " to " + num + r"\b|\| " + num + r" \| " + num + " to " + num + r"\b")
+    seen = 0
+    for text in DOCS.values():
+        for m in pairs.finditer(text):
+            e, lo, hi = (float(v) for v in (m.groups()[:3] if m.group(1) else m.groups()[3:]))
+            seen += 1
+            tol = 5e-3 * abs(e) + 1e-9  # three significant digits printed
+            assert lo <= e + tol and e <= hi + tol, m.group()
+    assert seen > 50

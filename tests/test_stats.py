@@ -57,7 +57,7 @@ def test_the_seeds_part_is_the_t_interval_of_their_mean_without_replicates():
     h = 4.302652729911275 * np.std([0.738, 0.886, 1.02], ddof=1) / math.sqrt(3)
     assert c["method"] == "seeds only" and c["replicates"] == 0
     assert (c["lo"], c["hi"]) == pytest.approx((c["estimate"] - h, c["estimate"] + h))
-    assert stats.fmt_interval(c).endswith("(seeds only)")
+    assert stats.fmt_interval(c).endswith(", seeds only")
 
 
 def test_resampling_and_seeds_add_in_quadrature():
