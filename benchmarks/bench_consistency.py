@@ -264,6 +264,8 @@ def analyse(work, quick=False, replicates=None):
     """Every part's seeds: run_all.py's paired bootstrap -> results/consistency_claims.json."""
     suffix = "_quick" if quick else ""
     res = {"machine": bench.machine(), "command": f"python benchmarks/bench_consistency.py --analyse", "parts": {}}
+    prior_file = RESULTS / f"consistency_claims{suffix}.json"
+    prior = bench.read_json(prior_file) if prior_file.exists() else {}
     for part, (data_flags, _, _, metric_part) in PARTS.items():
         runs = [bench.read_json(f) for f in sorted(RESULTS.glob(f"consistency_{part}_seed[0-9]{suffix}.json"))]
         if not runs:
@@ -277,16 +279,27 @@ def analyse(work, quick=False, replicates=None):
         g = torch.Generator().manual_seed(0)
         index_gen = torch.cat([torch.arange(n_gen)[None], torch.randint(n_gen, (reps, n_gen), generator=g)])
         index_test = torch.cat([torch.arange(n_test)[None], torch.randint(n_test, (reps, n_test), generator=g)])
-        figs = {}
-        for run in runs:
-            samples = torch.load(work / f"seed{run['seed']}" / f"{part}-samples.pt", weights_only=True)
-            figs[run["seed"]] = run_all.replicate_figures(samples, test, data.is_image, index_gen, index_test)
-        rows = {str(s): run_all.kept_rows(f) for s, f in figs.items()}
+        previous = prior.get("parts", {}).get(part, {})
+        rows, figure = {}, {}
+        for run in runs:  # rows sampled in this work folder: every replicate; the others as last kept
+            key, keep = str(run["seed"]), work / f"seed{run['seed']}" / f"{part}-samples.pt"
+            labels = [r["sampler"] for r in run["rows"]]
+            rows[key] = {k: v for k, v in previous.get("rows", {}).get(key, {}).items() if k in labels}
+            figure[key] = {k: v for k, v in previous.get("figure", {}).get(key, {}).items() if k in labels}
+            if keep.exists():
+                figs = run_all.replicate_figures(torch.load(keep, weights_only=True), test, data.is_image,
+                                                 index_gen, index_test)
+                rows[key].update(run_all.kept_rows(figs))
+                figure[key].update({k: float(v[0]) for k, v in figs.items()})
+            missing = [k for k in labels if k not in rows[key]]
+            if missing:
+                raise SystemExit(f"{part} seed {key}: no samples under {work} and no kept rows for {missing}: "
+                                 f"measure them (--part {part} --seed {key})")
         claims = stats.decide_rows(CLAIMS, rows)
-        res["parts"][part] = dict(metric=cfg["metric"], n_gen=n_gen, n_test=n_test, replicates=reps, seeds=sorted(figs),
-                                  figure={str(s): {k: float(v[0]) for k, v in f.items()} for s, f in figs.items()},
+        res["parts"][part] = dict(metric=cfg["metric"], n_gen=n_gen, n_test=n_test, replicates=reps,
+                                  seeds=sorted(int(k) for k in rows), figure=figure,
                                   floor=run_all.figure_floor(data, test), rows=rows, claims=claims)
-        print(f"{part}: {len(claims)} claims over seeds {sorted(figs)}", flush=True)
+        print(f"{part}: {len(claims)} claims over seeds {sorted(rows)}", flush=True)
     bench.write_json(RESULTS / f"consistency_claims{suffix}.json", res)
     return res
 

@@ -241,34 +241,41 @@ def analyse(part, work, replicates=None, suffix=""):
     index_test = torch.cat([torch.arange(n_test)[None], torch.randint(n_test, (replicates, n_test), generator=g)])
     index_chunk = torch.cat([torch.arange(20)[None], torch.randint(20, (replicates, 20), generator=g)])
     floor = figure_floor(data, test)
-    per_seed = {}
+    out_json = RESULTS / f"claims_{part}{suffix}.json"
+    previous = bench.read_json(out_json) if out_json.exists() else {}
+    rows, figure, best = {}, {}, {}  # per seed: what the intervals need (kept), the figures, the best row
     for run in runs:
-        seed = run["seed"]
-        samples = torch.load(work / f"seed{seed}" / f"{part}-samples.pt", weights_only=True)
+        seed, key = run["seed"], str(run["seed"])
+        keep = work / f"seed{seed}" / f"{part}-samples.pt"
+        if not keep.exists():  # a seed measured elsewhere: its kept rows as the last analysis left them
+            if key not in previous.get("rows", {}):
+                raise SystemExit(f"seed {seed}: no samples at {keep} and no kept rows in {out_json}: "
+                                 f"measure it (--part {part} --seed {seed})")
+            rows[key], figure[key], best[key] = (previous[k][key] for k in ("rows", "figure", "best"))
+            print(f"seed {seed}: kept rows of {out_json.name}", flush=True)
+            continue
+        samples = torch.load(keep, weights_only=True)
         figs = replicate_figures(samples, test, data.is_image, index_gen, index_test)
-        straight = {r["run"]: torch.tensor(r["straightness"], dtype=torch.float64)[index_chunk].mean(1)
-                    for r in run["rows"] if "straightness" in r}
-        best = min(figs, key=lambda label: float(figs[label][0]))
+        best[key] = min(figs, key=lambda label: float(figs[label][0]))
         if data.is_image:  # FD depends on n: the best row's first 500 samples against the floor's 500
             n = min(500, n_gen)
-            f500 = fd_batch(samples[best][:n].double(), test, counts(index_gen[:, :n] % n, n), counts(index_test, n_test))
+            f500 = fd_batch(samples[best[key]][:n].double(), test, counts(index_gen[:, :n] % n, n),
+                            counts(index_test, n_test))
             vs_floor = f500 / floor["mean"]
         else:
-            vs_floor = figs[best] / floor["mean"]
-        per_seed[seed] = dict(figs=figs, straightness=straight, best=best, vs_floor=vs_floor)
+            vs_floor = figs[best[key]] / floor["mean"]
+        rows[key] = kept_rows(figs)
+        rows[key].update({f"straightness: {r['run']}": stats.compact(
+            torch.tensor(r["straightness"], dtype=torch.float64)[index_chunk].mean(1))
+            for r in run["rows"] if "straightness" in r})
+        rows[key][BEST] = stats.compact(vs_floor)
+        figure[key] = {label: float(f[0]) for label, f in figs.items()}
         print(f"seed {seed}: analysed {len(figs)} rows", flush=True)
-    rows = {}  # {seed: {row: its figure on every replicate}}: what the intervals need, kept
-    for seed, s in per_seed.items():
-        rows[str(seed)] = kept_rows(s["figs"])
-        rows[str(seed)].update({f"straightness: {run}": stats.compact(v) for run, v in s["straightness"].items()})
-        rows[str(seed)][BEST] = stats.compact(s["vs_floor"])
     out = dict(part=part, data=cfg["data"], metric=cfg["metric"], n_gen=n_gen, n_test=n_test, replicates=replicates,
-               seeds=sorted(per_seed), best={str(k): v["best"] for k, v in per_seed.items()},
-               figure={str(k): {label: float(f[0]) for label, f in v["figs"].items()} for k, v in per_seed.items()},
-               floor=floor, rows=rows, machine=bench.machine(),
-               command=f"python benchmarks/run_all.py --analyse --part {part}")
+               seeds=sorted(run["seed"] for run in runs), best=best, figure=figure, floor=floor, rows=rows,
+               machine=bench.machine(), command=f"python benchmarks/run_all.py --analyse --part {part}")
     out["claims"] = claims_of(out)
-    bench.write_json(RESULTS / f"claims_{part}{suffix}.json", out)
+    bench.write_json(out_json, out)
 
 
 def claims_of(analysed):

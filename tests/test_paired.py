@@ -103,3 +103,28 @@ def test_claims_end_to_end_on_made_up_samples(tmp_path, monkeypatch):
         run_all.CLAIMS[0][0]]["lo"]  # recomputed from what the file keeps
     best = claims["the best model is close to real data"]
     assert best["lo"] < 1.0 < best["hi"] * 1.5  # real data against the real-vs-real floor: about 1
+
+
+def test_a_seed_without_samples_keeps_the_rows_its_last_analysis_kept(tmp_path, monkeypatch):
+    """A seed measured elsewhere (its samples not here) keeps the rows of the claims file; a seed
+    with neither is refused, naming the command that measures it."""
+    monkeypatch.setattr(run_all, "RESULTS", tmp_path)
+    data = common.load_data("checkerboard")
+    for seed in (0, 1):
+        x = data.x_train[torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(seed))[:200]]
+        (tmp_path / f"seed{seed}").mkdir()
+        torch.save({"CFM euler x 1000": x.double(), "CFM rk4 x 5": 1.1 * x.double()},
+                   tmp_path / f"seed{seed}" / "2d-samples.pt")
+        rows = [dict(run="cfm", sampler=k, model="cfm", nfe=1, value=0.0) for k in ("CFM euler x 1000", "CFM rk4 x 5")]
+        (tmp_path / f"all_2d_seed{seed}.json").write_text(json.dumps(dict(n_gen=200, seed=seed, rows=rows)))
+    run_all.analyse("2d", tmp_path, replicates=20)
+    first = json.loads((tmp_path / "claims_2d.json").read_text())
+    (tmp_path / "seed1" / "2d-samples.pt").unlink()
+    run_all.analyse("2d", tmp_path, replicates=20)
+    again = json.loads((tmp_path / "claims_2d.json").read_text())
+    assert again["rows"]["1"] == first["rows"]["1"] and again["figure"]["1"] == first["figure"]["1"]
+    assert again["claims"] == first["claims"]
+    del again["rows"]["1"]
+    (tmp_path / "claims_2d.json").write_text(json.dumps(again))
+    with pytest.raises(SystemExit, match="--part 2d --seed 1"):
+        run_all.analyse("2d", tmp_path, replicates=20)
