@@ -32,11 +32,17 @@ continuous tokens x_1..x_N, the p x p patches (--patch; 8x8 digits, p = 2: N = 1
                     r ~ N(1, 0.25^2) truncated to [0.7, 1], m = ceil(r N) (always >= 70% masked). At N = 16 the
                     paper's choice never trains a context of more than 4 known tokens, which the last 11 of K = N's
                     16 steps need; with 256 tokens and 64 steps the paper's sampler stays closer to its training.
+                    Either way m is drawn per example, each example of a batch masking its own count; the official
+                    code draws one ratio per batch (models/mar.py, random_masking: mask_ratio_generator.rvs(1)),
+                    every example of a batch masking as many tokens, each in its own random order.
   schedule          --steps K in 1..N: masked after step k, m_k = min(floor(N cos(pi/2 k / K)), m_{k-1} - 1), m_0 = N,
                     m_K = 0 (cos(pi/2) = 0); group k is the next m_{k-1} - m_k tokens of a random order. The min makes every
                     step decode at least one token (without it K = N would stall: floor(16 cos(pi/32)) = 15 = m_0 - 1,
-                    but floor(16 cos(2 pi/32)) = 15 too). The paper also clamps from below (at least one token left for
-                    each step to come, m_k >= K - k); that clamp is never active: cos(pi/2 x) >= 1 - x on [0, 1] (a
+                    but floor(16 cos(2 pi/32)) = 15 too). The official code (LTH14/mar, models/mar.py, sample_tokens)
+                    clamps from below at max(1, .): at least one token left masked for the next step, the last step
+                    decoding all that remain. Here the lower clamp is m_k >= K - k (a token left for each step to
+                    come), which for k < K implies the official one (corrected: this sentence used to credit the
+                    official code with m_k >= K - k). Neither clamp is ever active: cos(pi/2 x) >= 1 - x on [0, 1] (a
                     concave function above its chord), so floor(N cos(pi/2 k/K)) >= floor(N (1 - k/K)) >= K - k for
                     N >= K, and m_k >= K - k by induction. It stays in the code as a guard against rounding only
                     (pi/2 k / K evaluated as (pi/2 k) / K lands past pi/2 at k = K = 13, and floor(13 cos) = -1).
