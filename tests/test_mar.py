@@ -364,9 +364,9 @@ def test_sampler_decodes_the_schedules_groups():
 def test_short_training_beats_the_untrained_loss_and_the_uniform_bits():
     """150 steps on digits: the held-out loss (fixed masks and draws) falls well below the untrained
     network's, and the exact bits/dim at K = N (held_out_bits_per_dim, 20 images) drop below 3.3,
-    far under log2(17) = 4.09 (the uniform model over the 17 levels). Measured on 2 cores (seeds 0-7):
-    3.04 - 3.18 (seed 0, this test's: 3.11); trained on the reversed path x_t = t x_0 + (1 - t) x_1,
-    3.45 - 3.77 (seed 0: 3.52)."""
+    far under log2(17) = 4.09 (the uniform model over the 17 levels). Measured on 2 cores (seeds
+    0-7): 3.04 - 3.18 (seed 0, this test's: 3.11); trained on the reversed path
+    x_t = t x_0 + (1 - t) x_1, 3.45 - 3.77 (seed 0: 3.52)."""
     torch.manual_seed(0)
     data = common.load_digits()
     method = MaskedAR(data.shape, 2, draws=2, levels=17)
