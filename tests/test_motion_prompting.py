@@ -331,3 +331,32 @@ def test_the_loss_gives_frame_0_and_scores_the_frames_after_it():
     assert (vol[:, 0].abs().sum((1, 2, 3)) > 0).all()  # every clip gets at least one track
     mass = vol[:, 0].abs().sum(1).flatten(1) > 0  # frame 0: only on the digit's points
     assert not (mass & ~visible[:, :, 0]).any()
+
+
+@pytest.mark.parametrize("predict, control", [("x", False), ("v", False), ("x", True), ("v", True)])
+def test_the_loss_feeds_the_straight_path_and_regresses_its_target(predict, control, monkeypatch):
+    """On known x_0 (noise), x_1 (clips) and t = 0, 1/3, ..., 1 (the draws fixed): the network sees
+    frame 0 clean and x_t = (1 - t) x_0 + t x_1 on frames 1.. (noise at t = 0, the clip at t = 1),
+    and t as it is; the loss is the mean over frames 1.. of (out - target)^2, the target x_1 (predict
+    x) or x_1 - x_0 (predict v); the ControlNet's loss (its volume from the clip's tracks) alike."""
+    clips, _ = mp.load_clips(4)
+    x1, o = clips.x_train[:4], clips.c_train[:4]
+    x0 = torch.randn(x1.shape, generator=torch.Generator().manual_seed(0))
+    t, rand = torch.linspace(0, 1, 4), torch.rand
+    monkeypatch.setattr(torch, "randn_like", lambda x, **kw: x0.clone())
+    monkeypatch.setattr(torch, "rand", lambda *size, **kw: t.clone() if size == (4,) else rand(*size, **kw))
+    seen = {}
+
+    def spy(x, t, y=None, control=None):
+        out = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+        seen.update(x=x.clone(), t=t, control=control, out=out)
+        return out
+    loss = mp.ImageToVideo(control, predict).loss(spy, x1, c=o)
+    assert torch.equal(seen["t"], t) and (seen["control"] is not None) == control
+    tt = t[:, None, None, None]
+    assert torch.equal(seen["x"][:, 0], x1[:, 0])  # frame 0 given
+    assert torch.allclose(seen["x"][:, 1:], ((1 - tt) * x0 + tt * x1)[:, 1:], atol=1e-6, rtol=0)
+    assert torch.equal(seen["x"][0, 1:], x0[0, 1:])  # noise at t = 0
+    assert torch.allclose(seen["x"][3], x1[3], atol=1e-7)  # the clip at t = 1
+    target = x1 if predict == "x" else x1 - x0
+    assert torch.allclose(loss, (seen["out"] - target)[:, 1:].pow(2).mean(), atol=1e-6, rtol=0)
