@@ -337,14 +337,18 @@ def test_the_loss_gives_frame_0_and_scores_the_frames_after_it():
 def test_the_loss_feeds_the_straight_path_and_regresses_its_target(predict, control, monkeypatch):
     """On known x_0 (noise), x_1 (clips) and t = 0, 1/3, ..., 1 (the draws fixed): the network sees
     frame 0 clean and x_t = (1 - t) x_0 + t x_1 on frames 1.. (noise at t = 0, the clip at t = 1),
-    and t as it is; the loss is the mean over frames 1.. of (out - target)^2, the target x_1 (predict
-    x) or x_1 - x_0 (predict v); the ControlNet's loss (its volume from the clip's tracks) alike."""
+    and t as it is; the loss is the mean over frames 1.. of (out - target)^2, the target x_1
+    (predict x) or x_1 - x_0 (predict v); the ControlNet's loss (its volume from the clip's tracks)
+    alike."""
     clips, _ = mp.load_clips(4)
     x1, o = clips.x_train[:4], clips.c_train[:4]
     x0 = torch.randn(x1.shape, generator=torch.Generator().manual_seed(0))
     t, rand = torch.linspace(0, 1, 4), torch.rand
+
+    def fixed_rand(*size, **kw):  # t (B,); the ControlNet's choice of tracks as it draws it
+        return t.clone() if size == (4,) else rand(*size, **kw)
     monkeypatch.setattr(torch, "randn_like", lambda x, **kw: x0.clone())
-    monkeypatch.setattr(torch, "rand", lambda *size, **kw: t.clone() if size == (4,) else rand(*size, **kw))
+    monkeypatch.setattr(torch, "rand", fixed_rand)
     seen = {}
 
     def spy(x, t, y=None, control=None):
