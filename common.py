@@ -526,7 +526,14 @@ def quality(data, samples, root=None, floor_draws=20):
     memorisation check (see `memorised`); points: exact W2 against the first n held-out points. The
     floor is the same metric between as many random training examples as there are held-out ones in
     the comparison and the same held-out ones, as mean +- sd over floor_draws draws (FD depends on
-    the sample count: an FD of n samples compares with the floor only at n = floor_n)."""
+    the sample count: an FD of n samples compares with the floor only at n = floor_n).
+
+    KID (keys kid, kid_floor, kid_floor_sd) is KID_SCALE * kid(z(f_s), z(f_test)) with
+    z(f) = (f - mu) / sd, mu and sd (64,) the features' per-feature mean and sd over the training
+    split (`feature_stats`), and kid_scale = KID_SCALE = 1e3 says so: "KID x 1e3". Corrected: KID
+    was the raw MMD^2 on the unstandardised features (no kid_scale key), whose kernel argument
+    a.b / d the features' means and units dominated (one feature times 1000 changed KID), printed
+    with no scale. FD is unchanged (raw features)."""
     n = len(samples)
     if not data.is_image and n > len(data.x_test):
         raise UserError(f"--n-eval {n} exceeds the {len(data.x_test)} held-out examples of {data.name}")
@@ -541,18 +548,43 @@ def quality(data, samples, root=None, floor_draws=20):
         q["value"] = w2_exact(samples, test)
     else:
         f_s, f_test = features(data, samples, root), features(data, test, root)
-        q.update(value=frechet_distance(f_s, f_test), kid=kid(f_s, f_test), classifier_acc=feature_net(data, root)[1])
+        stats = feature_stats(data, root)
+        z_s, z_test = standardised(f_s, stats), standardised(f_test, stats)
+        q.update(value=frechet_distance(f_s, f_test), kid=KID_SCALE * kid(z_s, z_test),
+                 kid_scale=KID_SCALE, classifier_acc=feature_net(data, root)[1])
         q.update(memorised(quantize(samples, data.levels), data))
     q.update(floor_of(data, len(test), root, floor_draws), n=n)
     return q
 
 
 _FLOORS = {}  # (data set, its content's sums, n, draws) -> the floor's draws: computed once a process
+_FEATURE_STATS = {}  # (data set, its training split's sum, root) -> the training features' mean, sd
+KID_SCALE = 1e3  # KID is reported x 10^3 (as is common), on standardised features
+
+
+def feature_stats(data, root=None):
+    """The per-feature mean and sd (ddof 1) of the feature classifier's features over the training
+    split, (d,) each in float64: what `standardised` divides by. Computed once a process per data
+    set (like the floors; the classifier itself is cached on disk)."""
+    key = (data.name, float(data.x_train.double().sum()), str(root))
+    if key not in _FEATURE_STATS:
+        f = features(data, data.x_train, root).double()  # (N, d)
+        sd = f.std(0)
+        _FEATURE_STATS[key] = (f.mean(0), torch.where(sd > 0, sd, 1.0))  # a constant one: unscaled
+    return _FEATURE_STATS[key]
+
+
+def standardised(f, stats):
+    """Features f (N, d) in the training split's units, float64: (f - mu) / sd per feature, with
+    stats = (mu, sd) from `feature_stats`. KID's kernel sees these, so a per-feature affine change
+    of the features' units (f -> a f + b, a > 0, applied to every set alike) cannot change KID."""
+    mu, sd = stats
+    return (f.detach().double().cpu() - mu) / sd
 
 
 def floor_of(data, n, root=None, floor_draws=20):
     """The metrics between n random training examples and the first n held-out ones, as mean and
-    sd over floor_draws draws."""
+    sd over floor_draws draws (KID as `quality` defines it: standardised features, x KID_SCALE)."""
     test = data.x_test[:n]
     key = (data.name, float(data.x_train.double().sum()), float(test.double().sum()), n, floor_draws, str(root))
     if key not in _FLOORS:
@@ -562,8 +594,10 @@ def floor_of(data, n, root=None, floor_draws=20):
             _FLOORS[key] = {"floor": [w2_exact(data.x_train[i], test) for i in draws]}
         else:
             f_train, f_test = features(data, data.x_train, root), features(data, test, root)
+            stats = feature_stats(data, root)
+            z_train, z_test = standardised(f_train, stats), standardised(f_test, stats)
             _FLOORS[key] = {"floor": [frechet_distance(f_train[i], f_test) for i in draws],
-                            "kid_floor": [kid(f_train[i], f_test) for i in draws]}
+                            "kid_floor": [KID_SCALE * kid(z_train[i], z_test) for i in draws]}
     out = {"floor_draws": floor_draws, "floor_n": n}
     for name, v in _FLOORS[key].items():
         out.update({name: float(np.mean(v)), name + "_sd": float(np.std(v, ddof=1))})
@@ -583,12 +617,23 @@ def memorised(samples, data):
             "memorised_heldout": float((nearest_train(data.x_test[half:]) < tau).double().mean())}
 
 
+def format_kid(q):
+    """KID as printed: its scale stated, its floor beside it, and a value below zero explained (the
+    estimate is unbiased, so near a distance of 0 it falls either side), e.g.
+    `KID x 1e3 -1.2 (< 0: unbiased, near 0; floor 3.4 +- 5.6)`. A figure without kid_scale is
+    the raw-feature KID of older results and is printed as such."""
+    scale = q.get("kid_scale")
+    name = f"KID x {scale:.0e}".replace("e+0", "e") if scale else "KID (raw features)"
+    note = "< 0: unbiased, near 0; " if q["kid"] < 0 else ""
+    return f"{name} {q['kid']:.3g} ({note}floor {q['kid_floor']:.3g} +- {q['kid_floor_sd']:.2g})"
+
+
 def format_quality(q):
     floor_n = f" at n={q['floor_n']}" if q.get("floor_n", q["n"]) != q["n"] else ""
     text = (f"{q['metric']} {q['value']:.4g} (floor {q['floor']:.4g} +- {q['floor_sd']:.2g}, real vs real{floor_n}, "
             f"n={q['n']})")
     if "kid" in q:
-        text += f"; KID {q['kid']:.4g} (floor {q['kid_floor']:.3g} +- {q['kid_floor_sd']:.2g})"
+        text += "; " + format_kid(q)
     if "memorised" in q:
         text += f"; memorised {100 * q['memorised']:.1f}% (held-out digits {100 * q['memorised_heldout']:.1f}%)"
     return text
@@ -1080,8 +1125,14 @@ def frechet_distance(f1, f2):
 
 def kid(f1, f2):
     """Kernel inception distance (arXiv 1801.01401): the unbiased estimate of the squared MMD between
-    two feature sets with the cubic polynomial kernel k(a, b) = (a.b / d + 1)^3, d the feature
-    dimension. Its expectation is zero for equal distributions at any sample sizes (FD's is not)."""
+    two feature sets f1 (m, d), f2 (n, d) with the cubic polynomial kernel
+    k(a, b) = (a.b / d + 1)^3:
+        sum_{i != j} k(x_i, x_j) / (m (m - 1)) + sum_{i != j} k(y_i, y_j) / (n (n - 1))
+        - 2 sum_{i, j} k(x_i, y_j) / (m n),
+    x_i and y_j the rows of f1 and f2, on the features as given, unscaled. Its expectation is
+    zero for equal distributions at any sample sizes (FD's is not), so an estimate near a
+    distance of 0 falls below zero about as often as above. `quality` feeds it standardised
+    features (`standardised`) and reports it x KID_SCALE."""
     f1, f2 = f1.detach().double().cpu(), f2.detach().double().cpu()
     m, n, d = len(f1), len(f2), f1.shape[1]
     k11, k22, k12 = ((a @ b.T / d + 1) ** 3 for a, b in ((f1, f1), (f2, f2), (f1, f2)))

@@ -506,15 +506,72 @@ def test_digits32_is_digits_resized_on_256_levels():
     assert torch.allclose((big.x_train + 1) / 2 * 255, ((big.x_train + 1) / 2 * 255).round(), atol=1e-4)
 
 
-def test_kid_is_the_unbiased_mmd_of_the_cubic_kernel_and_vanishes_on_average_for_equal_laws():
+def brute_kid(x, y, mu, sd):
+    """KID by explicit loops: each row standardised by hand, (x_k - mu_k) / sd_k, then the
+    U-statistic over pairs of distinct items with k(a, b) = (a.b / d + 1)^3, x 1e3."""
+    def z(rows):
+        return [[(float(v) - float(m)) / float(s) for v, m, s in zip(r, mu, sd)] for r in rows]
+
+    def k(a, b):
+        return (sum(p * q for p, q in zip(a, b)) / len(a) + 1) ** 3
+
+    def within(u):
+        return np.mean([k(u[i], u[j]) for i in range(len(u)) for j in range(len(u)) if i != j])
+    x, y = z(x), z(y)
+    return 1e3 * (within(x) + within(y) - 2 * np.mean([k(a, b) for a in x for b in y]))
+
+
+def kid_x1e3(a, b, stats):
+    z = common.standardised
+    return common.KID_SCALE * common.kid(z(a, stats), z(b, stats))
+
+
+def test_kid_is_the_u_statistic_of_the_cubic_kernel_on_standardised_features_by_brute_force():
     g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(12, 3, generator=g).double(), (torch.randn(9, 3, generator=g) + 0.4).double()
-    k = lambda x, y: (float(x @ y) / 3 + 1) ** 3  # noqa: E731
-    within = lambda x: np.mean([k(x[i], x[j]) for i in range(len(x)) for j in range(len(x)) if i != j])  # noqa: E731
-    want = within(a) + within(b) - 2 * np.mean([k(x, y) for x in a for y in b])
-    assert math.isclose(common.kid(a, b), want, rel_tol=1e-9)
-    same = [common.kid(torch.randn(30, 4, generator=g), torch.randn(20, 4, generator=g)) for _ in range(300)]
-    assert abs(np.mean(same)) < 3 * np.std(same) / math.sqrt(len(same))  # FD of such sets is far above zero
+    units, shift = torch.tensor([1.0, 30.0, 0.05]), torch.tensor([4.0, -50.0, 0.2])  # own units
+    train = torch.randn(40, 3, generator=g) * units + shift
+    a = torch.randn(12, 3, generator=g) * units + shift
+    b = (torch.randn(9, 3, generator=g) + 0.4) * units + shift
+    mu = [np.mean(train[:, k].tolist()) for k in range(3)]
+    sd = [np.std(train[:, k].tolist(), ddof=1) for k in range(3)]
+    stats = (train.double().mean(0), train.double().std(0))
+    assert common.KID_SCALE == 1e3
+    assert math.isclose(kid_x1e3(a, b, stats), brute_kid(a, b, mu, sd), rel_tol=1e-9)
+    raw = brute_kid(a, b, [0] * 3, [1] * 3) / 1e3  # kid itself: the features as given, unscaled
+    assert math.isclose(common.kid(a, b), raw, rel_tol=1e-9)
+
+
+def test_kid_is_zero_in_expectation_for_one_law_and_positive_for_two():
+    # standardised by a separate training draw (a fixed map), both sets from one law: E KID = 0
+    g = torch.Generator().manual_seed(3)
+    units, shift = torch.tensor([1.0, 8.0, 0.1, 3.0]), torch.tensor([5.0, 2.0, -1.0, 10.0])
+    law = lambda n, dx=0.0: (torch.randn(n, 4, generator=g) + dx) * units + shift  # noqa: E731
+    train = law(200)
+    stats = (train.double().mean(0), train.double().std(0))
+    same = [kid_x1e3(law(30), law(20), stats) for _ in range(400)]
+    se = np.std(same, ddof=1) / math.sqrt(len(same))
+    assert abs(np.mean(same)) < 3 * se  # tolerance: 3 standard errors of the mean of 400 draws
+    apart = [kid_x1e3(law(30, 0.5), law(20), stats) for _ in range(100)]
+    assert np.mean(apart) > 10 * se + 3 * np.std(apart, ddof=1) / 10
+
+
+def test_kid_ignores_a_per_feature_change_of_the_features_units_and_fd_does_not(monkeypatch):
+    data = common.load_digits()
+    g = torch.Generator().manual_seed(0)
+    worse = data.x_train[:500] + 0.3 * torch.randn(500, 1, 8, 8, generator=g)  # a clearly worse set
+    before = common.quality(data, worse)
+    scale = torch.exp(torch.randn(64, generator=g, dtype=torch.float64))
+    scale[0] = 1000.0  # one feature in other units, each of the rest too, every set alike
+    offset = 100 * torch.randn(64, generator=g, dtype=torch.float64)
+    features = common.features
+    monkeypatch.setattr(common, "features",
+                        lambda d, x, root=None: features(d, x, root).double() * scale + offset)
+    monkeypatch.setattr(common, "_FEATURE_STATS", {})
+    monkeypatch.setattr(common, "_FLOORS", {})
+    after = common.quality(data, worse)
+    assert after["value"] > 2 * before["value"]  # FD is in the features' units: the change is real
+    for key in ("kid", "kid_floor", "kid_floor_sd"):
+        assert math.isclose(after[key], before[key], rel_tol=1e-6), key
 
 
 def test_quality_of_more_samples_than_held_out_images_uses_all_of_them_and_its_floor_says_its_n():
@@ -522,6 +579,74 @@ def test_quality_of_more_samples_than_held_out_images_uses_all_of_them_and_its_f
     q = common.quality(data, data.x_train[:1000])
     f_s, f_test = common.features(data, data.x_train[:1000]), common.features(data, data.x_test)
     assert q["n"] == 1000 and q["floor_n"] == len(data.x_test) == 500
-    assert math.isclose(q["value"], common.frechet_distance(f_s, f_test)) and math.isclose(q["kid"], common.kid(f_s, f_test))
+    assert math.isclose(q["value"], common.frechet_distance(f_s, f_test))
+    # KID: standardised by the training split's features, recomputed here independently, x 1e3
+    f_train = common.features(data, data.x_train).double()
+    mu, sd = f_train.mean(0), f_train.std(0)
+    z_s, z_test = (f_s.double() - mu) / sd, (f_test.double() - mu) / sd
+
+    def u_statistic(x, y):
+        k = lambda a, b: (a @ b.T / a.shape[1] + 1) ** 3  # noqa: E731
+        off = lambda m: m[~torch.eye(len(m), dtype=torch.bool)].mean()  # noqa: E731
+        return 1e3 * float(off(k(x, x)) + off(k(y, y)) - 2 * k(x, y).mean())
+    assert q["kid_scale"] == 1e3 and math.isclose(q["kid"], u_statistic(z_s, z_test), rel_tol=1e-9)
     assert abs(q["kid"]) < 3 * q["kid_floor_sd"] + abs(q["kid_floor"])  # real digits: KID within its floor's spread
-    assert "at n=500" in common.format_quality(q)
+    text = common.format_quality(q)
+    assert "at n=500" in text and f"KID x 1e3 {q['kid']:.3g} (floor" in text
+
+
+def test_kid_floor_on_real_digits_is_centred_near_zero_with_its_sd_about_its_mean():
+    """The floor compares real with real: its KID is 0 in expectation, so the mean of its draws
+    (all against the one held-out set) is of the order of their sd, standardised or not; what the
+    floor's sd is small against is a worse set's KID."""
+    data = common.load_digits()
+    q = common.quality(data, data.x_train[:500])
+    f_train = common.features(data, data.x_train).double()
+    f_test = common.features(data, data.x_test).double()
+    mu, sd = f_train.mean(0), f_train.std(0)
+    z_train, z_test = (f_train - mu) / sd, (f_test - mu) / sd
+    g = torch.Generator().manual_seed(1)
+    floors = [1e3 * common.kid(z_train[torch.randperm(len(z_train), generator=g)[:500]], z_test)
+              for _ in range(q["floor_draws"])]
+    assert math.isclose(q["kid_floor"], np.mean(floors), rel_tol=1e-9)
+    assert math.isclose(q["kid_floor_sd"], np.std(floors, ddof=1), rel_tol=1e-9)
+    assert abs(q["kid_floor"]) < 2 * q["kid_floor_sd"]  # consistent with 0 (a V-statistic is not)
+    g = torch.Generator().manual_seed(0)
+    worse = common.quality(data, data.x_train[:500] + 0.3 * torch.randn(500, 1, 8, 8, generator=g))
+    assert worse["kid"] > q["kid_floor"] + 5 * q["kid_floor_sd"]
+
+
+def test_kid_checks_replicates_are_the_metrics_of_the_resampled_sets():
+    """benchmarks/kid_check.py: replicate 0 is common's FD and KID; a resampled replicate's FD is
+    the FD of the resampled sets, its KID the U-statistic over positions whose items differ."""
+    sys.path.insert(0, str(Path(common.__file__).resolve().parent / "benchmarks"))
+    import kid_check
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(30, 4, generator=g).double() * 3 + 1
+    b = torch.randn(20, 4, generator=g).double() + 0.5
+    stats = (torch.full((4,), 1.0, dtype=torch.float64), torch.full((4,), 3.0, dtype=torch.float64))
+    ia, ib = kid_check.resamples(30, 2, g), kid_check.resamples(20, 2, g)
+    got = kid_check.replicates(a, b, stats, kid_check.counts(ia, 30), kid_check.counts(ib, 20))
+    za, zb = (a - 1) / 3, (b - 1) / 3
+    assert math.isclose(float(got["fd"][0]), common.frechet_distance(a, b), rel_tol=1e-9)
+    assert math.isclose(float(got["kid"][0]), 1e3 * common.kid(za, zb), rel_tol=1e-9)
+    assert math.isclose(float(got["kid_raw"][0]), common.kid(a, b), rel_tol=1e-9)
+    for r in (1, 2):
+        x, y = ia[r].tolist(), ib[r].tolist()
+        assert math.isclose(float(got["fd"][r]), common.frechet_distance(a[x], b[y]), rel_tol=1e-9)
+        k = lambda u, v: (float(u @ v) / 4 + 1) ** 3  # noqa: E731
+
+        def within(z, idx):
+            return np.mean([k(z[i], z[j]) for i in idx for j in idx if i != j])
+        cross = np.mean([k(za[i], zb[j]) for i in x for j in y])
+        assert math.isclose(float(got["kid"][r]), 1e3 * (within(za, x) + within(zb, y) - 2 * cross),
+                            rel_tol=1e-9)
+
+
+def test_kid_below_zero_is_printed_with_its_scale_and_why():
+    q = dict(metric="FD", value=15.0, floor=16.6, floor_sd=5.1, n=2000, floor_n=500, kid=-1.5,
+             kid_floor=22.4, kid_floor_sd=20.0, kid_scale=1e3)
+    assert "KID x 1e3 -1.5 (< 0: unbiased, near 0; floor 22.4 +- 20)" in common.format_quality(q)
+    assert "KID x 1e3 1.5 (floor 22.4 +- 20)" in common.format_quality(dict(q, kid=1.5))
+    old = dict(q, kid=488.0, kid_scale=None)  # a result from before kid_scale: raw features
+    assert "KID (raw features) 488 (floor" in common.format_quality(old)
