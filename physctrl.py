@@ -7,11 +7,15 @@ The math.
   simulator         an object of N = 32 points (a box, a ball, an extruded digit 7), mass 1/N each, every
                     pair closer than sqrt(3) lattice spacings joined by a spring of rest length L_ij (its
                     length at frame 0) and constant k (the analog of Young's modulus; log10 k in
-                    [STIFFNESS]), a dashpot c = 2 zeta sqrt(k m) along each spring, gravity g = (0, 0, -9.81),
-                    a ground z >= 0 (restitution e, Coulomb friction mu), and a force f on the drag point
-                    D's neighbourhood for the first FORCE_FRAMES frames (weights w_i = exp(-|p_i - p_D|^2 /
-                    (2 s^2)) normalised to sum 1, s one spacing). Spring force on i from j, d = p_j - p_i,
-                    n = d / |d|: F_ij = (k (|d| - L_ij) + c (v_j - v_i) . n) n, and F_ji = -F_ij.
+                    [STIFFNESS]), a dashpot c = 2 zeta sqrt(k m) along each spring (zeta =
+                    DAMPING; one spring between two free masses m, its stretch of reduced mass
+                    m / 2, is damped at the ratio c / (2 sqrt(k m / 2)) = sqrt(2) zeta = 0.42;
+                    corrected: this sentence called zeta that ratio; the formula is unchanged),
+                    gravity g = (0, 0, -9.81), a ground z >= 0 (restitution e, Coulomb friction
+                    mu), and a force f on the drag point D's neighbourhood for the first
+                    FORCE_FRAMES frames (weights w_i = exp(-|p_i - p_D|^2 / (2 s^2)) normalised to
+                    sum 1, s one spacing). Spring force on i from j, d = p_j - p_i, n = d / |d|:
+                    F_ij = (k (|d| - L_ij) + c (v_j - v_i) . n) n, and F_ji = -F_ij.
   integrator        symplectic (semi-implicit) Euler with h = frame / SUBSTEPS:
                     v <- v + h a(p, v),  p <- p + h v  (the new v), then the ground: a point below z = 0 is
                     put on it, an approaching normal velocity v_z < 0 becomes -e v_z, and the tangential
@@ -116,6 +120,7 @@ HELDOUT_AZIMUTH = (math.radians(30), math.radians(60))  # held-out force directi
 HELDOUT_STIFFNESS = (1.6, 1.9)  # held-out log10 k
 SHAPES = ("box", "ball", "digit")
 CANVAS = 24  # the tracks' image size (pixels)
+CAMERA, FOCAL = (0.0, -6.0, 1.0), 1.5  # the tracks' camera: position, focal length (canvas widths)
 N_TEST = 500  # held-out trajectories simulated (--n-eval of them evaluated)
 
 
@@ -153,10 +158,15 @@ class Simulator:
     equations), batched over trajectories of one shape, in float64."""
 
     def __init__(self, shape, gravity=GRAVITY, damping=DAMPING, ground=True):
-        self.p0 = shape_points(shape)  # (N, 3)
+        """shape: a name in SHAPES, or rest positions (N, 3) (springs as for the shapes, mass 1 / N
+        each)."""
+        if isinstance(shape, str):
+            self.p0 = shape_points(shape)  # (N, 3)
+        else:
+            self.p0 = torch.as_tensor(shape, dtype=torch.float64)
         self.pairs = springs(self.p0)  # (S, 2)
         S = len(self.pairs)
-        self.D = torch.zeros(S, POINTS, dtype=torch.float64)  # incidence: (D p)_s = p_j - p_i of spring s = (i, j)
+        self.D = torch.zeros(S, len(self.p0), dtype=torch.float64)  # (D p)_s = p_j - p_i, (i, j)
         self.D[torch.arange(S), self.pairs[:, 1]] = 1.0
         self.D[torch.arange(S), self.pairs[:, 0]] = -1.0
         self.rest = (self.D @ self.p0).norm(dim=1)  # L_ij (S,)
@@ -176,13 +186,14 @@ class Simulator:
         d, dv = p @ self.DT, v @ self.DT  # p_j - p_i, v_j - v_i (3, B, S)
         length = (d * d).sum(0).sqrt()  # (B, S)
         n = d / length
-        c = 2 * self.damping * torch.sqrt(k * m)[:, None]  # the dashpot, damping ratio zeta of one spring
+        c = 2 * self.damping * torch.sqrt(k * m)[:, None]  # the dashpot (docstring: its ratio)
         f = (k[:, None] * (length - self.rest) + c * (dv * n).sum(0)) * n  # F_ij, the force on i (3, B, S)
         a = (force - f @ self.D) / m  # F_ij on i, F_ji = -F_ij on j
         a[2] -= self.gravity
         return a
 
-    def contact(self, p, v):
+    @staticmethod
+    def contact(p, v):
         """The ground z >= 0 on (3, B, N) states: a point below it is put on it; its approaching normal velocity
         v_z < 0 becomes -e v_z, and its tangential velocity shrinks by mu |dv_z|, not past 0."""
         dvz = torch.where((p[2] < 0) & (v[2] < 0), -(1 + RESTITUTION) * v[2], 0.0)
@@ -446,17 +457,32 @@ def errors(gen, sim, shape):
             "ground": (-gen[..., 2]).clamp_min(0).mean((1, 2)), "per_frame": dist}
 
 
-def ballistic(cond, p0, frames):
-    """The rigid baseline (n, F, N, 3): the shape held rigid, its centre of mass moved by the force (total mass
-    1) for the first FORCE_FRAMES frames and gravity throughout, never below its start (the ground)."""
-    t = torch.arange(frames, dtype=torch.float64) / FPS  # (F,)
-    tf = FORCE_FRAMES / FPS
-    g = torch.tensor([0.0, 0.0, -GRAVITY], dtype=torch.float64)
-    a = cond["force"].double()[:, None] + g  # (n, 1, 3)
-    before = a * (t.clamp(max=tf)[None, :, None] ** 2) / 2
-    after = (t - tf).clamp(min=0)[None, :, None]
-    d = before + a * tf * after + g * after ** 2 / 2  # (n, F, 3)
-    d = torch.cat([d[..., :2], d[..., 2:].clamp_min(0)], -1)
+def ballistic(cond, p0, frames, v0=None):
+    """The rigid baseline (n, F, N, 3): the shape translated rigidly (no rotation, no deformation)
+    with its centre of mass, treated as one point of the object's mass 1 under the simulator's
+    rules: the force for the first FORCE_FRAMES frames, gravity, symplectic Euler at the
+    simulator's h, and Simulator.contact's ground (restitution e, Coulomb friction mu) at the
+    centre's starting height (the shape's lowest points on z = 0). v0 (n, 3): a starting velocity
+    (default: rest). For a body flying free it is the simulator's centre of mass exactly (the
+    internal forces cancel); for a body sliding flat on the ground, the same to the integrator's
+    order: the points' friction impulses add up to mu times their normal impulses, which average
+    the weight less the lift, as the one point's do (decelerating at mu (g - f_z)). Where the body
+    tips, rolls or bounces on some of its points the simulator's springs spread the impulses, which
+    a point does not. Corrected: this baseline used to slide on the ground without friction, though
+    most held-out forces lift by less than gravity."""
+    n, h = len(p0), 1.0 / (FPS * SUBSTEPS)
+    g = torch.tensor([0.0, 0.0, -GRAVITY], dtype=torch.float64)[:, None, None]  # (3, 1, 1)
+    push = cond["force"].double().T[..., None] + g  # (3, n, 1): the force (mass 1) and gravity
+    d = torch.zeros(3, n, 1, dtype=torch.float64)  # the centre's displacement from frame 0
+    v = torch.zeros_like(d) if v0 is None else v0.double().T[..., None].clone()
+    out = [d]
+    for frame in range(1, frames):
+        a = push if frame <= FORCE_FRAMES else g
+        for _ in range(SUBSTEPS):
+            v = v + h * a
+            d, v = Simulator.contact(d + h * v, v)  # the ground: d_z >= 0
+        out.append(d)
+    d = torch.stack(out)[..., 0].permute(2, 0, 1)  # (n, F, 3)
     return p0.double()[:, None] + d[:, :, None]
 
 
@@ -484,13 +510,19 @@ def prior_stiffness(n, generator):
 
 
 def project(traj, size=CANVAS):
-    """Tracks (n, F, N, 2) in pixels (x right, y down) and visibility (n, F, N) of positions (n, F, N, 3) seen by
-    a pinhole camera at (0, -6, 1) looking along +y (about x in [-2, 2], z in [-1, 3] at y = 0): visible when
-    inside the image and no point within half a pixel is nearer the camera by more than half a spacing."""
+    """Tracks (n, F, N, 2) in pixels (x right, y down) and visibility (n, F, N) of positions
+    (n, F, N, 3) seen by a pinhole camera at CAMERA = (0, -D, H) looking along +y, its focal length
+    FOCAL canvas widths: u = size / 2 + FOCAL size x / (y + D), v = size / 2 - FOCAL size (z - H) /
+    (y + D), so the canvas [0, size)^2 sees x in [-2, 2), z in (-1, 3] at y = 0 (D = 6, H = 1,
+    FOCAL = 1.5: a half-width D / (2 FOCAL) = 2): every point of every shape at frame 0 (corrected:
+    with a focal length of 3 widths it saw x in [-1, 1), z in (0, 2], the ground's points outside,
+    while this sentence claimed the view above). Visible when inside the image and no point within
+    half a pixel is nearer the camera by more than half a spacing."""
     traj = traj.double().cpu()
-    depth = traj[..., 1] + 6.0
-    f = 3.0 * size
-    uv = torch.stack([size / 2 + f * traj[..., 0] / depth, size / 2 - f * (traj[..., 2] - 1.0) / depth], -1)
+    depth = traj[..., 1] - CAMERA[1]
+    f = FOCAL * size
+    uv = torch.stack([size / 2 + f * (traj[..., 0] - CAMERA[0]) / depth,
+                      size / 2 - f * (traj[..., 2] - CAMERA[2]) / depth], -1)
     inside = ((uv >= 0) & (uv < size)).all(-1)
     near = torch.cdist(uv.flatten(0, 1), uv.flatten(0, 1)).view(*uv.shape[:3], -1) < 0.5  # (n, F, N, N)
     nearer = depth[..., None, :] < depth[..., :, None] - SPACING / 2
@@ -523,6 +555,17 @@ def side_view(rows, path, cols=6, cell=(40, 80)):
     common.write_png(path, img)
 
 
+def row_figures(traj, sim, shape):
+    """One row of the evaluation's table (as the results files keep it): errors' figures averaged
+    over the trajectories, the last-frame error's standard error and per-trajectory values, and the
+    mean position error per frame."""
+    e = errors(traj, sim, shape)
+    per_frame = e.pop("per_frame").mean(0).tolist()
+    return {k: float(v.mean()) for k, v in e.items()} | {
+        "last_se": float(e["last"].std() / len(e["last"]) ** 0.5), "last_each": e["last"].tolist(),
+        "per_frame": per_frame}
+
+
 def evaluate(method, net, regressor, data, sets, args, device):
     """Position error, Chamfer, spring and ground figures on held-out conditions for the flow, the regressor and
     the two rigid baselines; then the withheld-stiffness check. Prints the table; returns the figures."""
@@ -540,12 +583,8 @@ def evaluate(method, net, regressor, data, sets, args, device):
     common.log(f"held-out conditions (n={n}; unseen force directions or stiffnesses), against the simulator:")
     common.log(f"  {'':10s} {'last frame':>12s} {'all frames':>12s} {'chamfer':>9s} {'springs':>9s} {'ground':>8s}")
     for name, traj in rows.items():
-        e = errors(traj, sim, test["shape"])
-        se = lambda v: float(v.std() / len(v) ** 0.5)  # noqa: E731
-        per_frame = e.pop("per_frame").mean(0).tolist()
-        q[name] = {k: float(v.mean()) for k, v in e.items()} | {"last_se": se(e["last"]), "last_each": e["last"].tolist(),
-                                                                 "per_frame": per_frame}
-        common.log(f"  {name:10s} {q[name]['last']:7.4f}+-{se(e['last']):.3f} {q[name]['mean']:12.4f} "
+        q[name] = r = row_figures(traj, sim, test["shape"])
+        common.log(f"  {name:10s} {r['last']:7.4f}+-{r['last_se']:.3f} {r['mean']:12.4f} "
                    f"{q[name]['chamfer']:9.4f} {q[name]['spring']:9.4f} {q[name]['ground']:8.4f}")
     q["ratio_ballistic"] = q["flow"]["last"] / q["ballistic"]["last"]
     out = Path(args.out)

@@ -2,6 +2,7 @@
 answer for Gaussian projectiles, the baselines, the tracks, and the command line."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -103,17 +104,91 @@ def test_the_ground_holds_and_the_force_moves():
 
 
 def test_the_ballistic_baseline_is_the_centre_of_mass_without_ground():
-    """Internal forces cancel: without the ground the simulated centre of mass follows the force and gravity
-    exactly as the rigid baseline's does, up to the integrator's O(h)."""
+    """Internal forces cancel: with forces that lift the objects (the ground idle for the baseline's
+    centre, above its start at every frame), the simulated centre of mass without a ground follows
+    the force and gravity as the rigid baseline's does, to round-off (the same integrator)."""
     cond = {"shape": torch.tensor([0, 1, 2]), "drag": torch.tensor([0, 7, 20]),
-            "force": torch.tensor([[3.0, 1.0, 15.0], [-2.0, 5.0, 14.0], [0.0, -4.0, 15.5]], dtype=torch.float64),
+            "force": torch.tensor([[3.0, 1.0, 15.0], [-2.0, 5.0, 14.0], [0.0, -4.0, 15.5]],
+                                  dtype=torch.float64),
             "log_k": torch.tensor([1.2, 2.0, 2.4], dtype=torch.float64)}
-    sims = torch.stack([pc.Simulator(pc.SHAPES[s], ground=False).run(10 ** cond["log_k"][i:i + 1], cond["force"][i:i + 1],
-                                                                     cond["drag"][i:i + 1], 8)[0]
-                        for i, s in enumerate(cond["shape"].tolist())])
+    sims = torch.stack([pc.Simulator(pc.SHAPES[s], ground=False).run(
+        10 ** cond["log_k"][i:i + 1], cond["force"][i:i + 1], cond["drag"][i:i + 1], 8)[0]
+        for i, s in enumerate(cond["shape"].tolist())])
     base = pc.ballistic(cond, sims[:, 0], 8)
-    assert (sims[:, :, :, 2].mean(2) > 0).all()  # the force lifts them: the baseline's ground clamp is idle
-    assert torch.allclose(sims.mean(2), base.mean(2), atol=0.02, rtol=0)
+    assert (base[:, 1:, :, 2] > sims[:, :1, :, 2]).all()  # the baseline's ground is idle
+    assert torch.allclose(sims.mean(2), base.mean(2), atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("v0", [(2.0, 0.0), (1.2, -1.6)])
+def test_a_box_sliding_on_the_ground_decelerates_at_mu_g(v0):
+    """A stiff box set sliding flat on the ground at speed u: the simulator's centre of mass and the
+    rigid baseline's both follow s(t) = u t - mu g t^2 / 2 along v0 until they stop at
+    t = u / (mu g) (Coulomb friction under the weight)."""
+    v0 = torch.tensor([*v0, 0.0], dtype=torch.float64)
+    traj = pc.Simulator("box").run(torch.tensor([10 ** 2.5], dtype=torch.float64),
+                                   torch.zeros(1, 3, dtype=torch.float64), torch.tensor([0]), 16,
+                                   v=v0.expand(1, pc.POINTS, 3))
+    rest = {"force": torch.zeros(1, 3, dtype=torch.float64)}
+    base = pc.ballistic(rest, traj[:, 0], 16, v0=v0[None])
+    u, decel = float(v0.norm()), pc.FRICTION * pc.GRAVITY
+    t = (torch.arange(16, dtype=torch.float64) / pc.FPS).clamp(max=u / decel)
+    want = (u * t - decel * t ** 2 / 2)[:, None] * v0 / u  # (F, 3)
+    for name, x in (("simulator", traj[0]), ("baseline", base[0])):
+        centre = x.mean(1) - x[0].mean(0)
+        assert (centre - want).abs().max() < 5e-3, (name, (centre - want).abs().max())
+
+
+def test_fit_stiffness_recovers_the_simulated_stiffness():
+    """Trajectories simulated at stiffnesses on the fit's grid are fitted back exactly (residual 0);
+    one between two grid values is fitted to one of its two neighbours, with a residual."""
+    ks = torch.linspace(*pc.STIFFNESS, 11, dtype=torch.float64)
+    cond = {"shape": torch.tensor([0, 1, 2, 0]), "drag": torch.tensor([3, 10, 20, 5]),
+            "force": torch.tensor([[8.0, 0.0, 6.0], [0.0, -8.0, 6.0], [-6.0, 6.0, 8.0],
+                                   [6.0, 6.0, 6.0]], dtype=torch.float64),
+            "log_k": torch.cat([ks[[1, 5, 9]], (ks[4:5] + ks[5:6]) / 2])}
+    fit, residual = pc.fit_stiffness(pc.simulate(cond, 8), cond)
+    assert torch.allclose(fit[:3], cond["log_k"][:3], atol=1e-12) and (residual[:3] < 1e-12).all()
+    assert fit[3] in (ks[4], ks[5]) and residual[3] > 1e-6, (fit, residual)
+
+
+def test_the_prior_stiffness_keeps_out_the_held_out_band():
+    """prior_stiffness draws log10 k uniformly over STIFFNESS less HELDOUT_STIFFNESS: none in the
+    band, the rest uniform (Kolmogorov-Smirnov against that distribution)."""
+    from scipy.stats import kstest
+    k = pc.prior_stiffness(20000, torch.Generator().manual_seed(0))
+    (lo, hi), (b0, b1) = pc.STIFFNESS, pc.HELDOUT_STIFFNESS
+    assert len(k) == 20000 and k.min() >= lo and k.max() <= hi
+    assert not ((k >= b0) & (k < b1)).any()
+    width = (hi - lo) - (b1 - b0)
+    cdf = lambda x: (np.minimum(x, b0) - lo + np.maximum(x - b1, 0)) / width  # noqa: E731
+    assert kstest(k.numpy(), cdf).pvalue > 1e-3
+
+
+def test_the_dashpot_is_the_damped_oscillator_of_two_masses():
+    """Two free masses m = 1/2 joined by one spring (no gravity, ground or force), stretched by a
+    and let go while both move at v: the centre moves at v in a straight line, damping and all,
+    and the stretch x obeys (m / 2) x'' = -k x - c x', c = 2 zeta sqrt(k m): with w0 = sqrt(2 k / m)
+    and the ratio r = c / (2 sqrt(k m / 2)) = sqrt(2) zeta, x = a e^(-r w0 t) (cos w_d t +
+    r w0 / w_d sin w_d t), w_d = w0 sqrt(1 - r^2); not the oscillator of ratio zeta, nor an
+    undamped one (256 substeps a frame: the integrator's O(h) error well below the gaps)."""
+    L, a, k, zeta = pc.SPACING, 0.05, 100.0, pc.DAMPING
+    sim = pc.Simulator(torch.tensor([[0.0, 0.0, 0.0], [L, 0.0, 0.0]]), gravity=0.0, ground=False)
+    assert len(sim.pairs) == 1
+    v = torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64)
+    p = torch.tensor([[[0.0, 0.0, 0.0], [L + a, 0.0, 0.0]]], dtype=torch.float64)
+    traj = sim.run(torch.tensor([k], dtype=torch.float64), torch.zeros(1, 3, dtype=torch.float64),
+                   torch.tensor([0]), 10, substeps=256, p=p, v=v.expand(1, 2, 3))[0]  # (F, 2, 3)
+    t = torch.arange(10, dtype=torch.float64) / pc.FPS
+    assert torch.allclose(traj.mean(1), p[0].mean(0) + t[:, None] * v, atol=1e-12, rtol=0)
+    x = (traj[:, 1] - traj[:, 0]).norm(dim=-1) - L
+    w0 = math.sqrt(2 * k / 0.5)
+
+    def oscillator(r):
+        wd = w0 * math.sqrt(1 - r ** 2)
+        return a * torch.exp(-r * w0 * t) * (torch.cos(wd * t) + r * w0 / wd * torch.sin(wd * t))
+    err = lambda r: float((x - oscillator(r)).abs().max())  # noqa: E731
+    assert err(math.sqrt(2) * zeta) < 0.01 * a, err(math.sqrt(2) * zeta)
+    assert err(zeta) > 0.1 * a and err(0.0) > 0.5 * a, (err(zeta), err(0.0))
 
 
 def test_held_out_conditions_are_never_trained_on():
@@ -228,6 +303,45 @@ def test_the_shifted_loss_is_the_loss_of_the_shrunk_trajectories(predict):
     assert not torch.allclose(loss(4.0, x1), loss(1.0, x1))
 
 
+class Spy:
+    """A stand-in network that records what the loss feeds it and returns a fixed output."""
+
+    def __init__(self):
+        self.seen = {}
+
+    def __call__(self, x, t, c, keep=None):
+        out = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+        self.seen.update(x=x, t=t, c=c, keep=keep, out=out)
+        return out
+
+
+@pytest.mark.parametrize("predict,shift", [("v", 1.0), ("x", 1.0), ("v", 4.0), ("x", 4.0)])
+def test_the_loss_feeds_the_straight_path_and_regresses_its_target(predict, shift, monkeypatch):
+    """On known x_0 (noise), x_1 (trajectories) and t = 0, 0.3, 0.7, 1 (the draws fixed): the
+    network sees x_t = (1 - t) x_0 + t x_1 / K (noise at t = 0, the data over K at t = 1), t and c
+    as they are and every physics given; the loss is the mean of (out - target)^2, the target
+    x_1 / K - x_0 (predict v) or x_1 / K (predict x)."""
+    g = torch.Generator().manual_seed(0)
+    x1, x0 = torch.randn(2, 4, 6, pc.POINTS, 3, generator=g)
+    c, t = torch.randn(4, pc.POINTS, 8, generator=g), torch.tensor([0.0, 0.3, 0.7, 1.0])
+
+    def fixed_rand(*size, **kw):  # t (B,); the physics kept (B, 2): u = 1, everything given
+        assert size in ((4,), (4, 2))
+        return t.clone() if size == (4,) else torch.ones(size)
+    monkeypatch.setattr(torch, "randn_like", lambda x, **kw: x0.clone())
+    monkeypatch.setattr(torch, "rand", fixed_rand)
+    net = Spy()
+    loss = pc.PhysCtrl(predict=predict, shift=shift).loss(net, x1, c=c)
+    seen, data = net.seen, x1 / shift
+    assert torch.equal(seen["t"], t) and torch.equal(seen["c"], c)
+    assert torch.equal(seen["keep"], torch.ones(4, 2))
+    tt = t[:, None, None, None]
+    assert torch.allclose(seen["x"], (1 - tt) * x0 + tt * data, atol=1e-6, rtol=0)
+    assert torch.equal(seen["x"][0], x0[0]) and torch.allclose(seen["x"][3], data[3], atol=1e-7)
+    target = data - x0 if predict == "v" else data
+    assert torch.allclose(loss, (seen["out"] - target).pow(2).mean(), atol=1e-6, rtol=0)
+
+
 # ---- tracks and the command line
 
 def test_tracks_centre_and_occlusion():
@@ -239,6 +353,25 @@ def test_tracks_centre_and_occlusion():
     uv, visible = pc.project(traj)
     assert torch.allclose(uv[0, 0, 0], torch.tensor([pc.CANVAS / 2, pc.CANVAS / 2]))
     assert visible[0, 0, 0] and not visible[0, 0, 1] and visible[0, 0, 2:].sum() > 10
+
+
+def test_every_shape_is_in_view_and_the_stated_field_is_the_canvas():
+    """Every point of every shape, and of drawn conditions' frame 0, projects inside the canvas; the
+    docstring's field at y = 0, x in [-2, 2), z in (-1, 3], is the canvas: its corner (-2, 3) lands
+    on pixel (0, 0), the open corner (2, -1) on (size, size), just outside."""
+    shapes = torch.stack([pc.shape_points(s) for s in pc.SHAPES])[:, None]  # (3, 1, N, 3)
+    cond = pc.draw_conditions(12, "test", torch.Generator().manual_seed(0))
+    for traj in (shapes, pc.simulate(cond, 2)[:, :1]):
+        uv, _ = pc.project(traj)
+        assert ((uv >= 0) & (uv < pc.CANVAS)).all()
+    corners = torch.zeros(1, 1, pc.POINTS, 3, dtype=torch.float64)
+    corners[0, 0, :4] = torch.tensor([[-2.0, 0, 3], [2, 0, -1], [2 - 1e-6, 0, -1 + 1e-6],
+                                      [0, 0, 1]])
+    corners[0, 0, 4:, 0] = 100.0  # the rest far outside
+    uv, visible = pc.project(corners)
+    want = [[0, 0], [pc.CANVAS, pc.CANVAS], [pc.CANVAS, pc.CANVAS], [pc.CANVAS / 2, pc.CANVAS / 2]]
+    assert torch.allclose(uv[0, 0, :4], torch.tensor(want, dtype=torch.float32), atol=1e-4)
+    assert visible[0, 0, :4].tolist() == [True, False, True, True]
 
 
 def tiny(out, iters=4):
