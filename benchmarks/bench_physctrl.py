@@ -1,11 +1,13 @@
 """physctrl.py against the simulator on held-out conditions (unseen force directions or stiffnesses), beside its
-baselines: frame 0 repeated, the rigid ballistic motion of the centre of mass, and the MSE regressor (the same
+baselines: frame 0 repeated, the rigid ballistic motion of the centre of mass (the simulator's ground,
+restitution and Coulomb friction acting on it as on one point), and the MSE regressor (the same
 network, trained for as many iterations: the same CPU seconds within a few percent); then the
 withheld-stiffness check. Every claim is paired: the same held-out conditions for every row.
 
   for s in 0 1 2; do OMP_NUM_THREADS=1 python benchmarks/bench_physctrl.py --seed $s; done   # ~16 CPU min a seed
   for s in 0 1 2; do OMP_NUM_THREADS=1 python benchmarks/bench_physctrl.py --ablation --seed $s; done  # --predict v
   for s in 0 1 2; do OMP_NUM_THREADS=1 python benchmarks/bench_physctrl.py --shifted --seed $s; done  # --shift SHIFT
+  python benchmarks/bench_physctrl.py --baselines  # the rigid baselines' rows, from the simulator alone
   python benchmarks/bench_physctrl.py --analyse   # paired bootstrap -> results/physctrl_claims.json
 
 One seed, in this process, through physctrl.main (its defaults but --predict x, the network giving the trajectory,
@@ -68,6 +70,23 @@ def run_seed(seed, work, quick=False):
                sample_seconds=q["sample_seconds"])
     bench.write_json((Path(work) if quick else RESULTS) / f"physctrl_seed{seed}.json", res)
     return res
+
+
+def run_baselines(results=RESULTS):
+    """The rigid baselines' rows (frame 0 repeated, the ballistic centre of mass) of every seed's results
+    file, recomputed from the simulator on its held-out conditions: they need no training, and every seed
+    shares the conditions (the default run's data), so a change to a baseline is measured here alone."""
+    for f in sorted(Path(results).glob("physctrl_seed[0-9].json")):
+        res = bench.read_json(f)
+        _, sets = physctrl.load_springs(16, 2000, max(res["n_eval"], physctrl.N_TEST))
+        test = {k: v[:res["n_eval"]] for k, v in sets["test"].items()}
+        sim = test["traj"].double()
+        res["rows"]["static"] = physctrl.row_figures(sim[:, :1].expand_as(sim), sim, test["shape"])
+        res["rows"]["ballistic"] = physctrl.row_figures(physctrl.ballistic(test, sim[:, 0], sim.shape[1]), sim,
+                                                        test["shape"])
+        res["baselines_command"] = f"python benchmarks/bench_physctrl.py --baselines"
+        bench.write_json(f, res)
+        print(f"{f.name}: ballistic {res['rows']['ballistic']['last']:.4f}, static {res['rows']['static']['last']:.4f}")
 
 
 def run_variant(seed, work, name):
@@ -193,6 +212,7 @@ def main(argv=None):
     variant = p.add_mutually_exclusive_group()
     variant.add_argument("--ablation", action="store_true", help="with --seed: the flow with --predict v (the default) alone")
     variant.add_argument("--shifted", action="store_true", help=f"with --seed: the x-prediction flow with --shift {SHIFT} alone")
+    p.add_argument("--baselines", action="store_true", help="recompute the rigid baselines' rows of every seed")
     p.add_argument("--analyse", action="store_true", help="the paired bootstrap over the measured seeds")
     p.add_argument("--quick", action="store_true", help="smoke test: 20 iterations, 40 conditions")
     p.add_argument("--table", action="store_true", help="print the markdown of the results")
@@ -207,12 +227,14 @@ def main(argv=None):
             img = RESULTS / "img" / "physctrl-trajectories.png"
             img.parent.mkdir(parents=True, exist_ok=True)
             img.write_bytes((work / "seed0" / "trajectories.png").read_bytes())
+    if args.baselines:
+        run_baselines(work if args.quick else RESULTS)
     if args.analyse:
         analyse(work if args.quick else RESULTS, replicates=50 if args.quick else 2000)
     if args.table:
         print(markdown(work if args.quick else RESULTS))
-    if args.seed is None and not (args.analyse or args.table):
-        p.error("give --seed (to measure), --analyse or --table")
+    if args.seed is None and not (args.analyse or args.table or args.baselines):
+        p.error("give --seed (to measure), --baselines, --analyse or --table")
 
 
 if __name__ == "__main__":

@@ -135,7 +135,8 @@ quality."""
 PHYSCTRL = f"""physctrl.py (flow matching on simulated 3-D point trajectories, a DiT over (frame patch, point)
 tokens) against the simulator on held-out conditions it never trained on (force directions in a held-out
 azimuth band, stiffnesses in a held-out band), beside three baselines: frame 0 repeated, the centre of mass
-moved rigidly by the force and gravity (stopped at the ground), and an MSE regressor (the same network trained
+moved rigidly by the force and gravity (the simulator's ground, restitution and friction acting on it as on
+one point), and an MSE regressor (the same network trained
 for as many iterations to predict the trajectory itself). Every claim is a ratio of mean last-frame position
 errors over the same conditions with its paired bootstrap interval (benchmarks/bench_physctrl.py's docstring).
 The flow is measured three times on the same seeds, conditions and starting noise: with its network predicting
