@@ -61,15 +61,45 @@ def run(main, argv, trains=True, samples=False):
     return q
 
 
-def cost_per_iter(module, flags, work):
-    """CPU seconds per training iteration of module.main(flags): 80 iterations minus 20, after a throwaway
-    run of 2 (start-up, data loading and first-call costs cancel); the runs write under `work`."""
+def cost_per_iter(module, flags, work, iters=(2, 20, 80)):
+    """CPU seconds per training iteration of module.main(flags): iters[2] iterations minus
+    iters[1] (80 minus 20), after a throwaway run of iters[0] (start-up, data loading and
+    first-call costs cancel); the runs write under `work`. Tiny iters (a --quick run) can make
+    the difference <= 0: it is then the longest run's seconds per iteration."""
     per = []
-    for iters in (2, 20, 80):
-        q = run(module.main, flags + ["--iters", str(iters), "--n-eval", "0", "--log-every", "1000", "--warmup", "1",
-                                     "--out", str(Path(work) / f"calib-{iters}")])
+    for k in iters:
+        q = run(module.main, flags + ["--iters", str(k), "--n-eval", "0", "--log-every", "1000",
+                                     "--warmup", "1", "--out", str(Path(work) / f"calib-{k}")])
         per.append(q["train_cpu_seconds"])
-    return (per[2] - per[1]) / 60
+    cost = (per[2] - per[1]) / (iters[2] - iters[1])
+    return cost if cost > 0 else per[2] / iters[2]
+
+
+def add_output_flags(parser, work):
+    """--quick, --work and --results, as every benchmark script takes them: `work` is the default
+    folder for checkpoints and runs (not tracked). A --quick run (tiny budgets, a smoke test of the
+    script's code paths in seconds) writes its json and pictures into WORK unless --results says
+    where: never into benchmarks/results/ (see results_dir)."""
+    parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test of this "
+                        "script in seconds; its json and pictures go to WORK")
+    parser.add_argument("--work", default=str(work),
+                        help=f"folder for the checkpoints and runs (default {work})")
+    parser.add_argument("--results", help="folder for the json and pictures (default "
+                        "benchmarks/results; with --quick, WORK)")
+    return parser
+
+
+def results_dir(args, prog):
+    """The folder a run writes its json and pictures to: --results, else WORK for --quick, else
+    benchmarks/results/. A --quick run pointed at benchmarks/results/ ends with one line and exit
+    status 2: its tiny budgets must never overwrite the committed results."""
+    results = Path(args.results or (args.work if args.quick else RESULTS))
+    if args.quick and results.resolve() == Path(RESULTS).resolve():
+        print(f"{prog}: error: --quick writes tiny-budget results, which must not replace those "
+              f"in {RESULTS}: pass --results to another folder (or leave it out: WORK)",
+              file=sys.stderr)
+        sys.exit(2)
+    return results
 
 
 def train(module, flags):

@@ -20,13 +20,14 @@ Training seconds come from the dict ar.main returns.
 
 Run (about 12 minutes single-threaded):
   OMP_NUM_THREADS=1 python benchmarks/bench_ar.py
-  python benchmarks/bench_ar.py --quick    # smoke test: 50 iterations, n = 50, nothing written
-Writes benchmarks/results/ar.json; checkpoints go to runs/benchmarks/ar-raster and
-runs/benchmarks/ar-random (not tracked).
+  python benchmarks/bench_ar.py --quick --work /tmp/ar-bench   # smoke test in seconds: QUICK
+Writes benchmarks/results/ar.json (--quick: WORK/ar.json, never benchmarks/results/);
+checkpoints go to WORK/ar-raster and WORK/ar-random (default WORK runs/benchmarks, not tracked).
 """
 import argparse
 import math
 import time
+from pathlib import Path
 
 import bench
 import torch
@@ -35,12 +36,19 @@ import ar  # the model files: bench puts the repository's root on sys.path
 import common
 
 COMMAND = "OMP_NUM_THREADS=1 python benchmarks/bench_ar.py"
+# --quick: a smoke test of the code paths, not a measurement: a few iterations of a narrow model,
+# few samples, and the cache's timing at a shorter length (MNIST's 784 tokens take minutes without
+# the cache). The long model: dim 4 x long_width = 128, as ar.py --data mnist.
+QUICK = dict(flags=["--iters", "4", "--width", "8", "--batch-size", "32"], n=20, n_test=50,
+             long_tokens=64, long_width=16)
+FULL = dict(flags=[], n=500, n_test=500, long_tokens=784, long_width=32)
 
 
-def train(out, order, iters=None):
-    """ar.main at its defaults with a tiny evaluation: (training wall seconds, training CPU seconds)."""
-    argv = ["--out", str(out), "--seed", "0", "--order", order, "--n-eval", "10"]
-    q = bench.run(ar.main, argv + (["--iters", str(iters)] if iters else []))
+def train(out, order, flags=()):
+    """ar.main at its defaults (or flags) with a tiny evaluation and without its own held-out
+    bits/dim (this script scores the checkpoint itself): (training wall s, training CPU s)."""
+    argv = ["--out", str(out), "--seed", "0", "--order", order, "--n-eval", "10", "--bpd", "0"]
+    q = bench.run(ar.main, argv + list(flags))
     return q["train_seconds"], q["train_cpu_seconds"]
 
 
@@ -77,18 +85,21 @@ def nll(model, x, y, order, draws=1, log_prior=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke test: 50 iters, n = 50, no results written")
+    bench.add_output_flags(parser, bench.ROOT / "runs" / "benchmarks")
     args = parser.parse_args(argv)
-    n, iters = (50, 50) if args.quick else (500, None)
+    results = bench.results_dir(args, "bench_ar.py")
+    B = QUICK if args.quick else FULL
+    n = B["n"]
     data = common.load_data("digits")
-    xte, yte = ar.to_tokens(data.x_test, 17), data.y_test
+    xte, yte = ar.to_tokens(data.x_test[:B["n_test"]], 17), data.y_test[:B["n_test"]]
     log_prior = (torch.bincount(data.y_train, minlength=data.num_classes).double() / len(data.y_train)).log()  # p(y)
     models = {}
     for order in ("raster", "random"):
-        out = bench.ROOT / "runs" / "benchmarks" / f"ar-{order}"
-        wall, cpu = train(out, order, iters)
+        out = Path(args.work) / f"ar-{order}"
+        wall, cpu = train(out, order, B["flags"])
         model, saved = load_ema(out / "ckpt.pt", data)
-        row = dict(order=order, iters=saved["iters"], train_wall_s=wall, train_cpu_s=cpu,
+        row = dict(order=order, iters=saved["iters"], width=saved["width"],
+                   batch=saved["batch_size"], train_wall_s=wall, train_cpu_s=cpu,
                    bpd_raster_y=nll(model, xte, yte, "raster"), bpd_raster_null=nll(model, xte, None, "raster"),
                    bpd_raster_marginal=nll(model, xte, None, "raster", log_prior=log_prior))
         if order == "random":
@@ -109,9 +120,10 @@ def main(argv=None):
         models[order] = row
         print(row, flush=True)
 
-    long = {}  # the cache at MNIST's length: 784 tokens of 16 levels, width 128, untrained
+    # the cache at MNIST's length: 784 tokens of 16 levels, width 128, untrained
+    long = {"tokens": B["long_tokens"]}
     torch.manual_seed(0)
-    big = ar.AR(16, 784, 10, dim=128, depth=2, heads=4).eval()
+    big = ar.AR(16, B["long_tokens"], 10, dim=4 * B["long_width"], depth=2, heads=4).eval()
     for cache in (True, False):
         c0, t0 = time.process_time(), time.time()
         s = big.sample(2, torch.tensor([3, 7]), generator=torch.Generator().manual_seed(0), cache=cache)
@@ -121,19 +133,23 @@ def main(argv=None):
     long["same_samples"] = bool(torch.equal(*long.pop("samples")))
     print(long, flush=True)
 
-    iters = models["raster"]["iters"]
-    result = dict(config=dict(data="digits (17 levels, 64 tokens)", model=f"ar.py defaults: width 64, depth 2, "
-                              f"heads 4, dropout 0.1, {iters} iters, batch 128, lr 2e-3, seed 0", n=n, sample_seed=1),
-                  machine=bench.machine(), models=models, mnist_length=long)
+    ra = models["raster"]
+    model = (f"ar.py defaults: width {ra['width']}, depth 2, heads 4, dropout 0.1, {ra['iters']} "
+             f"iters, batch {ra['batch']}, lr 2e-3, seed 0")
+    result = dict(config=dict(data="digits (17 levels, 64 tokens)", model=model, n=n, sample_seed=1,
+                              n_test=len(xte)),
+                  machine=bench.machine(), models=models, mnist_length=long, quick=args.quick)
     print(markdown(result))
-    if not args.quick:
-        bench.write_json(bench.RESULTS / "ar.json", result)
+    bench.write_json(results / "ar.json", result)
     return result
 
 
 def markdown(r):
     """The likelihood table, the sampling table and the cache's speedup."""
     ra, rr, lg, n = r["models"]["raster"], r["models"]["random"], r["mnist_length"], r["config"]["n"]
+    L = lg.get("tokens", 784)  # the long model's tokens (784, MNIST's; fewer in a --quick run)
+    long_name = "MNIST length" if L == 784 else f"{L} tokens"
+    n_test = r["config"].get("n_test", 500)
     bits = lambda row, key: f"{row[key]:.3f}" if key in row else "not measured"
     train = lambda row: f"{row.get('train_cpu_s', row.get('main_cpu_s')):.0f} ({row['train_wall_s']:.0f})"
     likelihood = bench.table(
@@ -150,14 +166,16 @@ def markdown(r):
         [[f"digits, KV cache, n = {n}", 64, 64, f"{ra['sample_cpu_s_cache']:.1f} ({ra['sample_wall_s_cache']:.1f})", "-"],
          [f"digits, no cache, n = {n}", 64, 64 * 65 // 2,
           f"{ra['sample_cpu_s_nocache']:.1f} ({ra['sample_wall_s_nocache']:.1f})", ra["cache_same_samples"]],
-         ["MNIST length, KV cache, n = 2", 784, 784, f"{lg['cpu_s_cache']:.1f} ({lg['wall_s_cache']:.1f})", "-"],
-         ["MNIST length, no cache, n = 2", 784, 784 * 785 // 2, f"{lg['cpu_s_nocache']:.1f} ({lg['wall_s_nocache']:.1f})",
-          lg["same_samples"]]])
+         [f"{long_name}, KV cache, n = 2", L, L,
+          f"{lg['cpu_s_cache']:.1f} ({lg['wall_s_cache']:.1f})", "-"],
+         [f"{long_name}, no cache, n = 2", L, L * (L + 1) // 2,
+          f"{lg['cpu_s_nocache']:.1f} ({lg['wall_s_nocache']:.1f})", lg["same_samples"]]])
     return "\n".join([
-        bench.caption(r["machine"], COMMAND, f"Held-out bits/dim of the 500 test digits, {r['config']['model']}"), "",
+        bench.caption(r["machine"], COMMAND,
+                      f"Held-out bits/dim of the {n_test} test digits, {r['config']['model']}"), "",
         likelihood, "", sampling, "",
         f"KV cache speedup (CPU seconds): {ra['sample_cpu_s_nocache'] / ra['sample_cpu_s_cache']:.1f}x at 64 tokens, "
-        f"{lg['cpu_s_nocache'] / lg['cpu_s_cache']:.1f}x at 784 tokens."]) + "\n"
+        f"{lg['cpu_s_nocache'] / lg['cpu_s_cache']:.1f}x at {L} tokens."]) + "\n"
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ Training seconds come from the dict cfm.main returns.
 
 Run (on one core):
   OMP_NUM_THREADS=1 python benchmarks/bench_cfm.py            # writes benchmarks/results/cfm.json
-  OMP_NUM_THREADS=1 python benchmarks/bench_cfm.py --quick --work /tmp/cfm-bench   # smoke test, tiny budgets
+  OMP_NUM_THREADS=1 python benchmarks/bench_cfm.py --quick --work /tmp/cfm   # smoke test in seconds
+                                                  # (tiny budgets): WORK/cfm.json
 """
 import argparse
 import math
@@ -117,18 +118,18 @@ def markdown(result):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test of this script")
-    parser.add_argument("--results", default=None, help="output folder (default benchmarks/results; with --quick, WORK)")
-    parser.add_argument("--work", default=str(bench.ROOT / "runs" / "bench-cfm"), help="folder for the checkpoints")
+    bench.add_output_flags(parser, bench.ROOT / "runs" / "bench-cfm")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     torch.manual_seed(0)
     work = Path(args.work)
-    results = Path(args.results or (work if args.quick else bench.RESULTS))
+    results = bench.results_dir(args, "bench_cfm.py")
     q = args.quick
-    plans = {"8gaussians": dict(iters=30 if q else 1500, n=200 if q else 1000, extra=["--n-eval", "100" if q else "1000"]),
-             "digits": dict(iters=10 if q else 1200, n=100 if q else 500,
-                            extra=["--n-eval", "100" if q else "500", "--dequantize"])}
+    tiny = ["--width", "8", "--batch-size", "32"]  # --quick: a narrow network, small batches
+    plans = {"8gaussians": dict(iters=5 if q else 1500, n=100 if q else 1000,
+                                extra=["--n-eval", "50" if q else "1000"] + tiny * q),
+             "digits": dict(iters=5 if q else 1200, n=50 if q else 500,
+                            extra=["--n-eval", "50" if q else "500", "--dequantize"] + tiny * q)}
     budgets = (1, 5) if q else NFE_BUDGETS
     result = {"machine": bench.machine(),
               "budgets": plans, "nfe_budgets": budgets, "data": {}}
@@ -148,6 +149,7 @@ def main(argv=None):
     result["total_seconds"] = time.time() - t_start
     bench.write_json(results / "cfm.json", result)
     print(markdown(result))
+    return result
 
 
 if __name__ == "__main__":

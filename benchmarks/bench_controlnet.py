@@ -29,7 +29,8 @@ model's at equal time, all from the same noise and label, then the real digit it
 
 Run:
   OMP_NUM_THREADS=1 python benchmarks/bench_controlnet.py
-  OMP_NUM_THREADS=1 python benchmarks/bench_controlnet.py --quick --work /tmp/controlnet-bench   # smoke test
+  OMP_NUM_THREADS=1 python benchmarks/bench_controlnet.py --quick --work /tmp/cn   # smoke test in
+                                                       # seconds: WORK/controlnet.json, WORK/img/
 """
 import argparse
 import copy
@@ -48,8 +49,8 @@ import controlnet
 COMMAND = "OMP_NUM_THREADS=1 python benchmarks/bench_controlnet.py"
 CONDITIONS = ("lowres", "edges")  # controlnet.CONDITIONS, in the order of the tables
 
-FULL = dict(base_iters=2000, iters=600, seeds=3, n=250, width=16, batch=128)
-QUICK = dict(base_iters=40, iters=10, seeds=1, n=50, width=8, batch=32)
+FULL = dict(base_iters=2000, iters=600, seeds=3, n=250, width=16, batch=128, steps=10)
+QUICK = dict(base_iters=5, iters=3, seeds=1, n=30, width=8, batch=32, steps=2)
 
 
 class ConcatNet(nn.Module):
@@ -83,9 +84,10 @@ def train_args(out, iters, seed, width, batch):
     return args
 
 
-def evaluate(flow, net, data, x, y, noise, control):
-    """(samples, quality dict, mean fidelity) on the held-out conditions (control None: the base)."""
-    samples = flow.sample(net, x.shape, 10, "midpoint", y, noise=noise, control=control)
+def evaluate(flow, net, data, x, y, noise, control, steps=10):
+    """(samples, quality dict, mean fidelity) on the held-out conditions (control None: the
+    base), sampled with the midpoint solver x steps."""
+    samples = flow.sample(net, x.shape, steps, "midpoint", y, noise=noise, control=control)
     return samples, common.quality(data, samples), float(controlnet.fidelity(flow.control, samples, x).mean())
 
 
@@ -96,13 +98,11 @@ def mean_sd(values):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test of the code paths")
-    parser.add_argument("--work", default="runs/controlnet-bench", help="folder for the runs' checkpoints")
-    parser.add_argument("--results", help="where the json and img/ go (default benchmarks/results; --quick: --work)")
+    bench.add_output_flags(parser, bench.ROOT / "runs" / "controlnet-bench")
     a = parser.parse_args(argv)
     B = QUICK if a.quick else FULL
     work = Path(a.work)
-    results = Path(a.results or (work if a.quick else bench.RESULTS))
+    results = bench.results_dir(a, "bench_controlnet.py")
     (results / "img").mkdir(parents=True, exist_ok=True)
     data = common.load_data("digits")
     base_seconds = bench.run(cfm.main, ["--iters", str(B["base_iters"]), "--width", str(B["width"]), "--batch-size",
@@ -116,7 +116,8 @@ def main(argv=None):
         control = flow.condition(x)
         for seed in range(B["seeds"]):
             noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed + 1))
-            samples, q, fid = evaluate(flow, base, data, x, y, noise, None)  # the base: no control
+            # the base: no control
+            samples, q, fid = evaluate(flow, base, data, x, y, noise, None, B["steps"])
             pictures = [control.expand(-1, data.shape[0], -1, -1), samples]
             rows.append(dict(control=kind, method="base", seed=seed, iters=0, train_seconds=0.0, fd=q["value"],
                              floor=q["floor"], floor_sd=q["floor_sd"], fidelity=fid))
@@ -131,7 +132,7 @@ def main(argv=None):
                 t1 = time.time()
                 net = common.train(cls(copy.deepcopy(base), control.shape[1]), flow.loss, data, args)
                 seconds[method] = time.time() - t1
-                samples, q, fid = evaluate(flow, net, data, x, y, noise, control)
+                samples, q, fid = evaluate(flow, net, data, x, y, noise, control, B["steps"])
                 rows.append(dict(control=kind, method=method, seed=seed, iters=iters, train_seconds=seconds[method],
                                  fd=q["value"], floor=q["floor"], floor_sd=q["floor_sd"], fidelity=fid))
                 if method != "concat, equal iterations":
@@ -140,14 +141,11 @@ def main(argv=None):
                 k = min(10, len(x))
                 grid = torch.stack([p[:k] for p in pictures] + [x[:k]], 1)
                 common.save_grid(grid.flatten(0, 1), results / "img" / f"controlnet-{kind}.png", nrow=grid.shape[1])
-    write(rows, B, base_seconds, results, a.quick)
-    return rows
-
-
-def write(rows, B, base_seconds, results, quick):
-    result = {"budgets": B, "base_seconds": base_seconds, "machine": bench.machine(), "rows": rows}
-    bench.write_json(results / f"controlnet{'-quick' if quick else ''}.json", result)
+    result = {"budgets": B, "base_seconds": base_seconds, "machine": bench.machine(), "rows": rows,
+              "quick": a.quick}
+    bench.write_json(results / "controlnet.json", result)
     print(markdown(result))
+    return result
 
 
 def markdown(result):

@@ -13,8 +13,9 @@ invert -> sample reconstruction error of 500 held-out digits at 50 steps.
 
 Run (single-threaded):
   OMP_NUM_THREADS=1 python benchmarks/bench_ddim.py
-  python benchmarks/bench_ddim.py --quick    # smoke test: 200 iterations, n = 100, nothing written
-Writes benchmarks/results/ddim.json; the checkpoint goes to runs/benchmarks/ddim (not tracked).
+  python benchmarks/bench_ddim.py --quick --out /tmp/ddim   # smoke test in seconds: QUICK
+Writes benchmarks/results/ddim.json (--quick: OUT/ddim.json, never benchmarks/results/); the
+checkpoint goes to OUT (default runs/benchmarks/ddim, not tracked).
 """
 import argparse
 import time
@@ -31,11 +32,17 @@ COMMAND = "OMP_NUM_THREADS=1 python benchmarks/bench_ddim.py"
 
 STEPS = (10, 20, 50, 100, 1000)
 ETAS = (0.0, 1.0)
+# the measured budget (ddpm.py's default is 2000 iterations); --quick: a smoke test of the code
+# paths, with T = 20 so that DDPM's ancestral sampler takes 20 steps
+FULL = dict(flags=["--iters", "2500"], steps=STEPS, n=500, inversion_steps=50)
+QUICK = dict(flags=["--iters", "5", "--T", "20", "--width", "8", "--batch-size", "32"],
+             steps=(5, 10), n=50, inversion_steps=5)
 
 
-def train_ddpm(out, iters=None):
-    """ddpm.main at its defaults, without its own evaluation; returns its training (wall, CPU) seconds."""
-    q = bench.run(ddpm.main, ["--out", str(out), "--seed", "0", "--n-eval", "0"] + (["--iters", str(iters)] if iters else []))
+def train_ddpm(out, flags):
+    """ddpm.main at its defaults but for flags, without its own evaluation: its training (wall, CPU)
+    seconds."""
+    q = bench.run(ddpm.main, ["--out", str(out), "--seed", "0", "--n-eval", "0"] + list(flags))
     return q["train_seconds"], q["train_cpu_seconds"]
 
 
@@ -60,17 +67,22 @@ def main(argv=None):
     parser.add_argument("--out", default=str(bench.ROOT / "runs" / "benchmarks" / "ddim"), help="checkpoint folder")
     parser.add_argument("--reuse", action="store_true", help="reuse OUT/ckpt.pt if present (no training time)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke test: 200 iters, n = 100, few steps, no results written")
+                        help="smoke test in seconds: QUICK's budgets; the json goes to OUT "
+                        "(or --results)")
+    parser.add_argument("--results",
+                        help="folder for the json (default benchmarks/results; with --quick, OUT)")
     args = parser.parse_args(argv)
-    steps_list = (5, 10) if args.quick else STEPS
-    n, seed = (100, 1) if args.quick else (500, 1)
+    args.work = args.out
+    results = bench.results_dir(args, "bench_ddim.py")
+    B = QUICK if args.quick else FULL
+    steps_list, n, seed, k = B["steps"], B["n"], 1, B["inversion_steps"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     ckpt = out / "ckpt.pt"
     train_s = None
     if not (args.reuse and ckpt.exists()):
-        train_s = train_ddpm(out, 200 if args.quick else 2500)  # the measured budget (ddpm.py's default is 2000)
+        train_s = train_ddpm(out, B["flags"])
     data = common.load_data("digits")
     net, saved = load_ema(ckpt, data)
     T = saved["T"]
@@ -91,25 +103,25 @@ def main(argv=None):
         print(f"{sampler} eta={eta:g} steps={steps}: FD {q['value']:.4g} (floor {q['floor']:.4g}), "
               f"{wall:.1f}s wall, {cpu:.1f}s CPU", flush=True)
 
-    inv = []  # invert 500 held-out digits with their labels, sample back, measure the error
+    inv = []  # invert n held-out digits with their labels, sample back, measure the error
     x0, y0 = data.x_test[:n], data.y_test[:n]
     for refine in (0, 2):
         c0 = time.process_time()
-        x_T = method.invert(net, x0, 50, y=y0, refine=refine)
-        rec = method.sample(net, x0.shape, 50, y=y0, noise=x_T)
+        x_T = method.invert(net, x0, k, y=y0, refine=refine)
+        rec = method.sample(net, x0.shape, k, y=y0, noise=x_T)
         dt = time.process_time() - c0
-        inv.append(dict(steps=50, refine=refine, nfe=50 * (1 + refine) + 50, cpu_s=dt,
+        inv.append(dict(steps=k, refine=refine, nfe=k * (1 + refine) + k, cpu_s=dt,
                         rmse=(rec - x0).pow(2).mean().sqrt().item(), max_abs=(rec - x0).abs().max().item(),
                         x_T_std=x_T.std().item()))
         print(f"invert+sample refine={refine}: RMSE {inv[-1]['rmse']:.4f}, {dt:.1f}s CPU", flush=True)
 
-    result = dict(config=dict(data="digits", model="ddpm.py defaults (unet width 16, 2500 iters, batch 128, "
-                              "T 1000, linear), seed 0", n=n, seed=seed),
+    model = (f"ddpm.py defaults (unet width {saved['width']}, {saved['iters']} iters, batch "
+             f"{saved['batch_size']}, T {T}, {saved['schedule']}), seed 0")
+    result = dict(config=dict(data="digits", model=model, n=n, seed=seed),
                   machine=bench.machine(), train_wall_s=train_s and train_s[0], train_cpu_s=train_s and train_s[1],
-                  rows=rows, inversion=inv)
+                  rows=rows, inversion=inv, quick=args.quick)
     print(markdown(result))
-    if not args.quick:
-        bench.write_json(bench.RESULTS / "ddim.json", result)
+    bench.write_json(results / "ddim.json", result)
     return result
 
 
@@ -117,6 +129,7 @@ def markdown(r):
     """The step counts of both etas side by side against DDPM-1000, the fewest steps within 10% of
     DDPM's FD, and the inversion's reconstruction error."""
     rows, (ddpm_row, *ddim_rows) = [], r["rows"]
+    T, k = ddpm_row["steps"], r["inversion"][0]["steps"]  # DDPM's steps (T = 1000), the inversion's
     etas = sorted({row["eta"] for row in ddim_rows})
     cpu = lambda row: f"{row['sample_cpu_s']:.1f} ({ddpm_row['sample_cpu_s'] / row['sample_cpu_s']:.0f}x)"
     for steps in sorted({row["steps"] for row in ddim_rows}):
@@ -125,7 +138,8 @@ def markdown(r):
     trained = (f"trained in {r['train_cpu_s']:.0f} CPU s" if r.get("train_cpu_s") else "training not timed")
     what = (f"DDIM and DDPM sampling one ddpm.py digits checkpoint ({r['config']['model']}, {trained}); "
             f"n = {r['config']['n']} samples from the same x_T and labels for every row; FD floor (one draw of real "
-            f"against real) {ddpm_row['floor']:.3g}. DDPM's 1000 ancestral steps: FD {ddpm_row['fd']:.3g} in "
+            f"against real) {ddpm_row['floor']:.3g}. DDPM's {T} ancestral steps: FD "
+            f"{ddpm_row['fd']:.3g} in "
             f"{ddpm_row['sample_cpu_s']:.1f} CPU s; speedup = DDPM's CPU seconds / the row's")
     target = 1.1 * ddpm_row["fd"]  # the claim: the fewest DDIM steps whose FD is at most DDPM-1000's + 10%
     verdicts = []
@@ -139,8 +153,10 @@ def markdown(r):
     return "\n".join([
         bench.caption(r["machine"], COMMAND, what), "",
         bench.table(["steps = NFE"] + [x for eta in etas for x in (f"FD, eta {eta:g}", f"CPU s (speedup), eta {eta:g}")], rows),
-        "", f"Fewest steps with FD <= 1.1 x DDPM-1000's ({target:.3g}): " + "; ".join(verdicts) + ".", "",
-        f"Inversion: {r['config']['n']} held-out digits inverted to x_T with 50 steps, then sampled back:", "",
+        "", f"Fewest steps with FD <= 1.1 x DDPM-{T}'s ({target:.3g}): " + "; ".join(verdicts)
+        + ".",
+        "", f"Inversion: {r['config']['n']} held-out digits inverted to x_T with {k} steps, then "
+        "sampled back:", "",
         bench.table(["fixed-point iterations per step", "NFE", "RMSE", "max abs error", "CPU s"], inversion)]) + "\n"
 
 

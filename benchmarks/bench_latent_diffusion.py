@@ -29,7 +29,9 @@ them; --seed S seeds both models' training and sampling; markdown() renders ever
   OMP_NUM_THREADS=1 python benchmarks/bench_latent_diffusion.py                  # the measurement, seed 0
   OMP_NUM_THREADS=1 python benchmarks/bench_latent_diffusion.py --seed 1 --cfm-iters 100 250 500 1000
   python benchmarks/bench_latent_diffusion.py --table                            # print the table
-  OMP_NUM_THREADS=1 python benchmarks/bench_latent_diffusion.py --quick --work /tmp/ld-bench   # smoke test
+  OMP_NUM_THREADS=1 python benchmarks/bench_latent_diffusion.py --quick --work /tmp/ld   # smoke
+      # test in seconds: QUICK's budgets on the 8x8 digits (no digits32 feature classifier to
+      # train); WORK/latent_diffusion_seed0.json
   python benchmarks/bench_latent_diffusion.py --device cuda                      # on a GPU
 """
 import argparse
@@ -51,6 +53,10 @@ COMMANDS = ("OMP_NUM_THREADS=1 python benchmarks/bench_latent_diffusion.py --see
             "--cfm-iters 100 250 500 1000; done")
 ITERS = {"cfm": (250, 500, 1000, 2000), "latent_diffusion": (250, 500, 1000, 1500, 2000, 3000)}  # cfm.py: its default 2000
 QUICK = {"cfm": (2, 4), "latent_diffusion": (2, 4)}
+# --quick's data and flags: the 8x8 digits (latents 4x4x4), narrow networks, small batches
+QUICK_DATA, QUICK_FLAGS = "digits", ["--batch-size", "32", "--width", "8"]
+QUICK_OWN = {"cfm": [],
+             "latent_diffusion": ["--ae-iters", "3", "--ae-width", "8", "--downsample", "2"]}
 STEPS, SOLVER = 10, "midpoint"  # NFE 20 for both
 
 
@@ -151,9 +157,11 @@ def markdown(results):
     """One table over the seeds' results (mean +- sd where a checkpoint has several seeds), then the
     times to the targets per seed."""
     m, first = results[0]["machine"], results[0]["runs"]["cfm"]["checkpoints"][0]
-    lines = [bench.caption(m, COMMANDS, f"digits32, conditional, midpoint x {STEPS} (NFE {2 * STEPS}); FD of {first['n']} "
-                           f"samples, floor {first['floor']:.3g} +- {first['floor_sd']:.2g} (real vs real); seeds "
-                           f"{', '.join(str(r['seed']) for r in results)}; seconds are wall seconds on one thread"), "",
+    data = results[0].get("data", "digits32")  # a --quick run's: the 8x8 digits
+    what = (f"{data}, conditional, midpoint x {STEPS} (NFE {2 * STEPS}); FD of {first['n']} "
+            f"samples, floor {first['floor']:.3g} +- {first['floor_sd']:.2g} (real vs real); seeds "
+            f"{', '.join(str(r['seed']) for r in results)}; seconds are wall seconds on one thread")
+    lines = [bench.caption(m, COMMANDS, what), "",
              "| model | iterations | seeds | cumulative s | s / iteration | FD | sampling s |", "|---|---|---|---|---|---|---|"]
     for model in ("cfm", "latent_diffusion"):
         for k in sorted({c["iters"] for r in results for c in r["runs"][model]["checkpoints"]}):
@@ -186,13 +194,15 @@ def measure(args, work, results):
     """Both models through their segments on one seed: results/latent_diffusion_seed<S>.json (and,
     on seed 0, the picture of both models' samples)."""
     q = args.quick
-    data, device, n = common.load_data("digits32"), torch.device(args.device), 100 if q else 500
-    flags = ["--data", "digits32", "--n-eval", "0", "--device", args.device, "--log-every", "500",
+    name = QUICK_DATA if q else "digits32"
+    data, device, n = common.load_data(name), torch.device(args.device), 50 if q else 500
+    flags = ["--data", name, "--n-eval", "0", "--device", args.device, "--log-every", "500",
              "--seed", str(args.seed)]
-    flags += ["--batch-size", "32"] if q else []
-    own = {"cfm": [], "latent_diffusion": ["--ae-iters", "5"] if q else []}
+    flags += QUICK_FLAGS if q else []
+    own = QUICK_OWN if q else {"cfm": [], "latent_diffusion": []}
     iters = dict(QUICK if q else ITERS, **({"cfm": tuple(args.cfm_iters)} if args.cfm_iters else {}))
-    result = {"machine": dict(bench.machine(args.device), device=args.device),
+    result = {"machine": dict(bench.machine(args.device), device=args.device), "data": name,
+              "quick": q,
               "seed": args.seed, "iters": iters, "steps": STEPS, "solver": SOLVER, "runs": {},
               "picture": "latent_diffusion-samples.png"}
     for model, its in iters.items():
@@ -206,17 +216,18 @@ def measure(args, work, results):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test of this script")
-    parser.add_argument("--results", default=None, help="output folder (default benchmarks/results; with --quick, WORK)")
-    parser.add_argument("--work", default=str(bench.ROOT / "runs" / "bench-latent_diffusion"), help="folder for the runs")
+    bench.add_output_flags(parser, bench.ROOT / "runs" / "bench-latent_diffusion")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seed", type=int, default=0, help="both models' training and sampling seed")
     parser.add_argument("--cfm-iters", type=int, nargs="+", help=f"cfm.py's segments (default {ITERS['cfm']})")
     parser.add_argument("--table", action="store_true", help="only print the table of the seeds' files")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    work, q = Path(args.work) / f"seed{args.seed}", args.quick
-    results = Path(args.results or (work if q else bench.RESULTS))
+    work = Path(args.work) / f"seed{args.seed}"
+    if args.table:
+        results = Path(args.results or bench.RESULTS)
+    else:
+        results = bench.results_dir(args, "bench_latent_diffusion.py")
     if not args.table:
         measure(args, work, results)
     print(markdown(seed_files(results)))

@@ -11,11 +11,13 @@ timings and quality come from the dict each model file's main() returns.
 
 Run (single-threaded; the results record the time it took):
   OMP_NUM_THREADS=1 python benchmarks/bench_meanflow.py
-Writes benchmarks/results/meanflow.json.
+  OMP_NUM_THREADS=1 python benchmarks/bench_meanflow.py --quick --work /tmp/mf   # smoke test in
+                                                       # seconds: QUICK_BUDGETS, WORK/meanflow.json
+Writes benchmarks/results/meanflow.json; the runs go to WORK (default runs/bench-meanflow, not
+tracked).
 """
 import argparse
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +36,13 @@ BUDGETS = {
     "8gaussians": dict(arch="mlp", width=128, iters=1500, batch_size=256, lr=2e-3, n_eval=1000),
     "digits": dict(arch="unet", width=16, iters=1000, batch_size=128, lr=2e-3, n_eval=500),
 }
+# --quick: a smoke test of the code paths, not a measurement
+QUICK_BUDGETS = {
+    "8gaussians": dict(arch="mlp", width=16, iters=5, batch_size=32, lr=2e-3, n_eval=50),
+    "digits": dict(arch="unet", width=8, iters=3, batch_size=32, lr=2e-3, n_eval=50),
+}
 FM_STEPS = 100
+QUICK_FM_STEPS = 4
 # MeanFlow's default time scale (10), and on the 2-D set also the flows' usual 1000 (cheap there)
 TIME_SCALES = {"8gaussians": (10.0, 1000.0), "digits": (10.0,)}
 
@@ -82,8 +90,8 @@ def fm_loss_fn():
 # -----------------------------------------------------------------------------
 # runs
 
-def flags(data, out):
-    b = BUDGETS[data]
+def flags(data, out, budgets=BUDGETS):
+    b = budgets[data]
     return ["--data", data, "--arch", b["arch"], "--width", str(b["width"]), "--iters", str(b["iters"]),
             "--batch-size", str(b["batch_size"]), "--lr", str(b["lr"]), "--n-eval", str(b["n_eval"]),
             "--out", str(out), "--log-every", "500", "--ckpt-every", "100000", "--device", "cpu"]
@@ -95,15 +103,17 @@ def recipe(out):
     return {k: a.get(k) for k in ("tangent", "ratio", "time_scale")}
 
 
-def baseline(data, out):
+def baseline(data, out, budgets=BUDGETS, steps=FM_STEPS):
     """cfm.py's 100-step Euler quality, or the local plain FM when cfm.py is absent or fails."""
     try:
         import cfm
-        q = bench.run(cfm.main, flags(data, out) + ["--solver", "euler", "--steps", str(FM_STEPS)])
+        q = bench.run(cfm.main, flags(data, out, budgets) + ["--solver", "euler", "--steps",
+                                                             str(steps)])
         return q, "cfm.py (independent coupling, Euler)"
     except (Exception, SystemExit) as e:
         print(f"  cfm.py unusable here ({type(e).__name__}: {e}); using the local plain FM", flush=True)
-        return bench.run(fm_main, flags(data, out / "fm")), "plain FM in benchmarks/bench_meanflow.py (Euler)"
+        return (bench.run(fm_main, flags(data, out / "fm", budgets) + ["--steps", str(steps)]),
+                "plain FM in benchmarks/bench_meanflow.py (Euler)")
 
 
 def step_cost(arch, shape, width, batch, reps=3, n=15):
@@ -134,33 +144,46 @@ def step_cost(arch, shape, width, batch, reps=3, n=15):
 
 
 def main(argv=None):
-    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args(argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    bench.add_output_flags(parser, bench.ROOT / "runs" / "bench-meanflow")
+    args = parser.parse_args(argv)
+    out_dir, work = bench.results_dir(args, "bench_meanflow.py"), Path(args.work)
+    budgets, fm_steps = (QUICK_BUDGETS, QUICK_FM_STEPS) if args.quick else (BUDGETS, FM_STEPS)
     torch.manual_seed(0)
-    results = {"machine": bench.machine(), "budgets": BUDGETS, "runs": [], "step_cost": []}
+    results = {"machine": bench.machine(), "budgets": budgets, "runs": [], "step_cost": [],
+               "quick": args.quick}
+    if args.quick:
+        results["fm_steps"] = fm_steps
     t_start = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        for data in BUDGETS:
-            b = BUDGETS[data]
-            print(f"{data}: flow matching, {FM_STEPS} steps", flush=True)
-            q, name = baseline(data, Path(tmp) / f"fm-{data}")
-            results["runs"].append(dict(q, data=data, method=f"flow matching ({name})", nfe=FM_STEPS,
-                                        train_s=q["train_seconds"]))
-            for ts in TIME_SCALES[data]:
-                out = Path(tmp) / f"mf-{data}-{ts:g}"
-                method = f"MeanFlow, --time-scale {ts:g}"
-                print(f"{data}: {method}", flush=True)
-                q = bench.run(meanflow.main, flags(data, out) + ["--time-scale", str(ts)])
-                results["runs"].append(dict(q, data=data, method=method, nfe=1, train_s=q["train_seconds"], **recipe(out)))
-                q = bench.run(meanflow.main, ["--ckpt", str(out / "ckpt.pt"), "--steps", "2", "--out", str(out),
-                                              "--n-eval", str(b["n_eval"]), "--device", "cpu"], trains=False)
-                results["runs"].append(dict(q, data=data, method=method, nfe=2, train_s=None, **recipe(out)))
-        for arch, shape, width, batch in (("mlp", (2,), 128, 256), ("unet", (1, 8, 8), 16, 128)):
-            c = step_cost(arch, shape, width, batch)
-            results["step_cost"].append(c)
-            print(f"step cost {arch}: FM {c['fm_ms']:.1f} ms, MeanFlow {c['mf_ms']:.1f} ms, x{c['ratio']:.2f}", flush=True)
+    for data in budgets:
+        b = budgets[data]
+        print(f"{data}: flow matching, {fm_steps} steps", flush=True)
+        q, name = baseline(data, work / f"fm-{data}", budgets, fm_steps)
+        results["runs"].append(dict(q, data=data, method=f"flow matching ({name})", nfe=fm_steps,
+                                    train_s=q["train_seconds"]))
+        for ts in TIME_SCALES[data]:
+            out = work / f"mf-{data}-{ts:g}"
+            method = f"MeanFlow, --time-scale {ts:g}"
+            print(f"{data}: {method}", flush=True)
+            q = bench.run(meanflow.main, flags(data, out, budgets) + ["--time-scale", str(ts)])
+            results["runs"].append(dict(q, data=data, method=method, nfe=1,
+                                        train_s=q["train_seconds"], **recipe(out)))
+            q = bench.run(meanflow.main, ["--ckpt", str(out / "ckpt.pt"), "--steps", "2", "--out",
+                                          str(out), "--n-eval", str(b["n_eval"]), "--device",
+                                          "cpu"], trains=False)
+            results["runs"].append(dict(q, data=data, method=method, nfe=2, train_s=None,
+                                        **recipe(out)))
+    costs = ((("mlp", (2,), 16, 32), ("unet", (1, 8, 8), 8, 32)) if args.quick else
+             (("mlp", (2,), 128, 256), ("unet", (1, 8, 8), 16, 128)))
+    for arch, shape, width, batch in costs:
+        c = step_cost(arch, shape, width, batch, *((1, 2) if args.quick else ()))
+        results["step_cost"].append(c)
+        print(f"step cost {arch}: FM {c['fm_ms']:.1f} ms, MeanFlow {c['mf_ms']:.1f} ms, "
+              f"x{c['ratio']:.2f}", flush=True)
     results["total_s"] = time.time() - t_start
-    bench.write_json(bench.RESULTS / "meanflow.json", results)
+    bench.write_json(out_dir / "meanflow.json", results)
     print(markdown(results) + "\n" + step_cost_table(results))
+    return results
 
 
 def recorded(r):
@@ -172,22 +195,23 @@ def recorded(r):
 
 def markdown(results):
     """1- and 2-step MeanFlow against flow matching's 100 steps, per data set: a row per trained model."""
-    rows = []
+    rows, many = [], results.get("fm_steps", FM_STEPS)  # flow matching's steps (fewer: --quick)
     for data, b in results["budgets"].items():
         runs = [r for r in results["runs"] if r["data"] == data]
         for method in dict.fromkeys(r["method"] for r in runs):
             rs = {r["nfe"]: r for r in runs if r["method"] == method}
             first = next(iter(rs.values()))
             rows.append([data, f"{b['arch']} width {b['width']}, {b['iters']} iterations", method] + [
-                f"{rs[n]['metric']} {rs[n]['value']:.4g}" if n in rs else "" for n in (1, 2, FM_STEPS)]
+                f"{rs[n]['metric']} {rs[n]['value']:.4g}" if n in rs else "" for n in (1, 2, many)]
                 + [f"{first['floor']:.3g}", f"{first['train_s']:.0f}"])
     recipes = sorted({recorded(r) for r in results["runs"] if r["method"].startswith("MeanFlow")})
     what = ("One seed; the same network, batch, lr, iterations and training loop for both methods per data set; quality "
             "(floor: one draw of real against real) of the EMA weights, conditional sampling without guidance; "
             f"MeanFlow's recipe: {'; '.join(recipes)}")
     return "\n".join([bench.caption(results["machine"], COMMAND, what), "",
-                      bench.table(["data", "network, budget", "method", "1 step", "2 steps", f"{FM_STEPS} steps", "floor",
-                                   "train s"], rows, ["l", "l", "l", "r", "r", "r", "r", "r"])]) + "\n"
+                      bench.table(["data", "network, budget", "method", "1 step", "2 steps",
+                                   f"{many} steps", "floor", "train s"], rows,
+                                  ["l", "l", "l", "r", "r", "r", "r", "r"])]) + "\n"
 
 
 def step_cost_table(results):

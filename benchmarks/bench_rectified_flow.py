@@ -17,14 +17,18 @@ MANY-step Euler paths.
 A stage's training seconds come from the dict rectified_flow.main returns; its pairs are timed by
 wrapping rectified_flow.make_pairs.
 
-Run (single-threaded; writes benchmarks/results/rectified_flow.json, with the time it took):
+Run (single-threaded; writes benchmarks/results/rectified_flow.json, with the time it took; the
+stages' checkpoints go to WORK, default runs/bench-rectified_flow, not tracked):
   OMP_NUM_THREADS=1 python benchmarks/bench_rectified_flow.py
   python benchmarks/bench_rectified_flow.py --table    # print the table of the json
+  python benchmarks/bench_rectified_flow.py --quick --work /tmp/rf   # smoke test in seconds:
+                                                       # QUICK's budgets, WORK/rectified_flow.json
 """
+import argparse
 import os
 import shutil
-import sys
 import time
+from pathlib import Path
 
 import bench
 import torch
@@ -40,6 +44,14 @@ BUDGETS = {  # per data set: iterations of each stage, pairs, the pairs' Euler s
     "8gaussians": dict(rf1=1500, rf2=1000, distill=500, n_pairs=10000, pair_steps=100, n_eval=1000),
     "digits": dict(rf1=1500, rf2=800, distill=400, n_pairs=3000, pair_steps=50, n_eval=500),
 }
+# --quick: a smoke test of the code paths (narrow networks, a few iterations, QUICK_MANY steps)
+QUICK = {
+    "8gaussians": dict(rf1=4, rf2=2, distill=2, n_pairs=64, pair_steps=4, n_eval=50,
+                       flags=["--width", "16", "--batch-size", "32"]),
+    "digits": dict(rf1=3, rf2=2, distill=2, n_pairs=64, pair_steps=4, n_eval=50,
+                   flags=["--width", "8", "--batch-size", "32"]),
+}
+QUICK_MANY = 10
 
 
 def timed_stage(argv, timings):
@@ -76,12 +88,13 @@ def evaluate(ckpt_path, data, noise, steps):
     return row
 
 
-def measure(name, budget, root):
+def measure(name, budget, root, many=MANY):
     root = root / name
     shutil.rmtree(root, ignore_errors=True)
     data = common.load_data(name)
     # every stage: the same network flags (a student repeats its teacher's), no evaluation of its own
     common_flags = ["--data", name, "--uncond", "--n-eval", "0", "--log-every", "250", "--seed", "0"]
+    common_flags += budget.get("flags", [])
     ck = {k: str(root / k / "ckpt.pt") for k in ("rf1", "rf2", "rf1_distill", "rf2_distill")}
     pairs = ["--n-pairs", str(budget["n_pairs"]), "--pair-steps", str(budget["pair_steps"])]
     stages = {}
@@ -97,7 +110,7 @@ def measure(name, budget, root):
     noise = torch.randn((budget["n_eval"],) + data.shape, generator=torch.Generator().manual_seed(123))
     rows = []
     for model, label in (("rf1", "1-RF"), ("rf1_distill", "1-RF + distill"), ("rf2", "2-RF"), ("rf2_distill", "2-RF + distill")):
-        for steps in ((1,) if "distill" in model else (1, MANY)):
+        for steps in ((1,) if "distill" in model else (1, many)):
             rows.append(dict(data=name, model=label, **evaluate(ck[model], data, noise, steps), **stages[model]))
             q = rows[-1]["quality"]
             print(f"{name:10s} {label:15s} NFE {steps:3d}: {common.format_quality(q)}", flush=True)
@@ -134,15 +147,29 @@ def markdown(res):
          "E\\|\\|Z1 - Z0\\|\\|^2", "stage s (CPU s)", "of which pairs s"], rows, ["l", "l"] + ["r"] * 6)]) + "\n"
 
 
-def main():
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    bench.add_output_flags(parser, bench.ROOT / "runs" / "bench-rectified_flow")
+    parser.add_argument("--table", action="store_true",
+                        help="only print the table of results/rectified_flow.json")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(markdown(bench.read_json(Path(args.results or bench.RESULTS)
+                                       / "rectified_flow.json")))
+        return None
+    results_dir = bench.results_dir(args, "bench_rectified_flow.py")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     t0 = time.time()
-    results = {name: measure(name, budget, bench.ROOT / "runs" / "bench-rectified_flow") for name, budget in BUDGETS.items()}
-    res = {"machine": bench.machine(), "many_steps": MANY, "results": results, "total_s": time.time() - t0}
-    bench.write_json(bench.RESULTS / "rectified_flow.json", res)
+    budgets, many = (QUICK, QUICK_MANY) if args.quick else (BUDGETS, MANY)
+    results = {name: measure(name, budget, Path(args.work), many)
+               for name, budget in budgets.items()}
+    res = {"machine": bench.machine(), "many_steps": many, "results": results,
+           "total_s": time.time() - t0, "quick": args.quick}
+    bench.write_json(results_dir / "rectified_flow.json", res)
     print(markdown(res))
     print(f"total {time.time() - t0:.0f}s")
+    return res
 
 
 if __name__ == "__main__":
-    print(markdown(bench.read_json("rectified_flow.json"))) if "--table" in sys.argv else main()
+    main()

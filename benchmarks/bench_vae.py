@@ -2,7 +2,9 @@
 
 Run from the repository root (about 5 minutes on one CPU thread):
   OMP_NUM_THREADS=1 python benchmarks/bench_vae.py
-Writes benchmarks/results/vae.json.
+  OMP_NUM_THREADS=1 python benchmarks/bench_vae.py --quick --work /tmp/vae   # smoke test in
+                                                   # seconds: QUICK's budgets, WORK/vae.json
+Writes benchmarks/results/vae.json; the runs go to WORK (default runs/bench-vae, not tracked).
 
 Measured, seed 0, vae.py's default model flags unless stated, each at the budget DIGITS_ITERS below
 sets (digits: 2500 iterations, batch 128, set here above the command line's default) or at the
@@ -18,8 +20,8 @@ command line's default (moons: 3000 iterations, batch 512); the json records eac
     density, not comparable to the digits' code lengths).
 Training seconds come from the dict vae.main returns.
 """
+import argparse
 import math
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +34,9 @@ import vae
 COMMAND = "OMP_NUM_THREADS=1 python benchmarks/bench_vae.py"
 DIGITS_ITERS = 2500  # the measured budget on digits; moons trains at the command line's default
 K = 1000
+# --quick: a smoke test of the code paths (appended to every run's flags), and its IWAE k
+QUICK = ["--iters", "5", "--batch-size", "32", "--hidden", "16", "--n-eval", "50", "--n-nll", "50"]
+QUICK_K = 8
 
 
 def independent_pixels_nll(data):
@@ -43,39 +48,47 @@ def independent_pixels_nll(data):
     return -p.log().gather(1, k_te.T).sum(0).mean().item()
 
 
-def run_config(name, data, flags, tmp):
-    """Train with `flags`, then re-load the checkpoint for likelihoods and for mean-pixel samples."""
+def run_config(name, data, flags, tmp, k=K, extra=()):
+    """Train with `flags` (then `extra`), then re-load the checkpoint for likelihoods (IWAE with
+    k) and for mean-pixel samples."""
     out = str(Path(tmp) / name)
     budget = ["--iters", str(DIGITS_ITERS)] if data == "digits" else []
-    q = bench.run(vae.main, ["--data", data, "--out", out, "--iwae-k", "0", "--device", "cpu"] + budget + flags)
+    extra = list(extra)
+    q = bench.run(vae.main, ["--data", data, "--out", out, "--iwae-k", "0", "--device", "cpu"]
+                  + budget + flags + extra)
     t0 = time.time()
-    q_nll = bench.run(vae.main, ["--ckpt", f"{out}/ckpt.pt", "--out", out, "--iwae-k", str(K), "--device", "cpu"],
-                      trains=False)
+    again = ["--ckpt", f"{out}/ckpt.pt", "--out", out, "--device", "cpu"]  # the trained model
+    q_nll = bench.run(vae.main, again + ["--iwae-k", str(k)] + extra, trains=False)
     nll_wall = time.time() - t0 - q_nll["sample_seconds"]
     row = {"name": name, "data": data, "flags": " ".join(flags), "train_seconds": q["train_seconds"],
            "nll_seconds": nll_wall, "quality": q, "likelihood": q_nll["likelihood"]}
     if data == "digits":
-        row["quality_mean_pixels"] = bench.run(vae.main, ["--ckpt", f"{out}/ckpt.pt", "--out", out, "--iwae-k", "0",
-                                                          "--pixels", "mean", "--device", "cpu"], trains=False)
+        mean_pixels = again + ["--iwae-k", "0", "--pixels", "mean"] + extra
+        row["quality_mean_pixels"] = bench.run(vae.main, mean_pixels, trains=False)
     ckpt = torch.load(f"{out}/ckpt.pt", map_location="cpu", weights_only=True)
     row["params"] = sum(v.numel() for k, v in ckpt["net"].items())
     row["iters"] = ckpt["step"]
     return row
 
 
-def main():
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    bench.add_output_flags(parser, bench.ROOT / "runs" / "bench-vae")
+    args = parser.parse_args(argv)
+    results, work = bench.results_dir(args, "bench_vae.py"), Path(args.work)
+    k, extra = (QUICK_K, QUICK) if args.quick else (K, [])
     t_start = time.time()
     digits = common.load_data("digits")
     refs = {"uniform_nats": 64 * math.log(17), "independent_pixels_nats": independent_pixels_nll(digits)}
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        rows.append(run_config("digits (default)", "digits", [], tmp))
-        rows.append(run_config("digits, full head", "digits", ["--hidden", "256", "--head-dim", "16"], tmp))
-        rows.append(run_config("moons (default)", "moons", [], tmp))
-    result = {"machine": bench.machine(), "k": K, "references": refs, "runs": rows,
-              "total_seconds": time.time() - t_start}
-    bench.write_json(bench.RESULTS / "vae.json", result)
+    rows = [run_config("digits (default)", "digits", [], work, k, extra),
+            run_config("digits, full head", "digits", ["--hidden", "256", "--head-dim", "16"], work,
+                       k, extra),
+            run_config("moons (default)", "moons", [], work, k, extra)]
+    result = {"machine": bench.machine(), "k": k, "references": refs, "runs": rows,
+              "total_seconds": time.time() - t_start, "quick": args.quick}
+    bench.write_json(results / "vae.json", result)
     print(markdown(result))
+    return result
 
 
 def markdown(result):

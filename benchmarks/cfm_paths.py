@@ -22,7 +22,8 @@ A picture of samples at 5 NFE (Euler x 5) per path: benchmarks/results/img/cfm_p
 
 Run (on one core):
   OMP_NUM_THREADS=1 python benchmarks/cfm_paths.py                   # writes benchmarks/results/cfm_paths.json
-  OMP_NUM_THREADS=1 python benchmarks/cfm_paths.py --quick --work /tmp/cfm-paths   # smoke test, tiny budgets
+  OMP_NUM_THREADS=1 python benchmarks/cfm_paths.py --quick --work /tmp/paths   # smoke test in
+                                                       # seconds: WORK/cfm_paths.json, WORK/img/
 """
 import argparse
 import os
@@ -181,20 +182,21 @@ def markdown(result):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test of this script")
-    parser.add_argument("--results", default=None, help="output folder (default benchmarks/results; with --quick, WORK)")
-    parser.add_argument("--work", default=str(bench.ROOT / "runs" / "bench-cfm-paths"), help="folder for the checkpoints")
+    bench.add_output_flags(parser, bench.ROOT / "runs" / "bench-cfm-paths")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per path (default 3)")
     parser.add_argument("--data", nargs="+", default=["checkerboard", "digits"], help="data sets")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     work = Path(args.work)
-    results = Path(args.results or (work if args.quick else bench.RESULTS))
+    results = bench.results_dir(args, "cfm_paths.py")
     q = args.quick
-    plans = {"checkerboard": dict(iters=30 if q else 1500, n=200 if q else 1000, straight_n=100 if q else 1000,
-                                  extra=["--batch-size", "128" if q else "512", "--width", "64" if q else "256"]),
-             "digits": dict(iters=10 if q else 1200, n=100 if q else 500, straight_n=50 if q else 500,
-                            extra=["--batch-size", "32" if q else "128"])}
+    plans = {"checkerboard": dict(iters=4 if q else 1500, n=50 if q else 1000,
+                                  straight_n=50 if q else 1000, straight_steps=4 if q else 100,
+                                  extra=["--batch-size", "32" if q else "512",
+                                         "--width", "16" if q else "256"]),
+             "digits": dict(iters=3 if q else 1200, n=50 if q else 500, straight_n=20 if q else 500,
+                            straight_steps=4 if q else 100,
+                            extra=["--batch-size", "32" if q else "128"] + ["--width", "8"] * q)}
     budgets = (1, 5) if q else NFE_BUDGETS
     seeds = list(range(2 if q else args.seeds))
     result = {"machine": bench.machine(),
@@ -211,7 +213,8 @@ def main(argv=None):
                 net, flow, train_s = train(name, path, seed, plan["iters"], work, plan["extra"])
                 run = dict(seed=seed, iters=plan["iters"], train_seconds=train_s,
                            grid=grid(flow, net, data, plan["n"], budgets, seed),
-                           straightness=straightness(flow, net, data, plan["straight_n"], 100, seed))
+                           straightness=straightness(flow, net, data, plan["straight_n"],
+                                                     plan["straight_steps"], seed))
                 print("  " + ", ".join(f"{r['solver']} NFE {r['nfe']}: {r['value']:.4g}" for r in run["grid"])
                       + f"; straightness {run['straightness']['straightness']:.4g} "
                       f"(relative {run['straightness']['relative']:.4g})", flush=True)
@@ -224,6 +227,7 @@ def main(argv=None):
     result["total_seconds"] = time.time() - t_start
     bench.write_json(results / "cfm_paths.json", result)
     print(markdown(result))
+    return result
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The GPU path in one unattended command: speed, memory and efficiency of every model file.
 
   python benchmarks/gpu.py                        # on a GPU: under 10 minutes; writes results/gpu.json
-  python benchmarks/gpu.py --device cpu --quick   # the same code paths on a CPU, no compile, under a minute
+  python benchmarks/gpu.py --device cpu --quick   # the same code paths on a CPU, no compile, under
+                                                  # a minute; the json to runs/bench-gpu (or --out)
   python benchmarks/gpu.py --parts syncs,compile --data cifar10 --models ddpm,ar   # a part of it
                                                   # (tests/test_gpu_benchmark.py runs it so that it never rots)
 
@@ -364,7 +365,8 @@ def main(argv=None):
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes: every file on digits in fp32, one bf16 and one "
                    "CIFAR-shaped case, no compile")
-    p.add_argument("--out", default=str(bench.RESULTS), help="folder for the json")
+    p.add_argument("--out", help="folder for the json (default benchmarks/results; with --quick, "
+                   "runs/bench-gpu: a quick run never writes into benchmarks/results/)")
     p.add_argument("--name", default="gpu.json", help="the json's file name (default gpu.json)")
     p.add_argument("--budget", type=float, default=420.0, help="seconds after which compile cases are skipped")
     p.add_argument("--compile-limit", type=float, default=60.0, help="seconds one compiled case may take")
@@ -373,6 +375,8 @@ def main(argv=None):
     p.add_argument("--data", default=",".join(SHAPES), help="batch shapes, in the order to run them")
     p.add_argument("--models", default="ddpm,ddim,cfm,rectified_flow,meanflow,vae,ar", help="model files to measure")
     args = p.parse_args(argv)
+    args.work, args.results = str(bench.ROOT / "runs" / "bench-gpu"), args.out
+    args.out = str(bench.results_dir(args, "gpu.py"))
     device = common.get_device(args.device)
     common.setup_precision(device)
     args.batch, args.iters, args.warmup, args.n_sample = (8, 1, 1, 4) if args.quick else (256, 20, 5, 256)

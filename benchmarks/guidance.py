@@ -17,9 +17,10 @@
 
 Run (single-threaded, CPU; or --device cuda):
   OMP_NUM_THREADS=1 python benchmarks/guidance.py            # writes benchmarks/results/guidance.json
-  OMP_NUM_THREADS=1 python benchmarks/guidance.py --quick    # smoke test (minutes): T = 100, tiny budgets,
-                                                             # results to OUT only
-Checkpoints go to runs/benchmarks/guidance (not tracked); grids to benchmarks/results/img/guidance-*.png.
+  OMP_NUM_THREADS=1 python benchmarks/guidance.py --quick --out /tmp/g   # smoke test in seconds:
+                                    # T = 10, tiny budgets; OUT-quick/guidance.json and its grids
+Checkpoints go to OUT (default runs/benchmarks/guidance, not tracked); grids to
+benchmarks/results/img/guidance-*.png.
 """
 import argparse
 import math
@@ -102,11 +103,17 @@ def main(argv=None):
     parser.add_argument("--out", default=str(bench.ROOT / "runs" / "benchmarks" / "guidance"), help="checkpoint folder")
     parser.add_argument("--reuse", action="store_true", help="reuse the checkpoints in OUT (no training time)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="default cpu")
-    parser.add_argument("--quick", action="store_true", help="smoke test: T = 100, tiny budgets, results to OUT")
+    parser.add_argument("--quick", action="store_true", help="smoke test in seconds: T = 10, tiny "
+                        "budgets; the json and grids go to OUT-quick (or --results)")
+    parser.add_argument("--results", help="folder for the json (default benchmarks/results; with "
+                        "--quick, OUT-quick); the grids go to its img/ (--quick: beside the json)")
     args = parser.parse_args(argv)
     out = Path(args.out + ("-quick" if args.quick else ""))
-    budget = ["--T", "100", "--iters", "150", "--log-every", "50"] if args.quick else []
-    n_images, n_list, n = (40, (2, 5), 50) if args.quick else (500, N_SAMPLES, 500)
+    args.work = out
+    results = bench.results_dir(args, "guidance.py")
+    budget = (["--T", "10", "--iters", "5", "--log-every", "50", "--width", "8", "--batch-size",
+               "32"] if args.quick else [])
+    n_images, n_list, n = (20, (2,), 20) if args.quick else (500, N_SAMPLES, 500)
     common_flags = ["--n-eval", "0", "--seed", "0", "--device", args.device] + budget
     train_s = {}
     for name, flags in (("conditional", []), ("unconditional", ["--uncond", "--classifier-scale", "1"])):
@@ -115,7 +122,7 @@ def main(argv=None):
             train_s[name] = dict(wall_s=q["train_seconds"], cpu_s=q["train_cpu_seconds"])
     device = common.get_device(args.device)
     data = common.load_data("digits")
-    img = out if args.quick else bench.RESULTS / "img"
+    img = results if args.quick else results / "img"
     img.mkdir(parents=True, exist_ok=True)
 
     method, cond, _ = load(out / "conditional", device, data)
@@ -127,13 +134,14 @@ def main(argv=None):
         uncond, shape, y, generator=g, classifier=clf, classifier_scale=s), data, n, device, img) for s in SCALES]
 
     machine = dict(bench.machine(device), device=str(device))
-    result = dict(config=dict(data="digits", model="ddpm.py defaults" + (" (quick: T 100, 150 iters)" if args.quick
-                              else " (unet width 16, T 1000, linear, 2000 iters, batch 128)") + ", seed 0",
+    model = "ddpm.py defaults" + (" (quick: T 10, 5 iters)" if args.quick
+                                  else " (unet width 16, T 1000, linear, 2000 iters, batch 128)")
+    result = dict(config=dict(data="digits", model=model + ", seed 0",
                               n_classify=n_images, n_samples=n, seed=1),
                   feature_classifier_acc=common.feature_net(data)[1], machine=machine, train=train_s,
                   zero_shot=zs, guidance=rows)
     print(markdown(result))
-    bench.write_json((out if args.quick else bench.RESULTS) / "guidance.json", result)
+    bench.write_json(results / "guidance.json", result)
     return result
 
 

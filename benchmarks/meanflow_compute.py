@@ -80,9 +80,20 @@ def run(module, argv):
     return q, q["train_cpu_seconds"]
 
 
-def cost_per_iter(module, flags, work):
+QUICK_FLAGS = ["--width", "8", "--batch-size", "32"]  # --quick: narrow networks, small batches
+QUICK_CALIBRATION = (1, 2, 4)  # --quick: the calibration's iterations (bench's: 2, 20, 80)
+
+
+def cost_per_iter(module, flags, work, quick=False):
     """bench.cost_per_iter, its runs under work/calib-<module>."""
-    return bench.cost_per_iter(module, flags, work / f"calib-{module.__name__}")
+    return bench.cost_per_iter(module, flags, work / f"calib-{module.__name__}",
+                               *([QUICK_CALIBRATION] if quick else []))
+
+
+def quick_iters(iters, ref_iters, quick):
+    """A run's iterations; with --quick kept within 1..2 x the reference's (a tiny calibration is
+    noise)."""
+    return min(max(1, iters), 2 * ref_iters) if quick else iters
 
 
 def evaluate(module, ckpt, n_eval, seed, out, steps_flags):
@@ -94,12 +105,13 @@ def evaluate(module, ckpt, n_eval, seed, out, steps_flags):
 def run_part(part, seeds, work, quick=False, variants=tuple(VARIANTS)):
     data_flags, ref_iters, n_eval = PARTS[part]
     if quick:  # a smoke test of the code paths: a few iterations, written beside the checkpoints
-        ref_iters, n_eval = 30, 100
-    base = data_flags + ["--log-every", "1000"]
-    c_cfm = cost_per_iter(cfm, base, work)
-    c_mf = {name: cost_per_iter(meanflow, base + variant_flags(name), work) for name in variants}
+        ref_iters, n_eval = 4, 50
+    base = data_flags + ["--log-every", "1000"] + QUICK_FLAGS * quick
+    c_cfm = cost_per_iter(cfm, base, work, quick)
+    c_mf = {name: cost_per_iter(meanflow, base + variant_flags(name), work, quick)
+            for name in variants}
     if any(isinstance(VARIANTS[name], tuple) for name in variants):  # the flow-matching phase's cost
-        c_mf["ratio 0"] = cost_per_iter(meanflow, base + ["--ratio", "0"], work)
+        c_mf["ratio 0"] = cost_per_iter(meanflow, base + ["--ratio", "0"], work, quick)
     print(f"{part}: CPU s per iteration: cfm {c_cfm:.4f}, " + ", ".join(f"{k} {v:.4f}" for k, v in c_mf.items()),
           flush=True)
     rows = []
@@ -117,14 +129,14 @@ def run_part(part, seeds, work, quick=False, variants=tuple(VARIANTS)):
             flags = VARIANTS[name]
             out = work / f"{part}-s{seed}-{name.replace(' ', '-').replace(',', '')}"
             if isinstance(flags, tuple):  # flow matching for half the budget, then MeanFlow for the other half
-                k1 = round(budget / 2 / c_mf["ratio 0"])
-                k2 = round(budget / 2 / c_mf[name])
+                k1 = quick_iters(round(budget / 2 / c_mf["ratio 0"]), ref_iters, quick)
+                k2 = quick_iters(round(budget / 2 / c_mf[name]), ref_iters, quick)
                 _, cpu1 = run(meanflow, base + s + ["--ratio", "0", "--iters", str(k1), "--n-eval", "0", "--out", str(out)])
                 _, cpu2 = run(meanflow, base + s + flags[1] + ["--resume", "--ratio", "0.25", "--iters", str(k1 + k2),
                                                               "--n-eval", "0", "--out", str(out)])
                 iters, cpu = f"{k1} + {k2}", cpu1 + cpu2
             else:
-                iters = round(budget / c_mf[name])
+                iters = quick_iters(round(budget / c_mf[name]), ref_iters, quick)
                 _, cpu = run(meanflow, base + s + flags + ["--iters", str(iters), "--n-eval", "0", "--out", str(out)])
             for steps in (1, 2):
                 for w in SAMPLE_SCALES.get(name, (1.0,)):
@@ -222,11 +234,11 @@ def curve(part, seeds, work, quick=False, variant=None):
     """Quality against cumulative training CPU seconds, cfm.py (Euler-100) and meanflow.py (1, 2 steps):
     meanflow.py's CURVE_MEANFLOW recipe for the part, or a one-phase variant's flags (sampled at w = 1)."""
     data_flags, ref_iters, n_eval = PARTS[part]
-    cfm_iters = (10, 20) if quick else tuple(round(f * ref_iters) for f in CURVE_ITERS)
-    n_eval = 100 if quick else n_eval
+    cfm_iters = (2, 4) if quick else tuple(round(f * ref_iters) for f in CURVE_ITERS)
+    n_eval = 50 if quick else n_eval
     mf_flags, w = (variant_flags(variant), 1.0) if variant else CURVE_MEANFLOW.get(part, ([], 1.0))
-    base = data_flags + ["--log-every", "1000"]
-    c_mf = cost_per_iter(meanflow, base + mf_flags, work)
+    base = data_flags + ["--log-every", "1000"] + QUICK_FLAGS * quick
+    c_mf = cost_per_iter(meanflow, base + mf_flags, work, quick)
     path = (work if quick else RESULTS) / curve_name(part, variant)
     res = {"part": part, "variant": variant, "meanflow_flags": mf_flags, "cfg_scale": w, "cost_meanflow": c_mf, "rows": [],
            "machine": bench.machine()}
@@ -243,6 +255,7 @@ def curve(part, seeds, work, quick=False, variant=None):
         out, cpu, done = work / f"{path.stem}-s{seed}-meanflow", 0.0, 0
         for k, budget in enumerate(marks + [f * marks[-1] for f in CURVE_BEYOND]):
             iters = max(done + 1, done + round((budget - cpu) / c_mf))  # the next segment reaches this budget
+            iters = min(iters, done + 2 * cfm_iters[-1]) if quick else iters
             _, c = run(meanflow, base + mf_flags + s + ["--iters", str(iters), "--n-eval", "0", "--out", str(out)]
                        + ["--resume"] * (k > 0))
             cpu, done = cpu + c, iters
@@ -324,7 +337,9 @@ def main(argv=None):
     p.add_argument("--table", action="store_true")
     p.add_argument("--curve", action="store_true", help="with --part: quality against training CPU seconds, both methods")
     p.add_argument("--curve-table", action="store_true", help="with --part: print results/meanflow_curve_<part>.json's table")
-    p.add_argument("--quick", action="store_true", help="smoke test: 30 reference iterations, 100 samples")
+    p.add_argument("--quick", action="store_true", help="smoke test in seconds: 4 reference "
+                   "iterations of narrow networks, 50 samples; the json goes to WORK, not "
+                   "benchmarks/results/")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if (args.curve or args.curve_table) and not args.part:

@@ -1,0 +1,122 @@
+"""Every benchmark script's --quick path, end to end, in this process: it runs (tiny budgets,
+seconds), writes its json (or picture) under the folder the test gives it and nowhere else, and
+its markdown() renders what it wrote. So that no benchmark rots unnoticed between its (long)
+measurements.
+
+A script joins with one line in CASES. Outputs: each run gets a fresh WORK folder; bench.ROOT and
+bench.RESULTS (and a module's own ROOT / RESULTS) point into an empty stand-in of the repository,
+which must stay empty, and the working directory is an empty folder, which must stay empty too;
+the real benchmarks/results/ file of that name must not change. benchmarks/gpu.py's quick path is
+run by tests/test_gpu_benchmark.py."""
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "benchmarks") not in sys.path:  # the benchmark scripts' names shadow no model file
+    sys.path.append(str(ROOT / "benchmarks"))
+COMMITTED = str(ROOT / "benchmarks" / "results")  # read-only here: figures.py draws from it
+
+
+def load(path):
+    return json.loads(Path(path).read_text())
+
+
+def markdown(module, path):
+    """The default rendering: the script's markdown() of the json it wrote."""
+    return module.markdown(load(path))
+
+
+def seed_files(module, path):
+    return module.markdown(module.seed_files(path.parent))
+
+
+def with_step_costs(module, path):
+    return module.markdown(load(path)) + module.step_cost_table(load(path))
+
+
+def curve(module, path):
+    return module.curve_markdown([load(path)])
+
+
+Q = ["--quick", "--work", "{work}"]
+PART = ["--part", "checkerboard", "--seeds", "0"]
+# (script, argv ({work}: the run's folder), what it writes there, how its markdown renders that
+# (None: a picture, not rendered), the optional packages it needs)
+CASES = [
+    ("bench_ar", Q, "ar.json", markdown, ()),
+    ("bench_cfm", Q, "cfm.json", markdown, ()),
+    ("bench_controlnet", Q, "controlnet.json", markdown, ()),
+    ("bench_ddim", ["--quick", "--out", "{work}"], "ddim.json", markdown, ()),
+    ("bench_latent_diffusion", Q, "latent_diffusion_seed0.json", seed_files, ()),
+    ("bench_meanflow", Q, "meanflow.json", with_step_costs, ()),
+    ("bench_rectified_flow", Q, "rectified_flow.json", markdown, ()),
+    ("bench_vae", Q, "vae.json", markdown, ()),
+    ("cfm_paths", Q + ["--data", "checkerboard"], "cfm_paths.json", markdown, ()),
+    ("guidance", ["--quick", "--out", "{work}/g"], "g-quick/guidance.json", markdown, ()),
+    ("likelihood", Q, "likelihood.json", markdown, ()),
+    ("meanflow_compute", Q + PART + ["--variants", "iMF", "FM first"], "meanflow_compute.json",
+     markdown, ()),
+    ("meanflow_compute", Q + PART + ["--curve"], "meanflow_curve_checkerboard.json", curve, ()),
+    ("peers", Q, "peers.json", markdown, ("diffusers", "torchcfm")),
+    ("figures", ["nfe", "--results", COMMITTED, "--out", "{work}/nfe.png", "--dpi", "30"],
+     "nfe.png", None, ("matplotlib",)),
+    ("figures", ["compute", "--results", COMMITTED, "--out", "{work}/compute.png", "--dpi", "30"],
+     "compute.png", None, ("matplotlib",)),
+]
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """(work folder, stand-in repository root, working directory) of one run; bench's ROOT and
+    RESULTS point into the stand-in, the process works in an empty folder."""
+    import bench
+    work, repo, cwd = tmp_path / "work", tmp_path / "repo", tmp_path / "cwd"
+    for folder in (work, repo, cwd):
+        folder.mkdir()
+    monkeypatch.setattr(bench, "ROOT", repo)
+    monkeypatch.setattr(bench, "RESULTS", repo / "benchmarks" / "results")
+    monkeypatch.chdir(cwd)
+    return work, repo, cwd
+
+
+@pytest.mark.parametrize("script, argv, output, render, needs", CASES,
+                         ids=[f"{c[0]}-{Path(c[2]).stem}" for c in CASES])
+def test_quick_path_runs_and_renders(script, argv, output, render, needs, isolated, monkeypatch):
+    for package in needs:
+        pytest.importorskip(package)
+    work, repo, cwd = isolated
+    module = importlib.import_module(script)
+    for name, stand_in in (("ROOT", repo), ("RESULTS", repo / "benchmarks" / "results")):
+        if isinstance(getattr(module, name, None), Path):  # the module's own copy of bench's paths
+            monkeypatch.setattr(module, name, stand_in)
+    committed = ROOT / "benchmarks" / "results" / Path(output).name
+    before = committed.stat().st_mtime_ns if committed.exists() else None
+    module.main([a.replace("{work}", str(work)) for a in argv])
+    path = work / output
+    assert path.is_file() and path.stat().st_size > 0, f"{script} wrote no {output} under WORK"
+    if render is not None:
+        text = render(module, path)
+        assert text.strip() and "\n| " in text, text
+    wrote = list(repo.rglob("*"))
+    assert not wrote, f"{script} wrote into the repository's tree: {wrote}"
+    wrote = list(cwd.rglob("*"))
+    assert not wrote, f"{script} wrote into the working directory: {wrote}"
+    after = committed.stat().st_mtime_ns if committed.exists() else None
+    assert before == after, f"{script} --quick rewrote the committed {committed}"
+
+
+def test_a_quick_run_refuses_to_write_into_the_committed_results(isolated, capsys):
+    """--quick --results benchmarks/results/ ends with one line and exit status 2, before any
+    training."""
+    import bench
+    import bench_vae
+    with pytest.raises(SystemExit) as e:
+        bench_vae.main(["--quick", "--work", str(isolated[0]), "--results", str(bench.RESULTS)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bench_vae.py: error: --quick") and len(err.splitlines()) == 1
+    assert not list(isolated[0].rglob("*"))
