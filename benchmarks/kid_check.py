@@ -3,11 +3,10 @@
 The rows: cfm.py (unconditional, digits, the default UNet, half its default budget: 1000
 iterations) sampled with Euler x 100 and with Euler x 10 and x 2 steps from the same starting
 noise, 2000 samples each, against the 500 held-out digits; 3 training seeds. Compared pairs:
-Euler x 10 against Euler x 100 (close: FD 20 against 14 in the main table at 2000 iterations)
-and Euler x 2 against Euler x 100 (far apart). Metrics (common.quality's): FD on the feature
-classifier's features, KID x 1e3 on those features standardised with the training split's mean
-and sd, and beside them the KID of the raw features (the definition before standardisation), so
-the two KIDs can be read side by side.
+Euler x 10 against Euler x 100 (a close pair) and Euler x 2 against Euler x 100 (far apart).
+Metrics (common.quality's): FD on the feature classifier's features, KID x 1e3 on those
+features standardised with the training split's mean and sd, and beside them the KID of the raw
+features (the definition before standardisation), so the two KIDs can be read side by side.
 
 The paired bootstrap, per seed: replicate 0 is the sample itself; each of the other R replicates
 draws 2000 of the generated positions and 500 of the held-out digits with replacement, the same
@@ -24,7 +23,7 @@ beside it. A metric "separates" a pair where the interval lies on one side of ze
 Every row's replicate figures are kept in the json (6 significant digits; about 70 kB), so
 every interval here is recomputed from it (`analyse`, which `markdown` calls).
 
-Run (one thread; about 10 CPU minutes):
+Run (one thread; under 10 CPU minutes):
   OMP_NUM_THREADS=1 python benchmarks/kid_check.py          # benchmarks/results/kid_check.json
   OMP_NUM_THREADS=1 python benchmarks/kid_check.py --quick  # a smoke test: WORK/kid_check.json
 """
@@ -156,6 +155,26 @@ def analyse(results, draws=4000):
     return out
 
 
+def verdict(results):
+    """One sentence: of the pairs FD separates (every seed's interval and the pooled one on one
+    side of 0), which each KID separates on the same side."""
+    def separates(a):
+        sides = {s["side"] for s in a["seeds"]} | {a["pooled"]["side"]}
+        return sides.pop() if len(sides) == 1 and "spans 0" not in sides else None
+    by = {(a["worse"], a["better"], a["metric"]): separates(a) for a in analyse(results)}
+    parts = []
+    for worse, better in results["pairs"]:
+        fd = by[(worse, better, "fd")]
+        if fd is None:
+            parts.append(f"FD does not separate {worse} from {better} on every seed")
+            continue
+        same = [METRICS[m] for m in ("kid", "kid_raw") if by[(worse, better, m)] == fd]
+        parts.append(f"{worse} - {better}: FD {fd} on every seed and pooled; "
+                     + (f"so {'are' if len(same) > 1 else 'is'} {' and '.join(same)}" if same
+                        else "KID is not"))
+    return "Verdict: " + "; ".join(parts) + "."
+
+
 def markdown(results):
     """The rows' figures (mean +- sd over seeds, beside the floors) and, per compared pair, each
     metric's paired difference per seed and pooled, and whether its interval is on one side of
@@ -186,7 +205,8 @@ def markdown(results):
     head = (["difference", "metric"] + [f"seed {s}" for s in c["seeds"]]
             + ["pooled (two-level)", "t over seeds"])
     lines += ["Paired differences, worse row minus better row, estimate (95% interval):", "",
-              bench.table(head, rows, ["l", "l"] + ["r"] * (len(head) - 2)), ""]
+              bench.table(head, rows, ["l", "l"] + ["r"] * (len(head) - 2)), "",
+              verdict(results), ""]
     return "\n".join(lines)
 
 
