@@ -109,7 +109,8 @@ def train(module, flags):
 
 
 # the quality figures a row keeps from main()'s dict
-QUALITY = ("metric", "value", "floor", "floor_sd", "floor_n", "n", "kid", "kid_floor", "kid_floor_sd", "memorised",
+QUALITY = ("metric", "value", "floor", "floor_sd", "floor_n", "n", "kid", "kid_floor", "kid_floor_sd", "kid_scale",
+           "memorised",
            "sample_seconds")
 
 

@@ -327,7 +327,7 @@ def markdown(results=RESULTS):
                 by.setdefault(r["sampler"], []).append(r)
         image = first["metric"] == "FD"
         head = ["sampler", "NFE", "seeds", "iterations", "train CPU s", f"{first['metric']} (n={runs[0]['n_gen']})"]
-        head += (["KID", "memorised %"] if image else []) + [f"{c.get('metric', '')} ratio to CFM-100, 95% interval",
+        head += ([stats.kid_name([r for rs in by.values() for r in rs]), "memorised %"] if image else []) + [f"{c.get('metric', '')} ratio to CFM-100, 95% interval",
                                                              "target", "verdict"]
         out = []
         for label, rs in by.items():
@@ -342,7 +342,8 @@ def markdown(results=RESULTS):
             out.append(cells)
         floor = (f"floor (real vs real, {first['floor_n']} training vs {first['floor_n']} held-out, mean +- sd over 20 "
                  f"draws): {first['metric']} {first['floor']:.3g} +- {first['floor_sd']:.2g}"
-                 + (f", KID {first['kid_floor']:.2g} +- {first['kid_floor_sd']:.2g}" if image else ""))
+                 + (f", {stats.kid_name([first])} {first['kid_floor']:.2g} +- {first['kid_floor_sd']:.2g}"
+                    if image else ""))
         if c:
             floor += f"; the ratios' {c['metric']}: floor {c['floor']['mean']:.3g} +- {c['floor']['sd']:.2g} at n={c['floor']['n']}"
         seeds = ", ".join(str(r["seed"]) for r in runs)

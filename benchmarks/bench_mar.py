@@ -133,7 +133,7 @@ def run_seed(seed, work, quick=False):
     if seed == 0:
         picture(m, net, data, seed, RESULTS / "img" / "mar-decoding.png" if not quick else folder / "mar-decoding.png")
     name = f"mar_seed{seed}{'_quick' if quick else ''}.json"
-    bench.write_json(RESULTS / name, {"machine": bench.machine(), "seed": seed, "n_gen": n_gen, "bpd_n": q["bpd_n"],
+    bench.write_json((Path(work) if quick else RESULTS) / name, {"machine": bench.machine(), "seed": seed, "n_gen": n_gen, "bpd_n": q["bpd_n"],
                                       "bpd_cpu_s": bpd_cpu, "bpd_steps": q["bpd_steps"],
                                       "command": f"{COMMAND} --seed {seed}", "rows": rows})
     return rows
@@ -189,7 +189,8 @@ def markdown(results=RESULTS):
     for run in runs:
         for r in run["rows"]:
             by.setdefault(r["sampler"], []).append(r)
-    head = ["sampler", "K / NFE", "seeds", "iterations", "train CPU s", f"FD (n={runs[0]['n_gen']})", "KID", "memorised %",
+    head = ["sampler", "K / NFE", "seeds", "iterations", "train CPU s", f"FD (n={runs[0]['n_gen']})",
+            stats.kid_name([r for rs in by.values() for r in rs]), "memorised %",
             f"bits/dim (n={runs[0]['bpd_n']})", "ms per sample", "FD ratio to CFM-100, 95% interval", "target", "verdict"]
     out = []
     for label, rs in by.items():
@@ -204,7 +205,8 @@ def markdown(results=RESULTS):
                    f"**{claim['verdict']}**"] if claim else ["1" if label == REFERENCE else "", "", ""])
         out.append(cells)
     floor = (f"floor (real vs real, {first['floor_n']} training vs {first['floor_n']} held-out, mean +- sd over 20 "
-             f"draws): FD {first['floor']:.3g} +- {first['floor_sd']:.2g}, KID {first['kid_floor']:.2g} +- "
+             f"draws): FD {first['floor']:.3g} +- {first['floor_sd']:.2g}, {stats.kid_name([first])} "
+             f"{first['kid_floor']:.2g} +- "
              f"{first['kid_floor_sd']:.2g}")
     if c:
         floor += (f"; the ratios' FD: floor {c['floor']['mean']:.3g} +- "
@@ -246,7 +248,7 @@ def main(argv=None):
     if args.seed is not None:
         run_seed(args.seed, work, args.quick)
     if args.analyse:
-        analyse(work, args.quick, replicates=20 if args.quick else None)
+        analyse(work, args.quick, replicates=20 if args.quick else None, results=work if args.quick else None)
     if args.table:
         print(markdown())
     if args.seed is None and not (args.analyse or args.table):

@@ -97,7 +97,7 @@ def run_part(part, seed, device, work, quick=False, only=None):
     cfg = PARTS[part]
     data = common.load_data(cfg["data"])
     n_gen = 100 if quick else cfg["n_gen"]
-    out_json = RESULTS / f"all_{part}_seed{seed}{'_quick' if quick else ''}.json"
+    out_json = (work if quick else RESULTS) / f"all_{part}_seed{seed}{'_quick' if quick else ''}.json"
     keep = work / f"seed{seed}" / f"{part}-samples.pt"  # every row's samples, for --analyse
     samples = torch.load(keep, weights_only=True) if keep.exists() and only else {}
     rows = [r for r in bench.read_json(out_json)["rows"] if r["run"] not in only] if only and out_json.exists() else []
@@ -123,7 +123,7 @@ def run_part(part, seed, device, work, quick=False, only=None):
             samples[label] = common.features(data, x) if data.is_image else x.double()
             row = dict(model=module, run=name, sampler=label, nfe=nfe, seed=seed, sample_s=q.get("sample_seconds"),
                        **trained, **{k: q[k] for k in ("metric", "value", "floor", "floor_sd", "floor_n", "n", "kid",
-                                                         "kid_floor", "kid_floor_sd", "memorised") if k in q})
+                                                         "kid_floor", "kid_floor_sd", "kid_scale", "memorised") if k in q})
             if not data.is_image:
                 row["energy"] = energy_distance(x.double(), data.x_test[:cfg["n_test"]].double())
             if module in ("rectified_flow", "cfm") and nfe == 100:
@@ -227,12 +227,14 @@ def replicate_figures(samples, test, is_image, index_gen, index_test, chunk=25):
     return {label: torch.cat(v) for label, v in out.items()}
 
 
-def analyse(part, work, replicates=None, suffix=""):
-    """Read every seed's samples, run the paired bootstrap, write results/claims_<part><suffix>.json."""
+def analyse(part, work, replicates=None, suffix="", results=None):
+    """Read every seed's samples, run the paired bootstrap, write results/claims_<part><suffix>.json
+    (under `results`, by default benchmarks/results)."""
+    results = Path(results or RESULTS)
     cfg = PARTS[part]
     replicates = replicates or cfg["replicates"]
     data = common.load_data(cfg["data"])
-    runs = [bench.read_json(f) for f in sorted(RESULTS.glob(f"all_{part}_seed[0-9]{suffix}.json"))]
+    runs = [bench.read_json(f) for f in sorted(results.glob(f"all_{part}_seed[0-9]{suffix}.json"))]
     n_gen, n_test = runs[0]["n_gen"], min(runs[0]["n_gen"], cfg["n_test"]) if not data.is_image else cfg["n_test"]
     test = common.features(data, data.x_test[:n_test]) if data.is_image else data.x_test[:n_test]
     test = test.double()
@@ -241,7 +243,7 @@ def analyse(part, work, replicates=None, suffix=""):
     index_test = torch.cat([torch.arange(n_test)[None], torch.randint(n_test, (replicates, n_test), generator=g)])
     index_chunk = torch.cat([torch.arange(20)[None], torch.randint(20, (replicates, 20), generator=g)])
     floor = figure_floor(data, test)
-    out_json = RESULTS / f"claims_{part}{suffix}.json"
+    out_json = results / f"claims_{part}{suffix}.json"
     previous = bench.read_json(out_json) if out_json.exists() else {}
     rows, figure, best = {}, {}, {}  # per seed: what the intervals need (kept), the figures, the best row
     for run in runs:
@@ -356,7 +358,8 @@ def rows_table(part, runs, claims=None):
     first = runs[0]["rows"][0]
     image = data == "digits"
     head = ["model", "sampler", "NFE", f"FD (n={runs[0]['n_gen']})" if image else f"W2 (n={runs[0]['n_gen']})",
-            "KID" if image else "energy distance x 1e3", "straightness", "train CPU s"]
+            stats.kid_name([r for run in runs for r in run["rows"]]) if image else "energy distance x 1e3",
+            "straightness", "train CPU s"]
     if image:
         head.insert(5, "memorised %")
     elif claims:  # the claims' figure, from --analyse
@@ -376,7 +379,7 @@ def rows_table(part, runs, claims=None):
     floor = (f"floor (real vs real, {first['floor_n']} training vs {first['floor_n']} held-out, mean +- sd over 20 draws): "
              f"{first['metric']} {first['floor']:.3g} +- {first['floor_sd']:.2g}")
     if image:
-        floor += f", KID {first['kid_floor']:.2g} +- {first['kid_floor_sd']:.2g}"
+        floor += f", {stats.kid_name([first])} {first['kid_floor']:.2g} +- {first['kid_floor_sd']:.2g}"
     elif claims:
         floor += f", sliced W2 {claims['floor']['mean']:.3g} +- {claims['floor']['sd']:.2g}"
     return bench.table(head, rows, ["l", "l"] + ["r"] * (len(head) - 2)), floor
@@ -456,7 +459,8 @@ def main(argv=None):
     work = Path(args.work) / ("quick" if args.quick else "")
     if args.analyse:
         for part in [args.part] if args.part else list(PARTS):
-            analyse(part, work, suffix="_quick" if args.quick else "")
+            analyse(part, work, replicates=20 if args.quick else None, suffix="_quick" if args.quick else "",
+                    results=work if args.quick else None)
     elif args.part:
         run_part(args.part, args.seed, args.device, work, args.quick, args.only.split(",") if args.only else None)
     else:

@@ -146,6 +146,14 @@ def fmt_seeds(c, spec=".3g"):
     return ", ".join(f"{v:{spec}}" for v in c["seeds"].values())
 
 
+def kid_name(rows):
+    """The KID column's name for these results rows: common.quality's KID on standardised features
+    x 1e3 (rows with kid_scale), or the raw-feature KID of results measured without it."""
+    scales = {r.get("kid_scale") for r in rows if r.get("kid") is not None}
+    return {frozenset({1e3}): "KID x 1e3", frozenset({None}): "KID (raw features)"}.get(
+        frozenset(scales), "KID (raw features and x 1e3 mixed)")
+
+
 METHOD = """Every claim's interval comes from benchmarks/stats.py: the estimate is the mean over training
 seeds of the per-seed statistic; the interval adds, in quadrature on each side, the spread of the
 pooled paired-bootstrap replicates about their median (the sampling noise of the generated samples
