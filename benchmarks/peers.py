@@ -11,9 +11,12 @@ What is compared (2-D checkerboard, the default MLP, FULL's training iterations;
 held-out points):
 - one DDPM eps network trained by ddpm.py, sampled by ddpm.DDPM.sample and diffusers'
   DDPMScheduler (1000 ancestral steps), and by ddim.DDIM.sample and diffusers' DDIMScheduler
-  (50 steps, eta = 0). diffusers counts time 0..T-1 where we count 1..T: its t is our t + 1. Each
-  pair of samplers runs A B B A (ours, theirs, theirs, ours) from the same noise; a row's seconds
-  are the mean of its two runs.
+  (50 steps, eta = 0). diffusers counts time 0..T-1 where we count 1..T: its t is our t + 1. Both
+  schedulers take timestep_spacing="trailing", the grid ddim.py visits (tau_i = round(T i / S),
+  T down to T / S); diffusers' default, "leading" (T - T / S + 1 down to 1 in our count), is
+  another sampler, not a check of ours (corrected: the table compared ddim.py with it). Each pair
+  of samplers runs A B B A (ours, theirs, theirs, ours) from the same noise; a row's seconds are
+  the mean of its two runs.
 - flow matching trained by cfm.py's loss (cfm.CFM().loss, independent and exact minibatch-OT
   coupling) and by torchcfm's ConditionalFlowMatcher / ExactOptimalTransportConditionalFlowMatcher
   (sigma = 0), every loss inside the same training loop, common.train (the same network, seed,
@@ -73,7 +76,7 @@ def timed(fn):
 @torch.no_grad()
 def diffusers_ddpm(net, sched_cls, steps, noise, generator, T=1000, **step_kw):
     s = sched_cls(num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-                  clip_sample=False)
+                  clip_sample=False, timestep_spacing="trailing")  # ddpm.py's and ddim.py's times
     s.set_timesteps(steps)
     x = noise.clone()
     for t in s.timesteps:
@@ -251,9 +254,10 @@ def markdown(res):
             f"points (floor, real vs real: {d0['floor']:.3f}); diffusion: one network trained by "
             f"ddpm.py ({trained})")
     if interleaved:
-        what += ("; one process, one thread. Samplers: CPU seconds, the mean of two runs in the "
-                 "order ours, diffusers, diffusers, ours. Flow losses: every one trains in "
-                 f"common.train, interleaved in {res['rounds']} rounds of "
+        what += ("; one process, one thread. Samplers: diffusers' with timestep_spacing "
+                 "\"trailing\", the times ddpm.py and ddim.py visit; CPU seconds, the mean of two "
+                 "runs in the order ours, diffusers, diffusers, ours. Flow losses: every one "
+                 f"trains in common.train, interleaved in {res['rounds']} rounds of "
                  f"{res['iters'] // res['rounds']} iterations (cfm.py's chunk and its peer's back "
                  "to back, A B then B A), each chunk continuing its run exactly; the ratio is "
                  "cfm.py's CPU seconds over the peer's in the same round, median (range) over "
