@@ -93,18 +93,18 @@ def picture(m, net, data, seed, path, n=4, K=PICTURE_K):
 
 def run_seed(seed, work, quick=False):
     n_gen = 100 if quick else run_all.PARTS["digits"]["n_gen"]
-    bpd_n = 20 if quick else BPD_N
+    bpd_n = 2 if quick else BPD_N
     data = common.load_data("digits")
     base = DATA + ["--seed", str(seed)]
     folder = work / f"seed{seed}"
     out = {name: folder / name for name in ("mar", *RUNS)}
     # 1. the reference's budget
-    budget = bench.train(mar, base + ["--iters", str(40 if quick else MAR_ITERS), "--bpd", "0", "--out", str(out["mar"])])
-    trained = {"mar": dict(iters=40 if quick else MAR_ITERS, train_cpu_s=budget)}
+    budget = bench.train(mar, base + ["--iters", str(4 if quick else MAR_ITERS), "--bpd", "0", "--out", str(out["mar"])])
+    trained = {"mar": dict(iters=4 if quick else MAR_ITERS, train_cpu_s=budget)}
     print(f"seed {seed}: mar {trained['mar']['iters']} iterations, {budget:.0f} CPU s: the budget", flush=True)
     for name, (module, flags) in RUNS.items():  # 2. the same seconds
-        cost = bench.cost_per_iter(module, base + flags, folder / "calib" / name)
-        iters = max(1, round(budget / cost)) if not quick else 20
+        cost = bench.cost_per_iter(module, base + flags, folder / "calib" / name) if not quick else 0.0
+        iters = max(1, round(budget / cost)) if not quick else 2  # --quick: no calibration
         cpu = bench.train(module, base + flags + ["--iters", str(iters), "--out", str(out[name])])
         trained[name] = dict(iters=iters, cost_per_iter=cost, train_cpu_s=cpu)
         print(f"seed {seed}: {name} {iters} iterations at {cost:.4f} CPU s each, {cpu:.0f} CPU s against mar.py's "
@@ -240,7 +240,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, help="measure this seed")
     p.add_argument("--work", default=str(bench.ROOT / "benchmarks" / "work" / "mar"))
     p.add_argument("--analyse", action="store_true", help="the paired bootstrap over the measured seeds")
-    p.add_argument("--quick", action="store_true", help="smoke test: 20-40 iterations, 100 samples, 20 digits' bits/dim")
+    p.add_argument("--quick", action="store_true", help="smoke test: 2-4 iterations, 100 samples, 2 digits' bits/dim")
     p.add_argument("--table", action="store_true", help="print the markdown of the results")
     args = p.parse_args(argv)
     torch.set_num_threads(1)

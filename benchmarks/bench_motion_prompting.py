@@ -62,10 +62,10 @@ def fd_replicates(frames_data, rows, reference, n_rep, seed, root=None):
 
 
 def run_seed(seed, work, quick=False):
-    n = 20 if quick else N_EVAL
+    n = 8 if quick else N_EVAL
     flags = ["--seed", str(seed), "--n-eval", str(n), "--log-every", "500", "--out", str(Path(work) / f"seed{seed}")]
     if quick:
-        flags += ["--base-iters", "20", "--iters", "20"]
+        flags += ["--base-iters", "2", "--iters", "2"]
     q = bench.run(mp.main, flags, samples=True)
     rows = q.pop("samples")
     clips, frames_data = mp.load_clips(rows["base"].shape[1])  # the run's clips
@@ -186,7 +186,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, help="measure this seed")
     p.add_argument("--work", default=str(bench.ROOT / "benchmarks" / "work" / "motion_prompting"))
     p.add_argument("--analyse", action="store_true", help="the paired bootstrap over the measured seeds")
-    p.add_argument("--quick", action="store_true", help="smoke test: 20 iterations each, 20 clips")
+    p.add_argument("--quick", action="store_true", help="smoke test: 2 iterations each, 8 clips")
     p.add_argument("--table", action="store_true", help="print the markdown of the results")
     p.add_argument("--physics", nargs=2, metavar=("PHYSCTRL_CKPT", "PROMPTING_CKPT"),
                    help="the pipeline picture from the two default runs' checkpoints")

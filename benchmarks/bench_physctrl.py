@@ -60,7 +60,7 @@ VARIANTS = {"v": (["--predict", "v"], "--ablation"), "shift": (["--predict", "x"
 
 
 def run_seed(seed, work, quick=False):
-    iters, n_eval, n_withhold = (20, 40, 8) if quick else (ITERS, N_EVAL, N_WITHHOLD)
+    iters, n_eval, n_withhold = (2, 16, 4) if quick else (ITERS, N_EVAL, N_WITHHOLD)
     q = bench.run(physctrl.main, ["--seed", str(seed), "--predict", "x", "--iters", str(iters), "--regressor-iters", str(iters),
                                   "--n-eval", str(n_eval), "--n-withhold", str(n_withhold), "--log-every", "500",
                                   "--out", str(Path(work) / f"seed{seed}")])
@@ -214,7 +214,7 @@ def main(argv=None):
     variant.add_argument("--shifted", action="store_true", help=f"with --seed: the x-prediction flow with --shift {SHIFT} alone")
     p.add_argument("--baselines", action="store_true", help="recompute the rigid baselines' rows of every seed")
     p.add_argument("--analyse", action="store_true", help="the paired bootstrap over the measured seeds")
-    p.add_argument("--quick", action="store_true", help="smoke test: 20 iterations, 40 conditions")
+    p.add_argument("--quick", action="store_true", help="smoke test: 2 iterations, 16 conditions")
     p.add_argument("--table", action="store_true", help="print the markdown of the results")
     args = p.parse_args(argv)
     torch.set_num_threads(1)

@@ -110,8 +110,8 @@ def run_part(part, seed, device, work, quick=False, only=None):
             continue
         trained = {}
         if train_flags is not None:  # ddim samples ddpm's checkpoint: no training of its own
-            short = (["--iters", "20", "--n-pairs", "600", "--pair-steps", "4"] if module == "rectified_flow" else
-                     ["--iters", "20"]) if quick else []
+            short = (["--iters", "2", "--n-pairs", "100", "--pair-steps", "2"] if module == "rectified_flow" else
+                     ["--iters", "2"]) if quick else []
             q, cpu = run_main(module, base + [f.format(**ckpts) for f in train_flags] + short
                               + ["--n-eval", "0", "--out", str(folder)])
             trained = dict(train_s=q.get("train_seconds"), train_cpu_s=q.get("train_cpu_seconds", cpu))
@@ -453,7 +453,7 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--work", default=str(ROOT / "benchmarks" / "work"), help="checkpoints and samples go here")
     p.add_argument("--analyse", action="store_true", help="the paired bootstrap over every seed's samples")
-    p.add_argument("--quick", action="store_true", help="smoke test: 20 iterations each, 100 samples")
+    p.add_argument("--quick", action="store_true", help="smoke test: 2 iterations each, 100 samples")
     p.add_argument("--only", default=None, help="comma-separated runs (e.g. vae,ar) to (re)run, keeping the others' rows")
     args = p.parse_args(argv)
     work = Path(args.work) / ("quick" if args.quick else "")
