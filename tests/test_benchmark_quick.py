@@ -42,7 +42,30 @@ def curve(module, path):
     return module.curve_markdown([load(path)])
 
 
+def run_all_claims(module, path):
+    """run_all.py's analysis of the quick seed it measured, and its claims table."""
+    module.analyse("2d", path.parent, replicates=5, suffix="_quick", results=path.parent)
+    analysed = load(path.parent / "claims_2d_quick.json")
+    return module.rows_table("2d", [load(path)])[0] + module.claims_block(
+        dict(analysed, claims=module.claims_of(analysed)))
+
+
+def unsuffixed(module, path):
+    """The script's markdown(folder) of the quick run's files, renamed as a measured run names them
+    (the quick run's names end in _quick, which its markdown does not read)."""
+    folder = path.parent / "as-measured"
+    folder.mkdir()
+    for f in path.parent.glob("*_quick.json"):
+        (folder / f.name.replace("_quick", "")).write_text(f.read_text())
+    return module.markdown(folder)
+
+
+def folder_markdown(module, path):
+    return module.markdown(path.parent)
+
+
 Q = ["--quick", "--work", "{work}"]
+S = ["--seed", "0", "--quick", "--analyse", "--work", "{work}"]
 PART = ["--part", "checkerboard", "--seeds", "0"]
 # (script, argv ({work}: the run's folder), what it writes there, how its markdown renders that
 # (None: a picture, not rendered), the optional packages it needs)
@@ -62,6 +85,12 @@ CASES = [
      markdown, ()),
     ("meanflow_compute", Q + PART + ["--curve"], "meanflow_curve_checkerboard.json", curve, ()),
     ("peers", Q, "peers.json", markdown, ("diffusers", "torchcfm")),
+    ("run_all", ["--part", "2d", "--quick", "--only", "rf1,vae", "--work", "{work}"],
+     "quick/all_2d_seed0_quick.json", run_all_claims, ()),
+    ("bench_mar", S, "quick/mar_claims_quick.json", unsuffixed, ()),
+    ("bench_physctrl", S, "quick/physctrl_claims.json", folder_markdown, ()),
+    ("bench_motion_prompting", S, "quick/motion_prompting_claims.json", folder_markdown, ()),
+    ("kid_check", Q, "kid_check.json", markdown, ()),
     ("figures", ["nfe", "--results", COMMITTED, "--out", "{work}/nfe.png", "--dpi", "30"],
      "nfe.png", None, ("matplotlib",)),
     ("figures", ["compute", "--results", COMMITTED, "--out", "{work}/compute.png", "--dpi", "30"],
