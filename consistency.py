@@ -123,16 +123,20 @@ Sampling:
   guidance           F = F_theta(x, t, None) + w (F_theta(x, t, y) - F_theta(x, t, None)) (Ho & Salimans, 2022,
                      arXiv 2207.12598); f is affine in F, so f is guided the same way (two calls per step).
 
-The default: cd, with its cfm.py teacher trained first in the same run (into OUT/teacher, unless --teacher
-gives one; ect trains its own the same way). Which option is best at equal compute is measured, not assumed
-(benchmarks/README.md, every option given the same CPU seconds, the teacher's counted): on digits the
-distillation's one step is the best, and the default follows the default data (on the checkerboard ect's
-is). A likely reason at this scale: the teacher's ODE step is a target without noise of its own, where
-ict's and ect's same-noise x_r is the exact field's Euler step only in expectation (above), a single pair
-carrying noise of order r - t; a few hundred iterations of a small batch do not average it away. Its price:
-the student learns the teacher's ODE, so the teacher's quality bounds it, and a second step helps it
-little. The teacher's iterations count in the run's time (teacher_train_seconds beside train_seconds in
-main's dict).
+The default: cd, with its cfm.py teacher trained first in the same run (into OUT/teacher, unless
+--teacher gives one; ect trains its own the same way). Which option is best at equal compute is
+measured, not assumed (benchmarks/README.md, every option given the same CPU seconds, the teacher's
+counted). On digits the distillation's one step is ahead of MeanFlow's on every seed, and of ECT's
+and iCT's on average but not on every seed (against iCT's, unconditionally, within noise): the
+default follows the default data, not a settled ranking. On the checkerboard its one step trails
+ECT's and iCT's on most seeds. A likely reason for its lead on digits: the teacher's ODE step is a
+target without noise of its own, where ict's and ect's same-noise x_r is the exact field's Euler
+step only in expectation (above), a single pair carrying noise of order r - t; a few hundred
+iterations of a small batch do not average it away. Its price: the student learns the teacher's
+ODE, so the teacher's quality bounds it. A second step helps it little on digits (on
+class-conditional digits not at all), but on the checkerboard, where its one step is the weakest of
+the three recipes', more than it helps any other recipe. The teacher's iterations count in the
+run's time (teacher_train_seconds beside train_seconds in main's dict).
 
 Run:
   python consistency.py                              # digits: a cfm.py teacher, then CD; 1-step samples

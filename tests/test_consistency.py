@@ -280,8 +280,10 @@ def published_t_to_r(sigma, stage, q=2.0, k=8.0, b=1.0):
 def test_ect_gap_is_the_published_mapping():
     """ECT's stages as published: the first stage (k < K) already halves the gap, so r < 1 where
     n(sigma_t) < 2 (sigma_t > ln 7); hand-computed sigma_r at sigma_t = 1, 4, 20 (n = 3.1515, 1.1439,
-    1 + 1.6e-8); the benchmark's ECT rows (about 1100-1200 iterations, --stage-iters 200 on digits,
-    300 on the checkerboard) end at the gap n/64 and n/16; the cap a = 7 (n/128) from k = 6 K on."""
+    1 + 1.6e-8); the benchmark's ECT rows (about 1100-1300 iterations, --stage-iters 200 on digits,
+    300 on the checkerboard) end at the gap n/64 on digits and n/16 on the checkerboard below
+    k = 1200 (the old mapping: n/32 and n/8), n/128 (the cap) and n/32 from it; the cap a = 7 from
+    k = 6 K on."""
     cm = Consistency("ect", stage_iters=10)
     sigma = torch.tensor([1.0, 4.0, 20.0], dtype=torch.float64)
     hand = {0: [0.0, 1.7122206406065352, 9.999999835107712],  # a = 1: n / 2
@@ -304,8 +306,9 @@ def test_ect_gap_is_the_published_mapping():
     # the last iterations of the benchmark's ECT rows: the finest gap they reach
     s = torch.tensor([0.5, 2.0, 7.0], dtype=torch.float64)
     n = 1 + 8 * torch.sigmoid(-s)
-    for stage_iters, finest in ((200, 64), (300, 16)):
-        for last in (1099, 1199):
+    for stage_iters, finest, ends in ((200, 64, (1099, 1199)), (200, 128, (1200, 1299)),
+                                      (300, 16, (1099, 1199)), (300, 32, (1200, 1299))):
+        for last in ends:
             gap = s - Consistency("ect", stage_iters=stage_iters).ect_gap(s, last)
             torch.testing.assert_close(gap, s * n / finest, rtol=1e-12, atol=0)
 
