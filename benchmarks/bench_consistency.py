@@ -111,8 +111,9 @@ ABLATIONS = {f"ect-weight-{w}": (["--training", "ect", "--weight", w], f"ECT wei
 RECIPES = ("ect", "cd", "ict", "meanflow")  # --only picks of these; cfm.py always runs
 
 
-def results_file(part, seed, quick=False):
-    return RESULTS / f"consistency_{part}_seed{seed}{'_quick' if quick else ''}.json"
+def results_file(part, seed, quick=False, work=None):
+    """A seed's results file: under benchmarks/results, or under WORK for a --quick run."""
+    return (Path(work) if quick else RESULTS) / f"consistency_{part}_seed{seed}{'_quick' if quick else ''}.json"
 
 
 def run_part(part, seed, work, quick=False, only=None):
@@ -127,7 +128,7 @@ def run_part(part, seed, work, quick=False, only=None):
     data_flags, t_iters, ref_iters, metric_part = PARTS[part]
     n_gen = 100 if quick else run_all.PARTS[metric_part]["n_gen"]
     if quick:
-        t_iters, ref_iters = 20, 40
+        t_iters, ref_iters = 2, 4
     data = common.load_data(data_flags[1])
     base = data_flags + ["--seed", str(seed)]
     folder = work / f"seed{seed}" / part
@@ -146,8 +147,8 @@ def run_part(part, seed, work, quick=False, only=None):
         recipes = {name: recipe for name, recipe in recipes.items() if name in only}
     trained = {"cfm": dict(iters=ref_iters, train_cpu_s=budget, flow_cpu_s=cpu_t)}
     for name, (module, flags, spent) in recipes.items():  # 2., 3.: the rest of the budget
-        cost = bench.cost_per_iter(module, base + flags, work / "calib" / name)
-        iters = max(1, round((budget - spent) / cost)) if not quick else 20
+        cost = bench.cost_per_iter(module, base + flags, work / "calib" / name) if not quick else 0.0
+        iters = max(1, round((budget - spent) / cost)) if not quick else 2  # --quick: no calibration
         cpu = bench.train(module, base + flags + ["--iters", str(iters), "--out", str(out[name])])
         trained[name] = dict(iters=iters, cost_per_iter=cost, train_cpu_s=spent + cpu, flow_cpu_s=spent)
         print(f"{part} seed {seed}: {name} {iters} iterations at {cost:.4f} CPU s each, {spent + cpu:.0f} CPU s "
@@ -164,7 +165,7 @@ def run_part(part, seed, work, quick=False, only=None):
                          **bench.quality(q)))
         print({k: v for k, v in rows[-1].items()}, flush=True)
     keep = work / f"seed{seed}" / f"{part}-samples.pt"
-    results = results_file(part, seed, quick)
+    results = results_file(part, seed, quick, work)
     command = f"{COMMAND} --part {part} --seed {seed}"
     res = {"machine": bench.machine(), "part": part, "seed": seed, "n_gen": n_gen,
            "command": command, "rows": rows}
@@ -197,7 +198,7 @@ def run_part(part, seed, work, quick=False, only=None):
 def measured(part, seed, work, quick=False):
     """A measured seed, to add rows to: (its results file, the results, the data, its runs' folder, its samples'
     file, the samples, the data and seed flags)."""
-    name = results_file(part, seed, quick)
+    name = results_file(part, seed, quick, work)
     keep = work / f"seed{seed}" / f"{part}-samples.pt"
     data_flags = PARTS[part][0]
     return (name, bench.read_json(name), common.load_data(data_flags[1]), work / f"seed{seed}" / part, keep,
@@ -261,13 +262,14 @@ def run_curve(part, seed, work, quick=False, recipe="ect", multiples=CURVE):
 
 
 def analyse(work, quick=False, replicates=None):
+    root = Path(work) if quick else RESULTS  # a --quick run's files live in its work folder
     """Every part's seeds: run_all.py's paired bootstrap -> results/consistency_claims.json."""
     suffix = "_quick" if quick else ""
     res = {"machine": bench.machine(), "command": f"python benchmarks/bench_consistency.py --analyse", "parts": {}}
-    prior_file = RESULTS / f"consistency_claims{suffix}.json"
+    prior_file = root / f"consistency_claims{suffix}.json"
     prior = bench.read_json(prior_file) if prior_file.exists() else {}
     for part, (data_flags, _, _, metric_part) in PARTS.items():
-        runs = [bench.read_json(f) for f in sorted(RESULTS.glob(f"consistency_{part}_seed[0-9]{suffix}.json"))]
+        runs = [bench.read_json(f) for f in sorted(root.glob(f"consistency_{part}_seed[0-9]{suffix}.json"))]
         if not runs:
             continue
         cfg = run_all.PARTS[metric_part]
@@ -300,7 +302,7 @@ def analyse(work, quick=False, replicates=None):
                                   seeds=sorted(int(k) for k in rows), figure=figure,
                                   floor=run_all.figure_floor(data, test), rows=rows, claims=claims)
         print(f"{part}: {len(claims)} claims over seeds {sorted(rows)}", flush=True)
-    bench.write_json(RESULTS / f"consistency_claims{suffix}.json", res)
+    bench.write_json(root / f"consistency_claims{suffix}.json", res)
     return res
 
 
@@ -330,12 +332,16 @@ def markdown(results=RESULTS):
         head += ([stats.kid_name([r for rs in by.values() for r in rs]), "memorised %"] if image else []) + [f"{c.get('metric', '')} ratio to CFM-100, 95% interval",
                                                              "target", "verdict"]
         out = []
+        old = {label for label, rs in by.items() if any(r.get("old_stages") for r in rs)}
+        mark = lambda text: text + (" *" if any(label in text for label in old) else "")  # noqa: E731
         for label, rs in by.items():
             claim = next((x for x in c.get("claims", []) if x["numerator"] == label and x["denominator"] == REFERENCE), None)
-            cells = [label, rs[0]["nfe"], len(rs), bench.ms([r["iters"] for r in rs], ".0f"), bench.ms([r["train_cpu_s"] for r in rs], ".0f"),
+            cells = [mark(label), rs[0]["nfe"], len(rs), bench.ms([r["iters"] for r in rs], ".0f"), bench.ms([r["train_cpu_s"] for r in rs], ".0f"),
                      bench.ms([r["value"] for r in rs])]
             if image:
-                cells += [bench.ms([r.get("kid") for r in rs], ".2g"),
+                raw = stats.kid_name(rs) == "KID (raw features)" and stats.kid_name(
+                    [r for v in by.values() for r in v]) != "KID (raw features)"
+                cells += [bench.ms([r.get("kid") for r in rs], ".2g") + (" (raw features)" if raw else ""),
                           bench.ms([100 * r["memorised"] for r in rs if r.get("memorised") is not None], ".2g")]
             cells += ([f"{claim['estimate']:.3g} ({stats.fmt_interval(claim)})", f"{claim['sense']} {claim['threshold']:g}",
                        f"**{claim['verdict']}**"] if claim else ["1" if label == REFERENCE else "", "", ""])
@@ -351,11 +357,16 @@ def markdown(results=RESULTS):
                   bench.caption(runs[0]["machine"], f"for s in 0 1 2; do {COMMAND} --part {part} --seed $s; done; "
                                 f"python benchmarks/bench_consistency.py --analyse"), "",
                   bench.table(head, out, ["l"] + ["r"] * (len(head) - 3) + ["l", "l"]), "", floor + ".", ""]
+        if old:
+            lines += ["\\* ECT's stages starting at a = floor(k / K) = 0, where every r is 1 (a first stage of plain "
+                      "flow matching, one halving of the gap fewer than consistency.py's ECT): these rows and their "
+                      "claims do not compare with the ECT rows above.", ""]
         pair = [x for x in c.get("claims", []) if x["denominator"] != REFERENCE]
         if pair:
             lines += [bench.table(["claim", "ratio", "95% interval", "per seed", "verdict"],
-                                  [[x["claim"], f"{x['estimate']:.3g}", stats.fmt_interval(x), stats.fmt_seeds(x),
-                                    f"**{x['verdict']}**"] for x in pair],
+                                  [[mark(x["claim"]) if x["numerator"] in old or x["denominator"] in old
+                                    else x["claim"], f"{x['estimate']:.3g}", stats.fmt_interval(x),
+                                    stats.fmt_seeds(x), f"**{x['verdict']}**"] for x in pair],
                                   ["l", "r", "r", "l", "l"]), ""]
     return "\n".join(lines)
 
@@ -366,7 +377,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default=str(bench.ROOT / "benchmarks" / "work" / "consistency"))
     p.add_argument("--analyse", action="store_true", help="the paired bootstrap over every part's seeds")
-    p.add_argument("--quick", action="store_true", help="smoke test: 20-40 iterations, 100 samples")
+    p.add_argument("--quick", action="store_true", help="smoke test: 2-4 iterations, 100 samples")
     p.add_argument("--ablation", action="store_true", help="with --part and --seed (measured): ECT with the other "
                    "loss weights, the same flow model and iterations, rows added to the seed's")
     p.add_argument("--curve", choices=list(CURVE_RUNS), help="with --part and --seed (measured): this recipe and cfm.py continued "
@@ -385,7 +396,7 @@ def main(argv=None):
                     f"got {args.only!r}")
         if not args.part or args.ablation or args.curve:
             p.error("--only goes with --part (and --seed), not with --ablation or --curve")
-        measured_file = results_file(args.part, args.seed, args.quick)
+        measured_file = results_file(args.part, args.seed, args.quick, Path(args.work) / "quick")
         if not measured_file.exists():
             p.error(f"--only updates a measured seed, and {measured_file} is missing: run "
                     f"--part {args.part} --seed {args.seed} without --only first")

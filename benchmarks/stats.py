@@ -151,7 +151,7 @@ def kid_name(rows):
     x 1e3 (rows with kid_scale), or the raw-feature KID of results measured without it."""
     scales = {r.get("kid_scale") for r in rows if r.get("kid") is not None}
     return {frozenset({1e3}): "KID x 1e3", frozenset({None}): "KID (raw features)"}.get(
-        frozenset(scales), "KID (raw features and x 1e3 mixed)")
+        frozenset(scales), "KID (x 1e3; raw features where marked)")
 
 
 METHOD = """Every claim's interval comes from benchmarks/stats.py: the estimate is the mean over training

@@ -88,6 +88,8 @@ CASES = [
     ("run_all", ["--part", "2d", "--quick", "--only", "rf1,vae", "--work", "{work}"],
      "quick/all_2d_seed0_quick.json", run_all_claims, ()),
     ("bench_mar", S, "quick/mar_claims_quick.json", unsuffixed, ()),
+    ("bench_consistency", ["--part", "checkerboard"] + S, "quick/consistency_claims_quick.json", unsuffixed,
+     ()),
     ("bench_physctrl", S, "quick/physctrl_claims.json", folder_markdown, ()),
     ("bench_motion_prompting", S, "quick/motion_prompting_claims.json", folder_markdown, ()),
     ("kid_check", Q, "kid_check.json", markdown, ()),
