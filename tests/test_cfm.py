@@ -581,6 +581,62 @@ def test_each_path_velocity_is_d_dt_psi_and_the_lectures_field(case, batch, shap
     assert float(a1) == pytest.approx(math.sqrt(1 - sig ** 2) if path == "vp" else 1.0, rel=1e-12)
 
 
+class SpyField:
+    """A stand-in velocity network: records what the loss feeds it and returns a fixed output."""
+
+    def __init__(self, out):
+        self.out, self.seen = out, {}
+
+    def __call__(self, x_t, t, y=None):
+        self.seen.update(x_t=x_t.clone(), t=t.clone(), y=y)
+        return self.out
+
+
+@pytest.mark.parametrize("path", ["ot", "vp", "ve"])
+def test_loss_feeds_each_path_and_regresses_its_velocity(path):
+    """On known x_0 (noise), x_1 (data) and t from 0 to 1, both ends included, the network sees t
+    and x_t = a_t x_1 + b_t x_0 as the module docstring writes it (ot: (1 - t) x_0 + t x_1;
+    vp: alpha_s x_1 + sqrt(1 - alpha_s^2) x_0, s = 1 - (1 - s_min) t;
+    ve: x_1 + sigma_min (sigma_max / sigma_min)^(1 - t) x_0): at t = 0 the noise (vp: alpha_1 x_1 +
+    sqrt(1 - alpha_1^2) x_0, alpha_1 = e^{-10.05 / 2}; ve: x_1 + sigma_max x_0), at t = 1 the data
+    with sigma_min's noise; the loss is the mean of (out - d/dt x_t)^2, d/dt x_t by forward-mode AD
+    of those formulas, and the exact target's loss is 0 (a flipped one's is not)."""
+    flow = CFM(path=path)
+    sig, smax = flow.sigma_min, flow.sigma_max
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(9, 3, generator=g, dtype=torch.float64)
+    x1 = torch.randn(9, 3, generator=g, dtype=torch.float64) + 2  # data away from the noise's mean
+    t = torch.linspace(0, 1, 9, dtype=torch.float64)
+
+    def path_at(s):  # x_t at the times s (9,), written out from the docstring
+        s = s[:, None]
+        if path == "ot":
+            return (1 - s) * x0 + s * x1
+        if path == "vp":
+            u = 1 - (1 - flow.s_min) * s
+            return vp_alpha(u) * x1 + (1 - vp_alpha(u) ** 2).sqrt() * x0
+        return x1 + sig * (smax / sig) ** (1 - s) * x0
+    want, velocity = torch.func.jvp(path_at, (t,), (torch.ones_like(t),))
+    out = torch.randn(9, 3, generator=g, dtype=torch.float64)
+    net = SpyField(out)
+    loss = flow.loss(net, x1, x0=x0, t=t)
+    assert torch.equal(net.seen["t"], t) and net.seen["y"] is None
+    torch.testing.assert_close(net.seen["x_t"], want, rtol=1e-12, atol=1e-12)
+    a0 = {"ot": 0.0, "vp": math.exp(-10.05 / 2), "ve": 1.0}[path]  # the signal left at t = 0
+    b0 = {"ot": 1.0, "vp": math.sqrt(1 - a0 ** 2), "ve": smax}[path]
+    a1 = math.sqrt(1 - sig ** 2) if path == "vp" else 1.0  # t = 1: the data, noise of std sigma_min
+    close = dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(net.seen["x_t"][0], a0 * x1[0] + b0 * x0[0], **close)
+    torch.testing.assert_close(net.seen["x_t"][-1], a1 * x1[-1] + sig * x0[-1], **close)
+    if path == "ot":
+        torch.testing.assert_close(velocity, x1 - x0, **close)
+    if path == "ve":  # -log(sigma_max / sigma_min) sigma_{1-t} x_0
+        torch.testing.assert_close(velocity, -math.log(smax / sig) * (want - x1), **close)
+    torch.testing.assert_close(loss, (out - velocity).pow(2).mean(), rtol=1e-10, atol=0)
+    assert flow.loss(SpyField(velocity), x1, x0=x0, t=t) < 1e-20
+    assert flow.loss(SpyField(-velocity), x1, x0=x0, t=t) > 1.0
+
+
 @pytest.mark.parametrize("sigma_min", [None, 0.001, 0.2])
 def test_the_lectures_two_forms_of_the_vp_field_agree(sigma_min):
     """Eq. 19: alpha'_{1-t} / (1 - alpha_{1-t}^2) (alpha_{1-t} x - x_1)

@@ -97,6 +97,45 @@ def test_first_gradients_reach_only_the_zero_convolutions():
     assert all(not torch.equal(a, p) for a, p in zip(start, copy_params(net)))
 
 
+def test_loss_feeds_the_straight_path_and_the_condition_and_regresses_x1_minus_x0(monkeypatch):
+    """torch.randn_like and torch.rand inside the loss patched to known x_0 (noise) and t = 0..1:
+    for every control (none: the base's loss) the network sees x_t = (1 - t) x_0 + t x_1 (x_0 at
+    t = 0, the data at t = 1), t, the label, and the condition computed from the clean x_1 (none
+    without a control); the loss is the mean of (out - (x_1 - x_0))^2."""
+    x1, y = digits_batch(8)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(x1.shape, generator=g)
+    t = torch.linspace(0, 1, 8)
+
+    def randn_like(like, **kw):
+        assert like.shape == x0.shape
+        return x0.clone()
+
+    def rand(*size, **kw):
+        assert size == (8,)
+        return t.clone()
+    monkeypatch.setattr(torch, "randn_like", randn_like)
+    monkeypatch.setattr(torch, "rand", rand)
+    for control in (None, *controlnet.CONDITIONS):
+        seen, out = {}, torch.randn(x1.shape, generator=g)
+
+        def spy(x_t, t_in, y_in, **extra):
+            seen.update(x_t=x_t, t=t_in, y=y_in, extra=extra)
+            return out
+        loss = FlowMatching(control).loss(spy, x1, y)
+        assert torch.equal(seen["t"], t) and torch.equal(seen["y"], y)
+        tt = t.view(-1, 1, 1, 1)
+        torch.testing.assert_close(seen["x_t"], (1 - tt) * x0 + tt * x1)
+        assert torch.equal(seen["x_t"][0], x0[0])  # noise at t = 0
+        assert torch.equal(seen["x_t"][-1], x1[-1])  # data at t = 1
+        if control is None:
+            assert seen["extra"] == {}
+        else:
+            assert list(seen["extra"]) == ["control"]
+            assert torch.equal(seen["extra"]["control"], controlnet.CONDITIONS[control](x1))
+        torch.testing.assert_close(loss, (out - (x1 - x0)).pow(2).mean())
+
+
 def test_guidance_formula():
     """w = 2 on a toy network whose outputs are known: v_base + w (v_control - v_base)."""
     def net(x, t, y, control=None):

@@ -147,6 +147,55 @@ def test_loss_is_zero_for_the_true_noise_and_positive_otherwise():
     assert d.loss(lambda x_t, t, y: torch.zeros_like(x_t), x0) > 0.5
 
 
+def test_both_losses_feed_the_forward_process_and_regress_their_targets(monkeypatch):
+    """torch.randint and torch.randn_like inside the losses patched to known t (the ends 1 and T
+    included) and eps: the eps network and the noisy classifier both see t and
+    x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, alpha_bar_t = prod_{s <= t}(1 - beta_s)
+    written out here (x_1 close to the data, x_T close to the noise); the eps loss is the mean of
+    (out - eps)^2 (Algorithm 1), the classifier's the cross-entropy of its logits against y."""
+    T = 1000
+    d = ddpm.DDPM(T)
+    alpha_bar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, T, dtype=torch.float64), 0)  # t = 1..T
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(6, 3, generator=g) + 2  # data away from the noise's mean
+    eps = torch.randn(6, 3, generator=g)
+    t = torch.tensor([1, 2, 100, 500, 999, T])
+
+    def randint(low, high, size, **kw):
+        assert (low, high, tuple(size)) == (1, T + 1, (6,))
+        return t.clone()
+
+    def randn_like(like, **kw):
+        assert like.shape == eps.shape
+        return eps.clone()
+    monkeypatch.setattr(torch, "randint", randint)
+    monkeypatch.setattr(torch, "randn_like", randn_like)
+    ab = alpha_bar[t - 1].float()[:, None]
+    want = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    assert (want[0] - x0[0]).abs().max() < 0.05  # t = 1: the data
+    assert (want[-1] - eps[-1]).abs().max() < 0.05  # t = T: the noise
+    seen, out = {}, torch.randn(6, 3, generator=g)
+
+    def eps_net(x_t, t_in, y):
+        seen.update(x_t=x_t, t=t_in, y=y)
+        return out
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    loss = d.loss(eps_net, x0, y)
+    assert torch.equal(seen["t"], t) and torch.equal(seen["y"], y)
+    torch.testing.assert_close(seen["x_t"], want)
+    torch.testing.assert_close(loss, (out - eps).pow(2).mean())
+    logits = torch.randn(6, 3, generator=g)
+
+    def classifier(x_t, t_in):
+        seen.update(x_t=x_t, t=t_in)
+        return logits
+    seen.clear()
+    loss = d.classifier_loss(classifier, x0, y)
+    assert torch.equal(seen["t"], t)
+    torch.testing.assert_close(seen["x_t"], want)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, y))
+
+
 # -----------------------------------------------------------------------------
 # the variational bound
 
