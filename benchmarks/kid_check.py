@@ -14,11 +14,10 @@ positions for every row (position i of each row starts from the same noise) and 
 digits. Each metric is recomputed on every replicate from count weights: FD from the weighted
 means and covariances, KID as the U-statistic over pairs of distinct items (a digit drawn twice is
 not paired with itself, so a replicate's KID is not biased upwards). A pair's difference is
-(worse row - better row) per replicate; its interval is the 2.5 and 97.5% percentiles of the R
-replicates' differences (the json says whether it contains the estimate). Pooled over the seeds:
-the mean of the per-seed differences, with a two-level bootstrap interval (seeds drawn with
-replacement, then one replicate of each drawn seed), and a t-interval over the seeds' estimates
-beside it. A metric "separates" a pair where the interval lies on one side of zero.
+(worse row - better row) per replicate; its interval is benchmarks/stats.py's (the replicates'
+central 95% about their median, moved onto the estimate). Pooled over the seeds: the mean of the
+per-seed differences with stats.py's interval (those replicates' spread and the seeds' t
+interval in quadrature), and the t interval over the seeds' estimates alone beside it. A metric "separates" a pair where the interval lies on one side of zero.
 
 Every row's replicate figures are kept in the json (6 significant digits; about 70 kB), so
 every interval here is recomputed from it (`analyse`, which `markdown` calls).
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import bench
 import numpy as np
+import stats
 import torch
 
 import cfm  # the model files: bench puts the repository's root on sys.path
@@ -115,21 +115,15 @@ def replicates(f_gen, f_test, stats, w_gen, w_test, chunk=100):
 # -----------------------------------------------------------------------------
 # the intervals, recomputable from the json
 
-def percentile(v):
-    lo, hi = np.percentile(v, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
 def side(lo, hi):
     return "above 0" if lo > 0 else "below 0" if hi < 0 else "spans 0"
 
 
-def analyse(results, draws=4000):
-    """Per compared pair and metric: each seed's difference (worse - better) with its percentile
-    interval, and the pooled one (two-level bootstrap over seeds and replicates; a t-interval over
-    the seeds beside it)."""
+def analyse(results):
+    """Per compared pair and metric: each seed's difference (worse - better) with its interval, and
+    the pooled one (benchmarks/stats.py's, over seeds and replicates; the t interval over the seeds
+    alone beside it)."""
     from scipy.stats import t as student
-    g = np.random.default_rng(0)
     out = []
     for worse, better in results["pairs"]:
         for metric in METRICS:
@@ -137,16 +131,12 @@ def analyse(results, draws=4000):
                      for s in results["seeds"]]  # per seed: (R + 1,), replicate 0 the estimate
             per_seed = []
             for s, d in zip(results["seeds"], diffs):
-                lo, hi = percentile(d[1:])
+                _, lo, hi, _ = stats.interval([d[0]], d[1:][None])
                 per_seed.append(dict(seed=s["seed"], estimate=float(d[0]), lo=lo, hi=hi,
                                      side=side(lo, hi), contains_estimate=bool(lo <= d[0] <= hi)))
             est = np.array([d[0] for d in diffs])
-            pick = g.integers(len(diffs), size=(draws, len(diffs)))  # seeds with replacement
-            rep = g.integers(1, len(diffs[0]), size=(draws, len(diffs)))  # one replicate of each
-            boot = np.stack(diffs)[pick, rep].mean(1)  # (draws,)
-            lo, hi = percentile(boot)
+            m, lo, hi, _ = stats.interval(est, np.stack([d[1:] for d in diffs]))
             half = student.ppf(0.975, len(est) - 1) * est.std(ddof=1) / np.sqrt(len(est))
-            m = float(est.mean())
             pooled = dict(estimate=m, lo=lo, hi=hi, side=side(lo, hi),
                           contains_estimate=bool(lo <= m <= hi), t_lo=float(m - half),
                           t_hi=float(m + half), t_side=side(m - half, m + half))
@@ -203,7 +193,7 @@ def markdown(results):
                     + [f"{p['estimate']:.3g} ({p['lo']:.3g} - {p['hi']:.3g}) {p['side']}",
                        f"{p['t_lo']:.3g} - {p['t_hi']:.3g} {p['t_side']}"])
     head = (["difference", "metric"] + [f"seed {s}" for s in c["seeds"]]
-            + ["pooled (two-level)", "t over seeds"])
+            + ["pooled (seeds and resamples)", "t over seeds alone"])
     lines += ["Paired differences, worse row minus better row, estimate (95% interval):", "",
               bench.table(head, rows, ["l", "l"] + ["r"] * (len(head) - 2)), "",
               verdict(results), ""]

@@ -30,6 +30,7 @@ import bench_vae
 import cfm_paths
 import gpu
 import guidance
+import kid_check
 import likelihood
 import meanflow_compute
 import peers
@@ -168,6 +169,10 @@ base fine-tuned with the condition concatenated as extra input channels (its new
 zero, so it too starts exactly at the base), at equal iterations and at equal training seconds;
 3 seeds. ControlNet's claim is that it learns the control without losing the base's quality."""
 
+KID_CHECK = """KID beside FD: whether the kernel distance, on the feature classifier's features standardised by
+the training split (common.quality's KID, x 1e3), separates two samplers of one model that FD separates,
+at the n = 2000 of the side-by-side tables; paired over samples, held-out digits and seeds."""
+
 GUIDANCE = """Zero-shot classification is Bayes' rule on the conditional noise network with paired, stratified
 (t, eps) draws (Li et al., arXiv 2303.16203); guidance is classifier guidance with a noisy
 classifier (Dhariwal & Nichol, arXiv 2105.05233) against classifier-free guidance (Ho & Salimans,
@@ -259,6 +264,7 @@ def sections():
         ("ControlNet against fine-tuning the whole base (controlnet.py)", CONTROLNET,
          bench_controlnet.markdown(R("controlnet.json"))),
         ("Diffusion as a classifier, and guidance (ddpm.py)", GUIDANCE, guidance.markdown(R("guidance.json"))),
+        ("KID against FD (kid_check.py)", KID_CHECK, kid_check.markdown(R("kid_check.json"))),
         ("Peers on the same work (diffusers, torchcfm)", PEERS, peers.markdown(R("peers.json"))),
         ("GPU", GPU, gpu.markdown({name: R(name) for name in gpu.FILES if (bench.RESULTS / name).exists()})),
         ("Pictures", PICTURES, ""),
