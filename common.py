@@ -558,7 +558,7 @@ def quality(data, samples, root=None, floor_draws=20):
 
 
 _FLOORS = {}  # (data set, its content's sums, n, draws) -> the floor's draws: computed once a process
-_FEATURE_STATS = {}  # (data set, its training split's sum, root) -> the training features' mean, sd
+_FEATURE_STATS = {}  # (data set, its training split's sum, root, the feature net) -> the features' mean, sd
 KID_SCALE = 1e3  # KID is reported x 10^3 (as is common), on standardised features
 
 
@@ -566,7 +566,7 @@ def feature_stats(data, root=None):
     """The per-feature mean and sd (ddof 1) of the feature classifier's features over the training
     split, (d,) each in float64: what `standardised` divides by. Computed once a process per data
     set (like the floors; the classifier itself is cached on disk)."""
-    key = (data.name, float(data.x_train.double().sum()), str(root))
+    key = (data.name, float(data.x_train.double().sum()), str(root), id(feature_net))  # the net in use
     if key not in _FEATURE_STATS:
         f = features(data, data.x_train, root).double()  # (N, d)
         sd = f.std(0)
@@ -586,7 +586,8 @@ def floor_of(data, n, root=None, floor_draws=20):
     """The metrics between n random training examples and the first n held-out ones, as mean and
     sd over floor_draws draws (KID as `quality` defines it: standardised features, x KID_SCALE)."""
     test = data.x_test[:n]
-    key = (data.name, float(data.x_train.double().sum()), float(test.double().sum()), n, floor_draws, str(root))
+    key = (data.name, float(data.x_train.double().sum()), float(test.double().sum()), n, floor_draws, str(root),
+           id(feature_net))  # a test's stand-in for the feature net gets floors of its own
     if key not in _FLOORS:
         g = torch.Generator().manual_seed(1)
         draws = [torch.randperm(len(data.x_train), generator=g)[:n] for _ in range(floor_draws)]
