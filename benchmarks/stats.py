@@ -160,6 +160,6 @@ pooled paired-bootstrap replicates about their median (the sampling noise of the
 and the held-out set) and the t interval of the seeds' mean (t with S - 1 degrees of freedom: the
 training seeds' spread, which resampling cannot see). It contains its estimate by construction and
 errs wide (the seeds' spread holds some sampling noise too). "seeds only" marks a claim whose runs
-kept no replicates (older runs: their seeds' part alone), "one seed" one measured on a single seed
-(its resamples alone). A claim holds, or does not, when its whole interval lies on one side
+kept no replicates (the seeds' part alone, until those runs are measured again), "one seed" one
+measured on a single seed (its resamples alone). A claim holds, or does not, when its whole interval lies on one side
 of the target; otherwise it is within noise."""
