@@ -127,9 +127,9 @@ The default: cd, with its cfm.py teacher trained first in the same run (into OUT
 --teacher gives one; ect trains its own the same way). Which option is best at equal compute is
 measured, not assumed (benchmarks/README.md, every option given the same CPU seconds, the teacher's
 counted). On digits the distillation's one step is ahead of MeanFlow's on every seed, and of ECT's
-and iCT's on average but not on every seed (against iCT's, unconditionally, within noise): the
-default follows the default data, not a settled ranking. On the checkerboard its one step trails
-ECT's and iCT's on most seeds. A likely reason for its lead on digits: the teacher's ODE step is a
+and iCT's on average, within noise against both once the seeds' spread is counted: the default
+follows the default data, not a settled ranking. On the checkerboard its one step trails ECT's
+and iCT's on every seed. A likely reason for its lead on digits: the teacher's ODE step is a
 target without noise of its own, where ict's and ect's same-noise x_r is the exact field's Euler
 step only in expectation (above), a single pair carrying noise of order r - t; a few hundred
 iterations of a small batch do not average it away. Its price: the student learns the teacher's
