@@ -1,5 +1,5 @@
-"""The yardstick every benchmark decides its claims with: a claim's estimate over training seeds, its
-95% interval, its verdict, and the table of claims they make.
+"""The yardstick every benchmark decides its claims with: a claim's estimate over training seeds,
+its 95% interval, its verdict, and the table of claims they make.
 
 A claim is a statistic of two rows (a ratio of their figures, or a difference) measured on S
 training seeds. Per seed s a benchmark gives the estimate e_s and, where it kept them, B paired
@@ -52,8 +52,9 @@ def interval(estimates, replicates=None, level=LEVEL):
         down, up = med - float(q_lo), float(q_hi) - med
     h = t_quantile((1 + level) / 2, len(e) - 1) * float(e.std(ddof=1)) / math.sqrt(len(e)) \
         if len(e) > 1 else 0.0
+    parts = (len(e) > 1, replicates is not None)  # (seeds' part, sampling part)
     method = {(True, True): "seeds and resamples", (False, True): "one seed",
-              (True, False): "seeds only", (False, False): "none"}[(len(e) > 1, replicates is not None)]
+              (True, False): "seeds only", (False, False): "none"}[parts]
     return est, est - math.hypot(down, h), est + math.hypot(up, h), method
 
 
@@ -104,10 +105,11 @@ def decide_all(specs, values_of):
 
 
 def decide_rows(specs, rows):
-    """Claims [(text, numerator row, denominator row or None, threshold, sense)] decided on kept rows
-    {seed: {row: its figure on every replicate, replicate 0 the figure itself}}: each seed's
+    """Claims [(text, numerator row, denominator row or None, threshold, sense)] decided on kept
+    rows {seed: {row: its figure on every replicate, replicate 0 the figure itself}}: each seed's
     statistic is the numerator's figure over the denominator's, replicate by replicate (the
-    numerator's alone where the denominator is None). A claim no seed has both rows of is left out."""
+    numerator's alone where the denominator is None). A claim no seed has both rows of is left
+    out."""
     out = []
     for text, num, den, threshold, sense in specs:
         values = {s: ratio(r[num], r[den]) if den else r[num]
@@ -121,7 +123,7 @@ def ratio(num, den):
     """The per-seed ratio of two rows' figures, replicate by replicate: [e, r_1, ...] lists."""
     a = np.atleast_1d(np.asarray(num, dtype=np.float64))
     b = np.atleast_1d(np.asarray(den, dtype=np.float64))
-    return list(a / b) if a.size == b.size else [a[0] / b[0]]  # replicates only where both kept them
+    return list(a / b) if a.size == b.size else [a[0] / b[0]]  # replicates where both kept them
 
 
 def compact(values, digits=5):
@@ -154,12 +156,12 @@ def kid_name(rows):
         frozenset(scales), "KID (x 1e3; raw features where marked)")
 
 
-METHOD = """Every claim's interval comes from benchmarks/stats.py: the estimate is the mean over training
-seeds of the per-seed statistic; the interval adds, in quadrature on each side, the spread of the
-pooled paired-bootstrap replicates about their median (the sampling noise of the generated samples
-and the held-out set) and the t interval of the seeds' mean (t with S - 1 degrees of freedom: the
-training seeds' spread, which resampling cannot see). It contains its estimate by construction and
-errs wide (the seeds' spread holds some sampling noise too). "seeds only" marks a claim whose runs
-kept no replicates (the seeds' part alone, until those runs are measured again), "one seed" one
-measured on a single seed (its resamples alone). A claim holds, or does not, when its whole interval lies on one side
-of the target; otherwise it is within noise."""
+METHOD = """Every claim's interval comes from benchmarks/stats.py: the estimate is the mean over
+training seeds of the per-seed statistic; the interval adds, in quadrature on each side, the spread
+of the pooled paired-bootstrap replicates about their median (the sampling noise of the generated
+samples and the held-out set) and the t interval of the seeds' mean (t with S - 1 degrees of
+freedom: the training seeds' spread, which resampling cannot see). It contains its estimate by
+construction and errs wide (the seeds' spread holds some sampling noise too). "seeds only" marks a
+claim whose runs kept no replicates (the seeds' part alone, until those runs are measured again),
+"one seed" one measured on a single seed (its resamples alone). A claim holds, or does not, when
+its whole interval lies on one side of the target; otherwise it is within noise."""

@@ -1,6 +1,6 @@
-"""benchmarks/stats.py, the yardstick of every benchmark's claims: its interval contains its estimate
-whatever the replicates look like, carries the training seeds' spread, and decides verdicts as the
-interval reads."""
+"""benchmarks/stats.py, the yardstick of every benchmark's claims: its interval contains its
+estimate whatever the replicates look like, carries the training seeds' spread, and decides
+verdicts as the interval reads."""
 import math
 import sys
 from pathlib import Path
@@ -103,7 +103,8 @@ def test_decided_verdicts_on_a_made_up_table():
     assert got["a below b"]["verdict"] == "holds" and got["a below b"]["estimate"] == 0.5
     assert got["b below a"]["verdict"] == "does not hold"
     assert got["c as a"]["verdict"] == "within noise"
-    assert all(c["method"] == "seeds and resamples" and c["replicates"] == 300 for c in got.values())
+    assert all(c["method"] == "seeds and resamples" and c["replicates"] == 300
+               for c in got.values())
 
 
 def test_compact_keeps_five_significant_digits():
