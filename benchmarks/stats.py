@@ -93,17 +93,6 @@ def decide(text, values, threshold, sense, **extra):
                 replicates=0 if reps is None else reps.shape[1], **extra)
 
 
-def decide_all(specs, values_of):
-    """The claims of a table: specs [(text, ..., threshold, sense)] (the last two fixed), values_of
-    (spec) -> {seed: values} or an empty dict where the claim's rows were not measured."""
-    out = []
-    for spec in specs:
-        values = values_of(spec)
-        if values:
-            out.append(decide(spec[0], values, spec[-2], spec[-1]))
-    return out
-
-
 def decide_rows(specs, rows):
     """Claims [(text, numerator row, denominator row or None, threshold, sense)] decided on kept
     rows {seed: {row: its figure on every replicate, replicate 0 the figure itself}}: each seed's

@@ -92,13 +92,9 @@ def test_decided_verdicts_on_a_made_up_table():
     for s in rows:  # replicate 0 is the estimate
         rows[s]["a"][0], rows[s]["b"][0] = 1.0, 2.0
 
-    def values(spec):
-        _, num, den, *_ = spec
-        return {s: stats.ratio(r[num], r[den]) for s, r in rows.items() if num in r and den in r}
-
     specs = [("a below b", "a", "b", 1.0, "<"), ("b below a", "b", "a", 1.0, "<"),
              ("c as a", "c", "a", 1.0, "<="), ("d as a", "d", "a", 1.0, "<")]
-    got = {c["claim"]: c for c in stats.decide_all(specs, values)}
+    got = {c["claim"]: c for c in stats.decide_rows(specs, rows)}
     assert set(got) == {"a below b", "b below a", "c as a"}
     assert got["a below b"]["verdict"] == "holds" and got["a below b"]["estimate"] == 0.5
     assert got["b below a"]["verdict"] == "does not hold"
