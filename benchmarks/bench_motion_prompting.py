@@ -108,12 +108,11 @@ def claims(results=RESULTS, replicates=2000):
     if not runs:
         return []
     n = len(runs[0]["rows"]["base"]["motion_each"])
-    g = np.random.default_rng(0)
-    index = np.concatenate([np.arange(n)[None], g.integers(0, n, (replicates, n))])
+    index = stats.resample_index(n, replicates)
     out = []
     for text, num, den, threshold, sense in CLAIMS:
-        values = {r["seed"]: list(np.array(r["rows"][num]["motion_each"])[index].mean(1)
-                                  / np.array(r["rows"][den]["motion_each"])[index].mean(1)) for r in runs}
+        values = {r["seed"]: stats.ratio_of_means(r["rows"][num]["motion_each"], r["rows"][den]["motion_each"],
+                                                  index) for r in runs}
         out.append(stats.decide(text, values, threshold, sense, kind="ratio of mean motion errors"))
     k = min(len(r["fd_difference"]) for r in runs)
     floor_sd = float(np.mean([r["rows"]["base"]["fd_floor_sd"] for r in runs]))

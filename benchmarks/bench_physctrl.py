@@ -25,7 +25,6 @@ drawn from the prior; two-sample Kolmogorov-Smirnov, p > 0.05 passes, per seed.
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import bench
@@ -111,11 +110,8 @@ def paired(runs, num, den, index):
     """{seed: [ratio of mean last-frame errors, its value on every replicate]}: runs {seed: (numerator's
     rows, denominator's rows)}, index (1 + B, n) the resampled conditions, replicate 0 all of them, the
     same for every row and seed (the held-out conditions are shared)."""
-    out = {}
-    for seed, (rows_a, rows_b) in runs.items():
-        a, b = np.array(rows_a[num]["last_each"]), np.array(rows_b[den]["last_each"])
-        out[seed] = list(a[index].mean(1) / b[index].mean(1))
-    return out
+    return {seed: stats.ratio_of_means(rows_a[num]["last_each"], rows_b[den]["last_each"], index)
+            for seed, (rows_a, rows_b) in runs.items()}
 
 
 def claims(results=RESULTS, replicates=2000):
@@ -125,8 +121,7 @@ def claims(results=RESULTS, replicates=2000):
     if not runs:
         return []
     n = len(next(iter(runs.values()))["rows"]["flow"]["last_each"])
-    g = np.random.default_rng(0)
-    index = np.concatenate([np.arange(n)[None], g.integers(0, n, (replicates, n))])
+    index = stats.resample_index(n, replicates)
     todo = [(claim, {s: (r["rows"], r["rows"]) for s, r in runs.items()}) for claim in CLAIMS]
     for name, specs, against in (("v", V_CLAIMS, X_AGAINST_V), ("shift", S_CLAIMS, S_AGAINST_X)):
         variant = variant_runs(results, name)

@@ -115,6 +115,19 @@ def ratio(num, den):
     return list(a / b) if a.size == b.size else [a[0] / b[0]]  # replicates where both kept them
 
 
+def resample_index(n, replicates, seed=0):
+    """(1 + replicates, n) indices of n shared items: row 0 every item once (the estimate), then
+    draws with replacement, the same for every row and seed that share the items."""
+    g = np.random.default_rng(seed)
+    return np.concatenate([np.arange(n)[None], g.integers(0, n, (replicates, n))])
+
+
+def ratio_of_means(a, b, index):
+    """[ratio of the mean of per-item figures a to b, and on every replicate of index]: the paired
+    statistic of two rows scored item by item (the same items resampled for both)."""
+    return list(np.asarray(a)[index].mean(1) / np.asarray(b)[index].mean(1))
+
+
 def compact(values, digits=5):
     """Figures as a JSON list rounded to `digits` significant digits: what a results file keeps of
     each row's replicates (the intervals need a few digits, not sixteen)."""
